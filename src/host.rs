@@ -1,0 +1,298 @@
+//! Host descriptions: where a label's tasks run and how to reach it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::policy::OnError;
+
+/// How the SSH server's host key is checked against `~/.ssh/known_hosts`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HostKeyCheck {
+    /// Unknown or mismatched keys are refused (the default).
+    #[default]
+    Strict,
+    /// Unknown keys are recorded and accepted; mismatches are refused.
+    AcceptNew,
+    /// No check at all (explicit opt-in).
+    Off,
+}
+
+/// Which transport carries a host's tasks.
+#[derive(Clone)]
+pub(crate) enum Target {
+    /// Processes on this machine.
+    Local,
+    /// An SSH server.
+    Ssh,
+    /// The scriptable fault-injection transport.
+    #[cfg(feature = "fault-injection")]
+    Fault(crate::fault::Fault),
+}
+
+/// A host a label runs on: this machine, or an SSH server with its login details.
+///
+/// ```
+/// use ssh_parallel::{Host, HostKeyCheck};
+/// let h = Host::parse("deploy@web1.example.com:2222")?
+///     .key_file("/home/me/.ssh/id_ed25519")
+///     .host_key_check(HostKeyCheck::AcceptNew)
+///     .var("ROLE", "frontend");
+/// # Ok::<(), ssh_parallel::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct Host {
+    pub(crate) target: Target,
+    pub(crate) hostname: String,
+    pub(crate) user: Option<String>,
+    pub(crate) port: Option<u16>,
+    pub(crate) password: Option<String>,
+    pub(crate) key_files: Vec<PathBuf>,
+    pub(crate) passphrase: Option<String>,
+    pub(crate) host_key_check: HostKeyCheck,
+    pub(crate) connect_timeout: Option<Duration>,
+    pub(crate) on_error: Option<OnError>,
+    pub(crate) reconnections: Option<u32>,
+    pub(crate) vars: BTreeMap<String, String>,
+    pub(crate) expand_vars: bool,
+}
+
+impl Host {
+    fn with_target(target: Target, hostname: String) -> Host {
+        Host {
+            target,
+            hostname,
+            user: None,
+            port: None,
+            password: None,
+            key_files: Vec::new(),
+            passphrase: None,
+            host_key_check: HostKeyCheck::Strict,
+            connect_timeout: None,
+            on_error: None,
+            reconnections: None,
+            vars: BTreeMap::new(),
+            expand_vars: true,
+        }
+    }
+
+    /// This machine: commands run under `sh -c`, scp is a file copy and rsync the
+    /// local rsync binary. No SSH is involved.
+    pub fn local() -> Host {
+        Host::with_target(Target::Local, "localhost".to_owned())
+    }
+
+    /// An SSH server by host name or address.
+    pub fn new(hostname: impl Into<String>) -> Host {
+        Host::with_target(Target::Ssh, hostname.into())
+    }
+
+    /// Parses `[user@]host[:port]`; IPv6 addresses go in brackets: `[::1]:2222`.
+    pub fn parse(spec: &str) -> Result<Host> {
+        let bad = |why: &str| Err(Error::new(ErrorKind::InvalidHost, format!("invalid host {spec:?}: {why}")));
+        let (user, rest) = match spec.rsplit_once('@') {
+            Some((u, _)) if u.is_empty() => return bad("the user before '@' is empty"),
+            Some((u, r)) => (Some(u.to_owned()), r),
+            None => (None, spec),
+        };
+        let (host, port) = if let Some(inner) = rest.strip_prefix('[') {
+            let Some((h, after)) = inner.split_once(']') else {
+                return bad("missing ']' after the IPv6 address");
+            };
+            match after {
+                "" => (h, None),
+                p if p.starts_with(':') => (h, Some(&p[1..])),
+                _ => return bad("unexpected text after ']'"),
+            }
+        } else {
+            match rest.rsplit_once(':') {
+                Some((h, p)) if !h.contains(':') => (h, Some(p)),
+                // More than one ':' without brackets: a bare IPv6 address.
+                Some(_) => (rest, None),
+                None => (rest, None),
+            }
+        };
+        if host.is_empty() {
+            return bad("the host name is empty");
+        }
+        if host.chars().any(char::is_whitespace) {
+            return bad("the host name contains whitespace");
+        }
+        let mut h = Host::new(host);
+        h.user = user;
+        if let Some(p) = port {
+            match p.parse::<u16>() {
+                Ok(n) if n > 0 => h.port = Some(n),
+                _ => return bad(&format!("port {p:?} is not a number from 1 to 65535")),
+            }
+        }
+        Ok(h)
+    }
+
+    #[cfg(feature = "fault-injection")]
+    /// A host served by the fault-injection transport, following `script`.
+    pub fn fault(script: crate::fault::Fault) -> Host {
+        Host::with_target(Target::Fault(script), "fault".to_owned())
+    }
+
+    /// The login user (default: the user running this program).
+    pub fn user(mut self, user: impl Into<String>) -> Self {
+        self.user = Some(user.into());
+        self
+    }
+
+    /// The SSH port (default 22).
+    pub fn port(mut self, port: u16) -> Self {
+        self.port = Some(port);
+        self
+    }
+
+    /// A password for password and keyboard-interactive authentication.
+    pub fn password(mut self, password: impl Into<String>) -> Self {
+        self.password = Some(password.into());
+        self
+    }
+
+    /// A private key file to try; may be given several times.
+    pub fn key_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.key_files.push(path.into());
+        self
+    }
+
+    /// The passphrase for the key files.
+    pub fn passphrase(mut self, passphrase: impl Into<String>) -> Self {
+        self.passphrase = Some(passphrase.into());
+        self
+    }
+
+    /// How the server's host key is checked (default [`HostKeyCheck::Strict`]).
+    pub fn host_key_check(mut self, check: HostKeyCheck) -> Self {
+        self.host_key_check = check;
+        self
+    }
+
+    /// How long connecting and authenticating may take.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = Some(timeout);
+        self
+    }
+
+    /// The error policy of this host's tasks that set none of their own.
+    pub fn on_error(mut self, policy: impl Into<OnError>) -> Self {
+        self.on_error = Some(policy.into());
+        self
+    }
+
+    /// Extra connection attempts per task on this host (overrides the global value).
+    pub fn reconnections(mut self, n: u32) -> Self {
+        self.reconnections = Some(n);
+        self
+    }
+
+    /// Defines `%NAME%` for this host's commands and paths.
+    pub fn var(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.vars.insert(name.into(), value.into());
+        self
+    }
+
+    /// Turns `%NAME%` expansion on (default) or off for this host.
+    pub fn expand_vars(mut self, on: bool) -> Self {
+        self.expand_vars = on;
+        self
+    }
+
+    /// The host name or address.
+    pub fn hostname(&self) -> &str {
+        &self.hostname
+    }
+
+    /// The login user, when one was given.
+    pub fn user_name(&self) -> Option<&str> {
+        self.user.as_deref()
+    }
+
+    /// The port, when one was given.
+    pub fn port_number(&self) -> Option<u16> {
+        self.port
+    }
+
+    pub(crate) fn effective_user(&self) -> String {
+        self.user
+            .clone()
+            .or_else(|| std::env::var("USER").ok())
+            .or_else(|| std::env::var("LOGNAME").ok())
+            .unwrap_or_else(|| "root".to_owned())
+    }
+
+    /// The value of variable `name` for this host, `label` being its label.
+    pub(crate) fn lookup_var(&self, label: &str, name: &str) -> Option<String> {
+        match name {
+            "LABEL" => Some(label.to_owned()),
+            "HOST" => Some(self.hostname.clone()),
+            "USER" => Some(self.effective_user()),
+            "PORT" => Some(self.port.unwrap_or(22).to_string()),
+            _ => self.vars.get(name).cloned(),
+        }
+    }
+
+    pub(crate) fn transport_name(&self) -> &'static str {
+        match self.target {
+            Target::Local => "local",
+            Target::Ssh => "ssh",
+            #[cfg(feature = "fault-injection")]
+            Target::Fault(_) => "fault",
+        }
+    }
+}
+
+impl fmt::Debug for Host {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print secrets.
+        f.debug_struct("Host")
+            .field("transport", &self.transport_name())
+            .field("hostname", &self.hostname)
+            .field("user", &self.user)
+            .field("port", &self.port)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("key_files", &self.key_files)
+            .field("host_key_check", &self.host_key_check)
+            .field("reconnections", &self.reconnections)
+            .field("vars", &self.vars)
+            .field("expand_vars", &self.expand_vars)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_forms() {
+        let h = Host::parse("root@web1:2222").unwrap();
+        assert_eq!((h.user_name(), h.hostname(), h.port_number()), (Some("root"), "web1", Some(2222)));
+        let h = Host::parse("web1").unwrap();
+        assert_eq!((h.user_name(), h.port_number()), (None, None));
+        let h = Host::parse("[::1]:22").unwrap();
+        assert_eq!((h.hostname(), h.port_number()), ("::1", Some(22)));
+        let h = Host::parse("fe80::1").unwrap();
+        assert_eq!(h.hostname(), "fe80::1");
+    }
+
+    #[test]
+    fn parse_errors_name_the_spec() {
+        for bad in ["", "@h", "h:0", "h:x", "h:70000", "[::1", "a b"] {
+            let e = Host::parse(bad).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidHost, "{bad:?}");
+            assert!(e.to_string().contains(&format!("{bad:?}")), "{e}");
+        }
+    }
+
+    #[test]
+    fn debug_hides_password() {
+        let h = Host::new("x").password("hunter2");
+        assert!(!format!("{h:?}").contains("hunter2"));
+    }
+}

@@ -1,0 +1,57 @@
+//! # ssh-parallel
+//!
+//! Run work on many machines over SSH as a dependency graph: a Rust port of
+//! Perl's `Net::OpenSSH::Parallel`, with its bugs fixed.
+//!
+//! Register hosts under **labels**, push **actions** onto the labels' queues
+//! with **selectors**, and [`Parallel::run`] executes every queue in parallel,
+//! honouring joins, gotos, error policies, reconnections and the `workers` and
+//! `connections` limits. The behaviour contract is spelled out in the
+//! README and ARCHITECTURE.md.
+//!
+//! ```
+//! use ssh_parallel::{Command, Host, Join, OnError, Parallel};
+//!
+//! let mut pssh = Parallel::builder().workers(4).build()?;
+//! for label in ["web1", "web2", "db1"] {
+//!     pssh.add_host(label, Host::local())?;
+//! }
+//! pssh.push("web*", Command::new("echo hello from %LABEL%"))?;
+//! pssh.push("db*", Join::new("web*"))?;
+//! pssh.push("db1", Command::new("exit 3").on_error(OnError::Ignore))?;
+//! let report = pssh.run();
+//! assert!(report.success());
+//! assert_eq!(report.label("web2").unwrap().tasks()[0].stdout_str(), "hello from web2\n");
+//! # Ok::<(), ssh_parallel::Error>(())
+//! ```
+#![deny(missing_docs)]
+
+mod action;
+mod error;
+#[cfg(feature = "fault-injection")]
+pub mod fault;
+mod host;
+mod output;
+mod parallel;
+mod plan;
+mod policy;
+mod report;
+mod scheduler;
+mod selector;
+mod session;
+mod transport;
+mod vars;
+
+pub use action::{
+    Action, Command, Connect, DoneFn, Goto, Here, Join, Parsub, RsyncGet, RsyncPut, ScpGet, ScpPut, Stop, Sub,
+};
+pub use error::{BoxError, Error, ErrorKind, Result};
+pub use host::{Host, HostKeyCheck};
+pub use output::{Output, Stdin, DEFAULT_CAPTURE_LIMIT};
+pub use parallel::{Parallel, ParallelBuilder};
+pub use plan::Selection;
+pub use policy::{ErrorContext, OnError, PolicyFn, RetryPolicy};
+pub use report::{LabelReport, Report, TaskReport, TaskStatus};
+pub use scheduler::SubContext;
+pub use selector::Selector;
+pub use session::{ExecOutput, Session};

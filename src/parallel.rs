@@ -1,0 +1,230 @@
+//! `Parallel`, the public entry point, and its builder.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use crate::action::Action;
+use crate::error::{Error, ErrorKind, Result};
+use crate::host::Host;
+use crate::plan::{Plan, Selection};
+use crate::policy::OnError;
+use crate::report::Report;
+use crate::scheduler::{Config, Scheduler};
+
+/// Runs tasks on many hosts in parallel: register hosts under labels, push
+/// actions onto the labels' queues with selectors, then [`run`](Self::run).
+///
+/// ```
+/// use ssh_parallel::{Command, Host, Join, Parallel};
+/// let mut pssh = Parallel::new();
+/// for label in ["web1", "web2", "db1"] {
+///     pssh.add_host(label, Host::local())?;
+/// }
+/// pssh.push("web*", Command::new("echo serving from %LABEL%"))?;
+/// pssh.push("db1", Join::new("web*"))?;
+/// pssh.push("db1", Command::new("echo the web tier is done"))?;
+/// let report = pssh.run();
+/// assert!(report.success());
+/// # Ok::<(), ssh_parallel::Error>(())
+/// ```
+pub struct Parallel {
+    cfg: Config,
+    plan: Plan,
+    errors: BTreeMap<String, Error>,
+}
+
+impl Default for Parallel {
+    fn default() -> Self {
+        Parallel::new()
+    }
+}
+
+impl Parallel {
+    /// A scheduler with no limits: every label may connect and run at once.
+    pub fn new() -> Parallel {
+        Parallel {
+            cfg: Config::default(),
+            plan: Plan::default(),
+            errors: BTreeMap::new(),
+        }
+    }
+
+    /// A builder for limits, reconnections and the global error policy.
+    pub fn builder() -> ParallelBuilder {
+        ParallelBuilder::default()
+    }
+
+    /// Registers `host` under `label`. A label is non-empty, has none of
+    /// `, * ! ( ) < > / { }`, and is registered once.
+    pub fn add_host(&mut self, label: impl Into<String>, host: Host) -> Result<()> {
+        self.plan.add_host(label.into(), host)
+    }
+
+    /// Appends `action` to the queue of every label `selector` names and
+    /// returns those labels (empty when none matched: not an error).
+    pub fn push(&mut self, selector: &str, action: impl Into<Action>) -> Result<Selection> {
+        self.plan.push(selector, action.into()).map(|(s, _)| s)
+    }
+
+    /// `push("*", action)`.
+    pub fn all(&mut self, action: impl Into<Action>) -> Result<Selection> {
+        self.push("*", action)
+    }
+
+    /// The labels `selector` names now, in registration order.
+    pub fn select(&self, selector: &str) -> Result<Vec<&str>> {
+        Ok(self.plan.select(selector)?.into_iter().map(|i| &*self.plan.labels[i].name).collect())
+    }
+
+    /// Every registered label, in registration order.
+    pub fn labels(&self) -> impl Iterator<Item = &str> {
+        self.plan.labels.iter().map(|l| &*l.name)
+    }
+
+    /// The host registered under `label`.
+    pub fn host(&self, label: &str) -> Option<&Host> {
+        self.plan.id(label).map(|i| &*self.plan.labels[i].host)
+    }
+
+    /// How many tasks are queued (join markers not counted).
+    pub fn queued_tasks(&self) -> usize {
+        self.plan.task_count()
+    }
+
+    /// Checks the plan without connecting anywhere: a goto or or_goto with no
+    /// later `here` of its tag (other than `END`) is an
+    /// [`ErrorKind::MissingTag`] naming the label and the task.
+    pub fn validate(&self) -> Result<()> {
+        self.plan.validate()
+    }
+
+    /// Runs every queue to its end and returns the report. Errors of an
+    /// earlier run are cleared first; the queues are empty afterwards, so more
+    /// pushes and another run may follow.
+    pub fn run(&mut self) -> Report {
+        self.errors.clear();
+        if let Err(e) = self.plan.validate() {
+            // Not fatal: the policies decide at run time (a retried goto
+            // failure is ignored, for one), but say it early.
+            log::warn!(target: "ssh_parallel", "{e}");
+        }
+        let report = Scheduler::new(&mut self.plan, &self.cfg).run();
+        self.plan.clear_tasks();
+        for l in report.labels() {
+            if let Some(e) = l.error() {
+                self.errors.insert(l.label().to_owned(), e.clone());
+            }
+        }
+        report
+    }
+
+    /// The error recorded for `label` in the last run (`Ok(None)` if it
+    /// succeeded); an unknown label is an [`ErrorKind::UnknownLabel`] error.
+    pub fn get_error(&self, label: &str) -> Result<Option<&Error>> {
+        if self.plan.id(label).is_none() {
+            return Err(Error::new(ErrorKind::UnknownLabel, format!("unknown label {label:?}")));
+        }
+        Ok(self.errors.get(label))
+    }
+
+    /// The errors of the last run as (label, error), sorted by label.
+    pub fn get_errors(&self) -> Vec<(&str, &Error)> {
+        self.errors.iter().map(|(l, e)| (l.as_str(), e)).collect()
+    }
+}
+
+impl fmt::Debug for Parallel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Parallel")
+            .field("config", &self.cfg)
+            .field("labels", &self.plan.labels.len())
+            .field("queued_tasks", &self.plan.task_count())
+            .finish()
+    }
+}
+
+/// Builds a [`Parallel`] with limits and policies.
+///
+/// ```
+/// use ssh_parallel::{OnError, Parallel};
+/// use std::time::Duration;
+/// let pssh = Parallel::builder()
+///     .workers(10)
+///     .connections(20)
+///     .reconnections(2)
+///     .reconnect_delay(Duration::from_millis(500))
+///     .on_error(OnError::Done)
+///     .build()?;
+/// # Ok::<(), ssh_parallel::Error>(())
+/// ```
+#[derive(Debug, Default, Clone)]
+pub struct ParallelBuilder {
+    workers: Option<usize>,
+    connections: Option<usize>,
+    reconnections: u32,
+    reconnect_delay: Duration,
+    on_error: Option<OnError>,
+}
+
+impl ParallelBuilder {
+    /// The most labels connecting or running a remote task at once (0: no limit).
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = Some(n);
+        self
+    }
+
+    /// The most connections open at once (0: no limit); at least `workers`.
+    /// Given alone, it sets `workers` too.
+    pub fn connections(mut self, n: usize) -> Self {
+        self.connections = Some(n);
+        self
+    }
+
+    /// Extra connection attempts per task (default 0).
+    pub fn reconnections(mut self, n: u32) -> Self {
+        self.reconnections = n;
+        self
+    }
+
+    /// The pause before each reconnection attempt (default none).
+    pub fn reconnect_delay(mut self, d: Duration) -> Self {
+        self.reconnect_delay = d;
+        self
+    }
+
+    /// The policy for tasks and hosts that set none (default [`OnError::Abort`]).
+    pub fn on_error(mut self, policy: OnError) -> Self {
+        self.on_error = Some(policy);
+        self
+    }
+
+    /// Checks the settings: `connections` below `workers` is an
+    /// [`ErrorKind::InvalidConfig`] error naming both.
+    pub fn build(self) -> Result<Parallel> {
+        let connections = self.connections.unwrap_or(0);
+        let workers = match (self.workers, self.connections) {
+            (Some(w), _) => w,
+            (None, Some(c)) => c,
+            (None, None) => 0,
+        };
+        if connections != 0 && (workers == 0 || connections < workers) {
+            let w = if workers == 0 { "unlimited".to_owned() } else { workers.to_string() };
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                format!("option connections ({connections}) must be at least option workers ({w})"),
+            ));
+        }
+        Ok(Parallel {
+            cfg: Config {
+                workers,
+                connections,
+                reconnections: self.reconnections,
+                reconnect_delay: self.reconnect_delay,
+                on_error: self.on_error,
+            },
+            plan: Plan::default(),
+            errors: BTreeMap::new(),
+        })
+    }
+}

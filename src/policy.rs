@@ -1,0 +1,177 @@
+//! Error policies: what happens to a label's queue when one of its tasks fails.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::Error;
+
+/// The closure behind [`OnError::callback`].
+pub type PolicyFn = Arc<dyn Fn(&ErrorContext<'_>) -> OnError + Send + Sync>;
+
+/// What to do when a task fails. Looked up on the task, else its host, else the
+/// scheduler; the default is [`OnError::Abort`].
+#[derive(Clone)]
+#[non_exhaustive]
+pub enum OnError {
+    /// Record the failure in the report and go on with the next task; the label
+    /// still counts as successful.
+    Ignore,
+    /// Stop this label: drop the rest of its queue and record the error. Its
+    /// join markers release their joins as success.
+    Done,
+    /// Stop this label like `Done`, but its join markers fail their joins, so
+    /// labels waiting on them fail too (the default).
+    Abort,
+    /// `Abort` here, and every other label stops at its next task boundary with
+    /// [`ErrorKind::Aborted`](crate::ErrorKind::Aborted).
+    AbortAll,
+    /// Run the failed task again, without limit.
+    Retry,
+    /// Run the failed task again, up to a number of attempts in all.
+    RetryUpTo(RetryPolicy),
+    /// Ask a closure, which returns one of the other policies.
+    Callback(PolicyFn),
+}
+
+/// A bounded retry: see [`OnError::retry`].
+#[derive(Clone, Debug)]
+pub struct RetryPolicy {
+    /// The most times the task runs in all (the first run included).
+    pub max_attempts: u32,
+    /// The pause before each new attempt.
+    pub delay: Duration,
+    /// What to do once the attempts are spent (default `Abort`).
+    pub exhausted: Box<OnError>,
+}
+
+impl OnError {
+    /// Retry up to `max_attempts` runs in all, then `Abort` (see [`OnError::then`]).
+    pub fn retry(max_attempts: u32) -> OnError {
+        OnError::RetryUpTo(RetryPolicy {
+            max_attempts: max_attempts.max(1),
+            delay: Duration::ZERO,
+            exhausted: Box::new(OnError::Abort),
+        })
+    }
+
+    /// Decide with a closure that receives the [`ErrorContext`].
+    pub fn callback(f: impl Fn(&ErrorContext<'_>) -> OnError + Send + Sync + 'static) -> OnError {
+        OnError::Callback(Arc::new(f))
+    }
+
+    /// For a retry policy, the pause before each new attempt; unbounded `Retry`
+    /// becomes a bounded one with `u32::MAX` attempts. Other policies are unchanged.
+    pub fn delay(self, delay: Duration) -> OnError {
+        match self {
+            OnError::Retry => OnError::RetryUpTo(RetryPolicy {
+                max_attempts: u32::MAX,
+                delay,
+                exhausted: Box::new(OnError::Abort),
+            }),
+            OnError::RetryUpTo(r) => OnError::RetryUpTo(RetryPolicy { delay, ..r }),
+            other => other,
+        }
+    }
+
+    /// For a bounded retry, the policy applied once its attempts are spent.
+    /// Other policies are unchanged.
+    pub fn then(self, exhausted: OnError) -> OnError {
+        match self {
+            OnError::RetryUpTo(r) => OnError::RetryUpTo(RetryPolicy {
+                exhausted: Box::new(exhausted),
+                ..r
+            }),
+            other => other,
+        }
+    }
+}
+
+impl fmt::Debug for OnError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OnError::Ignore => f.write_str("Ignore"),
+            OnError::Done => f.write_str("Done"),
+            OnError::Abort => f.write_str("Abort"),
+            OnError::AbortAll => f.write_str("AbortAll"),
+            OnError::Retry => f.write_str("Retry"),
+            OnError::RetryUpTo(r) => f.debug_tuple("RetryUpTo").field(r).finish(),
+            OnError::Callback(_) => f.write_str("Callback(..)"),
+        }
+    }
+}
+
+/// What an [`OnError::callback`] closure is told about the failure.
+#[derive(Debug)]
+pub struct ErrorContext<'a> {
+    pub(crate) label: &'a str,
+    pub(crate) error: &'a Error,
+    pub(crate) task: &'a str,
+    pub(crate) attempt: u32,
+}
+
+impl ErrorContext<'_> {
+    /// The label whose task failed.
+    pub fn label(&self) -> &str {
+        self.label
+    }
+
+    /// The error.
+    pub fn error(&self) -> &Error {
+        self.error
+    }
+
+    /// A description of the failed task.
+    pub fn task(&self) -> &str {
+        self.task
+    }
+
+    /// Which run of the task failed: 1 for the first, 2 for the first retry...
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+}
+
+/// A policy with callbacks and bounds resolved: what the scheduler does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Decision {
+    Ignore,
+    Done,
+    Abort,
+    AbortAll,
+    Retry(Duration),
+}
+
+impl OnError {
+    /// Resolves this policy for one failure. Callbacks may return callbacks;
+    /// after a few levels we stop asking and abort, rather than loop.
+    pub(crate) fn decide(&self, ctx: &ErrorContext<'_>) -> Decision {
+        let mut policy = self.clone();
+        for _ in 0..8 {
+            match policy {
+                OnError::Ignore => return Decision::Ignore,
+                OnError::Done => return Decision::Done,
+                OnError::Abort => return Decision::Abort,
+                OnError::AbortAll => return Decision::AbortAll,
+                OnError::Retry => return Decision::Retry(Duration::ZERO),
+                OnError::RetryUpTo(r) => {
+                    if ctx.attempt < r.max_attempts {
+                        return Decision::Retry(r.delay);
+                    }
+                    policy = *r.exhausted;
+                }
+                OnError::Callback(f) => {
+                    let next = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(ctx)));
+                    policy = match next {
+                        Ok(p) => p,
+                        Err(_) => {
+                            log::error!(target: "ssh_parallel", "[{}] on_error callback panicked; aborting the label", ctx.label);
+                            OnError::Abort
+                        }
+                    };
+                }
+            }
+        }
+        Decision::Abort
+    }
+}

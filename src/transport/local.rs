@@ -1,0 +1,430 @@
+//! The local transport: a dispatcher thread feeding a cached thread pool that
+//! runs commands under `sh -c`, copies files for scp, and runs the local rsync.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime};
+
+use crossbeam_channel::{Receiver, Sender};
+use parking_lot::Mutex;
+
+use super::{Event, Exit, Job, Outcome, Request, Token, TransportError};
+use crate::action::{Action, Command, Parsub, RsyncGet, RsyncPut, ScpGet, ScpPut, Transfer};
+use crate::output::{OutputKind, Sink, StdinKind, Stream};
+use crate::session::{Session, SessionKind};
+
+type Work = Box<dyn FnOnce() + Send>;
+
+/// How long an idle pool thread waits for work before it exits.
+const IDLE_THREAD_LIFETIME: Duration = Duration::from_secs(10);
+
+/// A pool that grows to as many threads as there are running tasks and
+/// shrinks when they idle: local tasks block (on processes, on closures), and
+/// the scheduler's `workers` limit, not the pool, bounds their number.
+struct Pool {
+    tx: Sender<Work>,
+    rx: Receiver<Work>,
+    idle: Arc<AtomicUsize>,
+}
+
+impl Pool {
+    fn new() -> Pool {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        Pool {
+            tx,
+            rx,
+            idle: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    fn execute(&self, work: Work) {
+        // Reserve an idle thread, or start one: a job never queues behind a busy thread.
+        let reserved = self
+            .idle
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .is_ok();
+        if !reserved {
+            let rx = self.rx.clone();
+            let idle = self.idle.clone();
+            let spawned = std::thread::Builder::new()
+                .name("ssh-parallel-local".into())
+                .spawn(move || worker(rx, idle));
+            if let Err(e) = spawned {
+                log::error!(target: "ssh_parallel", "cannot start a local worker thread: {e}; the job waits for a free one");
+            }
+        }
+        let _ = self.tx.send(work);
+    }
+}
+
+fn worker(rx: Receiver<Work>, idle: Arc<AtomicUsize>) {
+    loop {
+        match rx.recv_timeout(IDLE_THREAD_LIFETIME) {
+            Ok(work) => {
+                work();
+                idle.fetch_add(1, Ordering::AcqRel);
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                // Leave only if no job has reserved us meanwhile.
+                if idle
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+                    .is_ok()
+                {
+                    return;
+                }
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+        }
+    }
+}
+
+/// How to stop a running task when its timeout passes.
+enum Cancel {
+    /// Kill the process group.
+    Process(i32),
+    /// A closure or an in-process copy cannot be interrupted: answer for it
+    /// at once and let it finish unobserved.
+    Abandon,
+}
+
+type Running = Arc<Mutex<HashMap<Token, (usize, Cancel)>>>;
+
+/// Starts the local transport; returns its request channel and thread.
+pub(crate) fn spawn(events: Sender<Event>) -> (Sender<Request>, JoinHandle<()>) {
+    let (tx, rx) = crossbeam_channel::unbounded::<Request>();
+    let handle = std::thread::Builder::new()
+        .name("ssh-parallel-local-dispatch".into())
+        .spawn(move || dispatch(rx, events))
+        .expect("cannot start the local transport thread");
+    (tx, handle)
+}
+
+fn dispatch(rx: Receiver<Request>, events: Sender<Event>) {
+    let pool = Pool::new();
+    let running: Running = Arc::default();
+    for req in rx {
+        match req {
+            // Nothing to connect to: this machine is always there.
+            Request::Connect { label, conn, .. } => {
+                let _ = events.send(Event::Connected { label, conn });
+            }
+            Request::Disconnect { label, conn } => {
+                let _ = events.send(Event::Closed { label, conn });
+            }
+            Request::Run(job) => {
+                let events = events.clone();
+                let running = running.clone();
+                pool.execute(Box::new(move || {
+                    let (label, token) = (job.label, job.token);
+                    let outcome = run_job(job, &running);
+                    // An abandoned task was answered already.
+                    if running.lock().remove(&token).is_some() {
+                        let _ = events.send(Event::Finished { label, token, outcome });
+                    }
+                }));
+            }
+            Request::Cancel { token } => {
+                let mut map = running.lock();
+                match map.get(&token) {
+                    Some((_, Cancel::Process(pgid))) => kill_group(*pgid),
+                    Some(&(label, Cancel::Abandon)) => {
+                        map.remove(&token);
+                        drop(map);
+                        log::warn!(target: "ssh_parallel", "abandoning a local task after its timeout; it keeps running");
+                        let _ = events.send(Event::Finished {
+                            label,
+                            token,
+                            outcome: Outcome::new(
+                                Err(TransportError::local("abandoned after its timeout (it cannot be interrupted)")),
+                                SystemTime::now(),
+                            ),
+                        });
+                    }
+                    None => {}
+                }
+            }
+        }
+    }
+}
+
+fn run_job(job: Job, running: &Running) -> Outcome {
+    let started = SystemTime::now();
+    let fail = |e: TransportError| Outcome::new(Err(e), started);
+    // Registered before anything can fail, so that every job is answered.
+    running.lock().insert(job.token, (job.label, Cancel::Abandon));
+    match &*job.action {
+        Action::Command(c) => run_command(&job, c, running, started),
+        Action::ScpGet(ScpGet(t)) | Action::ScpPut(ScpPut(t)) => {
+            match copy_paths(t) {
+                Ok(()) => Outcome::new(Ok(Exit::OK), started),
+                Err(e) => fail(TransportError::Transfer(e)),
+            }
+        }
+        Action::RsyncGet(RsyncGet(t)) | Action::RsyncPut(RsyncPut(t)) => run_rsync(&job, t, running, started),
+        Action::Parsub(p) => {
+            run_parsub(&job, p, started)
+        }
+        Action::Connect(_) => {
+            Outcome::new(Ok(Exit::OK), started)
+        }
+        other => fail(TransportError::local(format!(
+            "{} is not a remote task (scheduler bug)",
+            other.describe()
+        ))),
+    }
+}
+
+pub(crate) fn run_parsub(job: &Job, p: &Parsub, started: SystemTime) -> Outcome {
+    let kind = if p.no_ssh { SessionKind::Detached } else { SessionKind::Local };
+    let mut session = Session::new(job.name.clone(), kind);
+    let f = p.f.clone();
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&job.name, &mut session)));
+    let result = match result {
+        Ok(Ok(())) => Ok(Exit::OK),
+        Ok(Err(e)) => Err(TransportError::Local {
+            message: format!("parsub failed: {e}"),
+            source: Some(e),
+        }),
+        Err(panic) => Err(TransportError::local(format!("parsub panicked: {}", panic_message(&panic)))),
+    };
+    Outcome::new(result, started)
+}
+
+/// The text of a panic payload.
+pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(no message)".to_owned()
+    }
+}
+
+fn run_command(job: &Job, c: &Command, running: &Running, started: SystemTime) -> Outcome {
+    let fail = |m: String| Outcome::new(Err(TransportError::local(m)), started);
+    let mut out = match Sink::open(job.name.clone(), Stream::Stdout, &c.stdout) {
+        Ok(s) => s,
+        Err(m) => return fail(m),
+    };
+    let mut err = match Sink::open(job.name.clone(), Stream::Stderr, &c.stderr) {
+        Ok(s) => s,
+        Err(m) => return fail(m),
+    };
+    let mut cmd = std::process::Command::new("sh");
+    cmd.arg("-c").arg(&c.cmd).process_group(0);
+    cmd.envs(c.env.iter().map(|(k, v)| (k, v)));
+    let mut feed = None;
+    match &c.stdin.0 {
+        StdinKind::Null => {
+            cmd.stdin(Stdio::null());
+        }
+        StdinKind::Data(d) => {
+            cmd.stdin(Stdio::piped());
+            feed = Some(d.clone());
+        }
+        StdinKind::File(path) => match fs::File::open(path) {
+            Ok(f) => {
+                cmd.stdin(f);
+            }
+            Err(e) => return fail(format!("cannot open stdin file {path:?}: {e}")),
+        },
+    }
+    let pipe_or_null = |k: &OutputKind| if matches!(k, OutputKind::Null) { Stdio::null() } else { Stdio::piped() };
+    cmd.stdout(pipe_or_null(&c.stdout.0));
+    cmd.stderr(pipe_or_null(&c.stderr.0));
+    let mut child = match cmd.spawn() {
+        Ok(ch) => ch,
+        Err(e) => return fail(format!("cannot start `sh -c {}`: {e}", c.cmd)),
+    };
+    register_process(running, job.token, child.id());
+    let result = drain_and_wait(&mut child, feed, &mut out, &mut err);
+    let stdout = out.finish();
+    let stderr = err.finish();
+    match (result, stdout, stderr) {
+        (Ok(exit), Ok(so), Ok(se)) => {
+            let mut o = Outcome::new(Ok(exit), started);
+            o.stdout = so;
+            o.stderr = se;
+            o
+        }
+        (Err(m), ..) | (_, Err(m), _) | (_, _, Err(m)) => fail(m),
+    }
+}
+
+/// Reads stdout here and stderr on a scoped thread (both are always drained,
+/// so the child never blocks on a full pipe), feeds stdin, then reaps.
+fn drain_and_wait(
+    child: &mut Child,
+    feed: Option<Arc<[u8]>>,
+    out: &mut Sink,
+    err: &mut Sink,
+) -> Result<Exit, String> {
+    let stdin = child.stdin.take();
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    let (r_out, r_err) = std::thread::scope(|s| {
+        if let (Some(mut i), Some(data)) = (stdin, feed) {
+            // A command that exits without reading its input is not an error.
+            s.spawn(move || {
+                let _ = i.write_all(&data);
+            });
+        }
+        let e = s.spawn(move || pump(stderr, err));
+        let o = pump(stdout, out);
+        (o, e.join().unwrap_or_else(|_| Err("stderr reader panicked".into())))
+    });
+    let status = child.wait().map_err(|e| format!("waiting for the command: {e}"))?;
+    r_out?;
+    r_err?;
+    Ok(Exit {
+        code: status.code(),
+        signal: status.signal(),
+    })
+}
+
+fn pump(src: Option<impl Read>, sink: &mut Sink) -> Result<(), String> {
+    let Some(mut src) = src else { return Ok(()) };
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        match src.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => sink.write(&buf[..n])?,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("reading command output: {e}")),
+        }
+    }
+}
+
+/// Makes a started process killable by `Cancel`; kills it at once when its
+/// task was cancelled while it was starting.
+fn register_process(running: &Running, token: Token, pid: u32) {
+    let pgid = pid as i32;
+    match running.lock().get_mut(&token) {
+        Some(entry) => entry.1 = Cancel::Process(pgid),
+        None => kill_group(pgid),
+    }
+}
+
+fn kill_group(pgid: i32) {
+    // SAFETY: kill(2) has no memory effects; a negative pid names the process
+    // group that the task's process leads (it was started with process_group(0)).
+    unsafe {
+        libc::kill(-pgid, libc::SIGKILL);
+    }
+}
+
+fn run_rsync(job: &Job, t: &Transfer, running: &Running, started: SystemTime) -> Outcome {
+    let mut cmd = std::process::Command::new("rsync");
+    cmd.arg("-a").args(&t.args).args(&t.sources).arg(&t.target);
+    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).process_group(0);
+    let child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            return Outcome::new(
+                Err(TransportError::Transfer(format!("cannot run rsync (is it installed?): {e}"))),
+                started,
+            )
+        }
+    };
+    register_process(running, job.token, child.id());
+    let result = match child.wait_with_output() {
+        Ok(o) if o.status.success() => Ok(Exit::OK),
+        Ok(o) => {
+            let msg = String::from_utf8_lossy(&o.stderr).trim().to_owned();
+            match o.status.signal() {
+                Some(sig) => Err(TransportError::Transfer(format!("rsync killed by signal {sig}"))),
+                None => Err(TransportError::Transfer(format!(
+                    "rsync {} -> {} exited with status {}: {msg}",
+                    t.sources.join(" "),
+                    t.target,
+                    o.status.code().unwrap_or(-1)
+                ))),
+            }
+        }
+        Err(e) => Err(TransportError::Transfer(format!("waiting for rsync: {e}"))),
+    };
+    Outcome::new(result, started)
+}
+
+/// scp semantics on one machine: several sources need an existing directory
+/// as target; a directory source needs `recursive`; modes and times are kept.
+pub(crate) fn copy_paths(t: &Transfer) -> Result<(), String> {
+    let target = Path::new(&t.target);
+    let target_is_dir = target.is_dir();
+    if t.sources.len() > 1 && !target_is_dir {
+        return Err(format!("{}: copying several files needs an existing directory as target", t.target));
+    }
+    for src in &t.sources {
+        let src = Path::new(src);
+        let meta = fs::metadata(src).map_err(|e| format!("{}: {e}", src.display()))?;
+        let dest = if target_is_dir {
+            match src.file_name() {
+                Some(name) => target.join(name),
+                None => return Err(format!("{}: has no file name to copy into {}", src.display(), t.target)),
+            }
+        } else {
+            target.to_path_buf()
+        };
+        if meta.is_dir() {
+            if !t.recursive {
+                return Err(format!("{}: is a directory (use .recursive(true))", src.display()));
+            }
+            copy_dir(src, &dest)?;
+        } else {
+            copy_file(src, &dest, &meta)?;
+        }
+    }
+    Ok(())
+}
+
+fn copy_file(src: &Path, dest: &Path, meta: &fs::Metadata) -> Result<(), String> {
+    fs::copy(src, dest).map_err(|e| format!("{} -> {}: {e}", src.display(), dest.display()))?;
+    keep_times(dest, meta)
+}
+
+fn keep_times(dest: &Path, meta: &fs::Metadata) -> Result<(), String> {
+    let set = || -> std::io::Result<()> {
+        let f = fs::File::options().write(true).open(dest).or_else(|_| fs::File::open(dest))?;
+        let mut times = fs::FileTimes::new();
+        if let Ok(m) = meta.modified() {
+            times = times.set_modified(m);
+        }
+        if let Ok(a) = meta.accessed() {
+            times = times.set_accessed(a);
+        }
+        f.set_times(times)
+    };
+    set().map_err(|e| format!("{}: cannot keep the modification time: {e}", dest.display()))
+}
+
+fn copy_dir(src: &Path, dest: &Path) -> Result<(), String> {
+    let meta = fs::metadata(src).map_err(|e| format!("{}: {e}", src.display()))?;
+    if !dest.is_dir() {
+        fs::create_dir(dest).map_err(|e| format!("{}: {e}", dest.display()))?;
+    }
+    let entries = fs::read_dir(src).map_err(|e| format!("{}: {e}", src.display()))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| format!("{}: {e}", src.display()))?;
+        let path: PathBuf = entry.path();
+        let m = fs::metadata(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let to = dest.join(entry.file_name());
+        if m.is_dir() {
+            copy_dir(&path, &to)?;
+        } else {
+            copy_file(&path, &to, &m)?;
+        }
+    }
+    // Mode and times last: a read-only directory must still take its contents.
+    fs::set_permissions(dest, fs::Permissions::from_mode(meta.permissions().mode()))
+        .map_err(|e| format!("{}: {e}", dest.display()))?;
+    keep_times(dest, &meta)
+}
