@@ -122,7 +122,9 @@ impl Command {
                 let a = a.as_ref();
                 // try_quote fails only on NUL bytes, which no shell can take anyway:
                 // keep them visible so the remote shell reports the problem.
-                shlex::try_quote(a).map(|q| q.into_owned()).unwrap_or_else(|_| a.to_owned())
+                shlex::try_quote(a)
+                    .map(|q| q.into_owned())
+                    .unwrap_or_else(|_| a.to_owned())
             })
             .collect();
         Command::new(words.join(" "))
@@ -500,7 +502,10 @@ impl Action {
     pub(crate) fn check(&self) -> Result<()> {
         let tag_ok = |tag: &str, what: &str| {
             if tag.trim().is_empty() {
-                Err(Error::new(ErrorKind::MissingTag, format!("{what} needs a non-empty tag")))
+                Err(Error::new(
+                    ErrorKind::MissingTag,
+                    format!("{what} needs a non-empty tag"),
+                ))
             } else {
                 Ok(())
             }
@@ -515,7 +520,10 @@ impl Action {
             if self.class() == Class::Local {
                 return Err(Error::new(
                     ErrorKind::InvalidConfig,
-                    format!("option or_goto applies to remote tasks only, not to {}", self.describe()),
+                    format!(
+                        "option or_goto applies to remote tasks only, not to {}",
+                        self.describe()
+                    ),
                 ));
             }
         }

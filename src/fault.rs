@@ -50,6 +50,7 @@ pub struct Fault {
     delay: Duration,
     rules: HashMap<String, Rule>,
     log: Option<FaultLog>,
+    drop_idle: bool,
     state: Arc<FaultState>,
 }
 
@@ -74,8 +75,16 @@ impl Fault {
             delay: Duration::ZERO,
             rules: HashMap::new(),
             log: None,
+            drop_idle: false,
             state: Arc::default(),
         }
+    }
+
+    /// The connection dies right after every task, while idle: the next
+    /// task has to connect again.
+    pub fn drop_when_idle(mut self) -> Self {
+        self.drop_idle = true;
+        self
     }
 
     /// The first `n` connection attempts fail.
@@ -158,6 +167,8 @@ pub enum FaultEvent {
     Finished(String, i32),
     /// The connection was dropped during this task.
     Dropped(String),
+    /// The connection died while idle (`drop_when_idle`).
+    LostIdle,
     /// A task was cancelled (timeout).
     Cancelled(String),
     /// A connection was closed by the scheduler.
@@ -202,7 +213,9 @@ impl FaultLog {
                 g.open += 1;
                 g.max_open = g.max_open.max(g.open);
             }
-            FaultEvent::Disconnected | FaultEvent::Dropped(_) => g.open = g.open.saturating_sub(1),
+            FaultEvent::Disconnected | FaultEvent::Dropped(_) | FaultEvent::LostIdle => {
+                g.open = g.open.saturating_sub(1)
+            }
             _ => {}
         }
         g.events.push((label.to_owned(), ev, Instant::now()));
@@ -210,7 +223,12 @@ impl FaultLog {
 
     /// Every event as (label, event), in order.
     pub fn events(&self) -> Vec<(String, FaultEvent)> {
-        self.inner.lock().events.iter().map(|(l, e, _)| (l.clone(), e.clone())).collect()
+        self.inner
+            .lock()
+            .events
+            .iter()
+            .map(|(l, e, _)| (l.clone(), e.clone()))
+            .collect()
     }
 
     /// Every event with the instant it happened.
@@ -242,7 +260,12 @@ impl FaultLog {
     }
 
     fn count(&self, label: &str, ev: &FaultEvent) -> usize {
-        self.inner.lock().events.iter().filter(|(l, e, _)| l == label && e == ev).count()
+        self.inner
+            .lock()
+            .events
+            .iter()
+            .filter(|(l, e, _)| l == label && e == ev)
+            .count()
     }
 
     /// The most tasks that ran at once.
@@ -284,6 +307,7 @@ enum Pending {
         label: LabelId,
         name: Arc<str>,
         token: Token,
+        conn: Option<ConnId>,
         task: String,
         fault: Fault,
         result: Result<Exit, TransportError>,
@@ -375,12 +399,25 @@ impl FaultLoop {
 
     fn request(&mut self, req: Request) {
         match req {
-            Request::Connect { label, conn, name, host } => {
+            Request::Connect {
+                label,
+                conn,
+                name,
+                host,
+            } => {
                 let fault = fault_of(&host);
                 if let Some(log) = &fault.log {
                     log.push(&name, FaultEvent::Connect);
                 }
-                self.schedule(fault.connect_delay, Pending::Connect { label, name, conn, fault });
+                self.schedule(
+                    fault.connect_delay,
+                    Pending::Connect {
+                        label,
+                        name,
+                        conn,
+                        fault,
+                    },
+                );
             }
             Request::Disconnect { label, conn } => {
                 if let Some((name, fault)) = self.conns.remove(&conn) {
@@ -393,11 +430,25 @@ impl FaultLoop {
             Request::Run(job) => self.run_job(job),
             Request::Cancel { token } => {
                 let Some(id) = self.by_token.remove(&token) else { return };
-                if let Some(Pending::Finish { label, name, task, fault, started, .. }) = self.pending.remove(&id) {
+                if let Some(Pending::Finish {
+                    label,
+                    name,
+                    task,
+                    fault,
+                    started,
+                    ..
+                }) = self.pending.remove(&id)
+                {
                     if let Some(log) = &fault.log {
                         log.push(&name, FaultEvent::Cancelled(task));
                     }
-                    let outcome = Outcome::new(Ok(Exit { code: None, signal: Some(9) }), started);
+                    let outcome = Outcome::new(
+                        Ok(Exit {
+                            code: None,
+                            signal: Some(9),
+                        }),
+                        started,
+                    );
                     let _ = self.events.send(Event::Finished { label, token, outcome });
                 }
             }
@@ -455,6 +506,7 @@ impl FaultLoop {
             label: job.label,
             name: job.name.clone(),
             token: job.token,
+            conn: job.conn,
             task,
             fault,
             result,
@@ -466,7 +518,12 @@ impl FaultLoop {
 
     fn complete(&mut self, p: Pending) {
         match p {
-            Pending::Connect { label, name, conn, fault } => {
+            Pending::Connect {
+                label,
+                name,
+                conn,
+                fault,
+            } => {
                 let n = fault.state.connects.fetch_add(1, Ordering::AcqRel);
                 let ev = if n < fault.fail_connects {
                     if let Some(log) = &fault.log {
@@ -475,7 +532,11 @@ impl FaultLoop {
                     Event::ConnectFailed {
                         label,
                         conn,
-                        error: TransportError::Connect(format!("injected connection failure {} of {}", n + 1, fault.fail_connects)),
+                        error: TransportError::Connect(format!(
+                            "injected connection failure {} of {}",
+                            n + 1,
+                            fault.fail_connects
+                        )),
                     }
                 } else {
                     if let Some(log) = &fault.log {
@@ -486,7 +547,18 @@ impl FaultLoop {
                 };
                 let _ = self.events.send(ev);
             }
-            Pending::Finish { label, name, token, task, fault, result, stdout, started } => {
+            Pending::Finish {
+                label,
+                name,
+                token,
+                conn,
+                task,
+                fault,
+                result,
+                stdout,
+                started,
+            } => {
+                let lost_idle = fault.drop_idle && result.is_ok();
                 self.by_token.remove(&token);
                 if let Some(log) = &fault.log {
                     match &result {
@@ -502,6 +574,15 @@ impl FaultLoop {
                     };
                 }
                 let _ = self.events.send(Event::Finished { label, token, outcome });
+                if let (true, Some(conn)) = (lost_idle, conn) {
+                    if let Some((name, fault)) = self.conns.remove(&conn) {
+                        if let Some(log) = &fault.log {
+                            log.push(&name, FaultEvent::LostIdle);
+                        }
+                    }
+                    let error = TransportError::ConnectionLost("injected drop while idle".into());
+                    let _ = self.events.send(Event::Lost { label, conn, error });
+                }
             }
         }
     }

@@ -91,7 +91,12 @@ impl Host {
 
     /// Parses `[user@]host[:port]`; IPv6 addresses go in brackets: `[::1]:2222`.
     pub fn parse(spec: &str) -> Result<Host> {
-        let bad = |why: &str| Err(Error::new(ErrorKind::InvalidHost, format!("invalid host {spec:?}: {why}")));
+        let bad = |why: &str| {
+            Err(Error::new(
+                ErrorKind::InvalidHost,
+                format!("invalid host {spec:?}: {why}"),
+            ))
+        };
         let (user, rest) = match spec.rsplit_once('@') {
             Some((u, _)) if u.is_empty() => return bad("the user before '@' is empty"),
             Some((u, r)) => (Some(u.to_owned()), r),
@@ -272,7 +277,10 @@ mod tests {
     #[test]
     fn parse_forms() {
         let h = Host::parse("root@web1:2222").unwrap();
-        assert_eq!((h.user_name(), h.hostname(), h.port_number()), (Some("root"), "web1", Some(2222)));
+        assert_eq!(
+            (h.user_name(), h.hostname(), h.port_number()),
+            (Some("root"), "web1", Some(2222))
+        );
         let h = Host::parse("web1").unwrap();
         assert_eq!((h.user_name(), h.port_number()), (None, None));
         let h = Host::parse("[::1]:22").unwrap();

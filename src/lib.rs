@@ -42,6 +42,11 @@ mod session;
 mod transport;
 mod vars;
 
+/// The README's examples, compiled as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 pub use action::{
     Action, Command, Connect, DoneFn, Goto, Here, Join, Parsub, RsyncGet, RsyncPut, ScpGet, ScpPut, Stop, Sub,
 };

@@ -41,12 +41,18 @@ impl Output {
     /// Write to a file, truncating it first; `%LABEL%` and other variables are
     /// expanded, so every label can have its own.
     pub fn file(path: impl Into<String>) -> Output {
-        Output(OutputKind::File { path: path.into(), append: false })
+        Output(OutputKind::File {
+            path: path.into(),
+            append: false,
+        })
     }
 
     /// Append to a file (variables expanded as for [`Output::file`]).
     pub fn append(path: impl Into<String>) -> Output {
-        Output(OutputKind::File { path: path.into(), append: true })
+        Output(OutputKind::File {
+            path: path.into(),
+            append: true,
+        })
     }
 
     /// Copy to this process's own stream, line by line, each line prefixed with
@@ -130,7 +136,11 @@ pub(crate) struct Sink {
 }
 
 enum SinkKind {
-    Capture { buf: Vec<u8>, limit: usize, truncated: bool },
+    Capture {
+        buf: Vec<u8>,
+        limit: usize,
+        truncated: bool,
+    },
     File(io::BufWriter<File>),
     Inherit,
     Null,
@@ -167,7 +177,12 @@ impl Sink {
             OutputKind::Null => SinkKind::Null,
             OutputKind::Lines(f) => SinkKind::Lines(f.clone()),
         };
-        Ok(Sink { label, stream, kind, line: Vec::new() })
+        Ok(Sink {
+            label,
+            stream,
+            kind,
+            line: Vec::new(),
+        })
     }
 
     /// Takes the next chunk of bytes.
@@ -226,7 +241,10 @@ impl Sink {
             self.emit_line();
         }
         match self.kind {
-            SinkKind::Capture { buf, truncated, .. } => Ok(Captured { bytes: Some(buf), truncated }),
+            SinkKind::Capture { buf, truncated, .. } => Ok(Captured {
+                bytes: Some(buf),
+                truncated,
+            }),
             SinkKind::File(mut f) => {
                 f.flush().map_err(|e| format!("writing output file: {e}"))?;
                 Ok(Captured::default())

@@ -74,7 +74,12 @@ impl Parallel {
 
     /// The labels `selector` names now, in registration order.
     pub fn select(&self, selector: &str) -> Result<Vec<&str>> {
-        Ok(self.plan.select(selector)?.into_iter().map(|i| &*self.plan.labels[i].name).collect())
+        Ok(self
+            .plan
+            .select(selector)?
+            .into_iter()
+            .map(|i| &*self.plan.labels[i].name)
+            .collect())
     }
 
     /// Every registered label, in registration order.
@@ -209,7 +214,11 @@ impl ParallelBuilder {
             (None, None) => 0,
         };
         if connections != 0 && (workers == 0 || connections < workers) {
-            let w = if workers == 0 { "unlimited".to_owned() } else { workers.to_string() };
+            let w = if workers == 0 {
+                "unlimited".to_owned()
+            } else {
+                workers.to_string()
+            };
             return Err(Error::new(
                 ErrorKind::InvalidConfig,
                 format!("option connections ({connections}) must be at least option workers ({w})"),

@@ -243,7 +243,11 @@ impl Plan {
     pub(crate) fn find_here(&self, from: NodeIndex, tag: &str) -> Option<NodeIndex> {
         let mut cur = self.next(from);
         while let Some(n) = cur {
-            if let Node::Task { step: Step::Action { action, .. }, .. } = &self.graph[n] {
+            if let Node::Task {
+                step: Step::Action { action, .. },
+                ..
+            } = &self.graph[n]
+            {
                 if matches!(&**action, Action::Here(h) if h.tag == tag) {
                     return Some(n);
                 }
@@ -262,7 +266,11 @@ impl Plan {
             let mut pending: HashMap<&str, Vec<&str>> = HashMap::new();
             let mut cur = entry.head;
             while let Some(n) = cur {
-                if let Node::Task { step: Step::Action { action, desc, .. }, .. } = &self.graph[n] {
+                if let Node::Task {
+                    step: Step::Action { action, desc, .. },
+                    ..
+                } = &self.graph[n]
+                {
                     if let Action::Here(h) = &**action {
                         pending.remove(h.tag.as_str());
                     }
@@ -292,7 +300,10 @@ impl Plan {
             }
         }
         if petgraph::algo::is_cyclic_directed(&self.graph) {
-            problems.push(Error::new(ErrorKind::InvalidConfig, "the task graph has a cycle (this is a bug)"));
+            problems.push(Error::new(
+                ErrorKind::InvalidConfig,
+                "the task graph has a cycle (this is a bug)",
+            ));
         }
         match problems.len() {
             0 => Ok(()),
@@ -323,7 +334,15 @@ impl Plan {
     pub(crate) fn task_count(&self) -> usize {
         self.graph
             .node_weights()
-            .filter(|n| matches!(n, Node::Task { step: Step::Action { .. }, .. }))
+            .filter(|n| {
+                matches!(
+                    n,
+                    Node::Task {
+                        step: Step::Action { .. },
+                        ..
+                    }
+                )
+            })
             .count()
     }
 }

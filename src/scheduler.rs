@@ -83,7 +83,9 @@ impl SubContext<'_> {
 
 impl std::fmt::Debug for SubContext<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SubContext").field("label", &self.label()).finish_non_exhaustive()
+        f.debug_struct("SubContext")
+            .field("label", &self.label())
+            .finish_non_exhaustive()
     }
 }
 
@@ -275,7 +277,9 @@ impl<'p> Scheduler<'p> {
             self.wait_and_handle();
         }
         self.close_all();
-        let Scheduler { reports, transports, .. } = self;
+        let Scheduler {
+            reports, transports, ..
+        } = self;
         transports.shutdown();
         Report {
             labels: reports,
@@ -328,7 +332,9 @@ impl<'p> Scheduler<'p> {
             if *t > now {
                 break;
             }
-            let Some(Reverse((_, _, timer))) = self.timers.pop() else { break };
+            let Some(Reverse((_, _, timer))) = self.timers.pop() else {
+                break;
+            };
             match timer {
                 Timer::Wake { label, gen } => {
                     if self.rt[label].timer_gen == gen && self.rt[label].state == State::Delayed {
@@ -379,21 +385,30 @@ impl<'p> Scheduler<'p> {
                 continue;
             }
             if let Some(by) = self.abort_all.clone() {
-                let e = Error::new(ErrorKind::Aborted, format!("aborted because label {by} failed under AbortAll"))
-                    .with_label(self.name(l));
+                let e = Error::new(
+                    ErrorKind::Aborted,
+                    format!("aborted because label {by} failed under AbortAll"),
+                )
+                .with_label(self.name(l));
                 log::info!(target: "ssh_parallel", "[{}] aborted (AbortAll from {by})", self.name(l));
                 self.reports[l].error = Some(e);
                 self.rt[l].stopped = Some(Discard::Abort);
                 continue;
             }
             let (seq, step_action, join) = match &self.plan.graph[node] {
-                Node::Task { step: Step::Marker(j), .. } => {
+                Node::Task {
+                    step: Step::Marker(j), ..
+                } => {
                     let j = *j;
                     self.plan.pop(l);
                     self.release_join(j, l, true);
                     continue;
                 }
-                Node::Task { seq, step: Step::Action { action, join, .. }, .. } => (*seq, action.clone(), *join),
+                Node::Task {
+                    seq,
+                    step: Step::Action { action, join, .. },
+                    ..
+                } => (*seq, action.clone(), *join),
                 Node::Join(_) => unreachable!("join nodes are never in a queue"),
             };
             let _ = seq;
@@ -404,7 +419,12 @@ impl<'p> Scheduler<'p> {
                 Action::Goto(g) => {
                     let tag = g.tag.clone();
                     if !self.jump(l, node, &tag, TaskStatus::Succeeded, None) {
-                        let e = self.task_error(l, node, ErrorKind::GotoFailed, format!("no `here {tag}` later in the queue"));
+                        let e = self.task_error(
+                            l,
+                            node,
+                            ErrorKind::GotoFailed,
+                            format!("no `here {tag}` later in the queue"),
+                        );
                         self.rt[l].attempt = 1;
                         if !self.fail(l, node, e) {
                             return;
@@ -419,7 +439,9 @@ impl<'p> Scheduler<'p> {
                         self.complete_simple(l, node);
                         continue;
                     };
-                    let Node::Join(js) = &self.plan.graph[j] else { unreachable!() };
+                    let Node::Join(js) = &self.plan.graph[j] else {
+                        unreachable!()
+                    };
                     if js.remaining > 0 {
                         self.rt[l].state = State::WaitJoin;
                         return;
@@ -461,14 +483,22 @@ impl<'p> Scheduler<'p> {
 
     fn new_report(&self, node: NodeIndex, status: TaskStatus) -> TaskReport {
         match &self.plan.graph[node] {
-            Node::Task { seq, step: Step::Action { desc, .. }, .. } => TaskReport::new(*seq, desc.clone(), status),
+            Node::Task {
+                seq,
+                step: Step::Action { desc, .. },
+                ..
+            } => TaskReport::new(*seq, desc.clone(), status),
             _ => TaskReport::new(0, "marker".into(), status),
         }
     }
 
     /// Appends a task's final report and calls its `on_done`.
     fn record(&mut self, l: LabelId, node: NodeIndex, report: TaskReport) {
-        if let Node::Task { step: Step::Action { action, .. }, .. } = &self.plan.graph[node] {
+        if let Node::Task {
+            step: Step::Action { action, .. },
+            ..
+        } = &self.plan.graph[node]
+        {
             if let Some(f) = action.opts().and_then(|o| o.on_done.clone()) {
                 let name = self.name(l);
                 if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&name, &report))).is_err() {
@@ -481,7 +511,12 @@ impl<'p> Scheduler<'p> {
 
     fn task_error(&self, l: LabelId, node: NodeIndex, kind: ErrorKind, msg: impl Into<String>) -> Error {
         let mut e = Error::new(kind, msg).with_label(self.name(l));
-        if let Node::Task { seq, step: Step::Action { desc, .. }, .. } = &self.plan.graph[node] {
+        if let Node::Task {
+            seq,
+            step: Step::Action { desc, .. },
+            ..
+        } = &self.plan.graph[node]
+        {
             e = e.with_task(format!("task #{seq} ({desc})"));
         }
         e
@@ -527,13 +562,19 @@ impl<'p> Scheduler<'p> {
     fn discard_one(&mut self, l: LabelId, n: NodeIndex, how: Discard) {
         debug_assert_eq!(self.plan.labels[l].head, Some(n));
         match &self.plan.graph[n] {
-            Node::Task { step: Step::Marker(j), .. } => {
+            Node::Task {
+                step: Step::Marker(j), ..
+            } => {
                 let j = *j;
                 self.plan.pop(l);
                 self.release_join(j, l, how != Discard::Abort);
             }
             _ => {
-                let status = if how == Discard::Skip { TaskStatus::Skipped } else { TaskStatus::Cancelled };
+                let status = if how == Discard::Skip {
+                    TaskStatus::Skipped
+                } else {
+                    TaskStatus::Cancelled
+                };
                 let r = self.new_report(n, status);
                 self.record(l, n, r);
                 self.plan.pop(l);
@@ -544,7 +585,9 @@ impl<'p> Scheduler<'p> {
     /// One marker of join `j` was reached (`ok`) or discarded by an abort.
     fn release_join(&mut self, j: NodeIndex, by: LabelId, ok: bool) {
         let name = self.name(by);
-        let Node::Join(js) = &mut self.plan.graph[j] else { return };
+        let Node::Join(js) = &mut self.plan.graph[j] else {
+            return;
+        };
         js.remaining -= 1;
         if !ok && js.failed_by.is_none() {
             js.failed_by = Some(name);
@@ -581,8 +624,11 @@ impl<'p> Scheduler<'p> {
             }
             let state = self.rt[l].state;
             log::error!(target: "ssh_parallel", "[{}] stuck in {state:?} with nothing in flight; aborting it", self.name(l));
-            let e = Error::new(ErrorKind::Aborted, format!("internal scheduler error: label stuck in {state:?}"))
-                .with_label(self.name(l));
+            let e = Error::new(
+                ErrorKind::Aborted,
+                format!("internal scheduler error: label stuck in {state:?}"),
+            )
+            .with_label(self.name(l));
             self.reports[l].error.get_or_insert(e);
             self.rt[l].stopped = Some(Discard::Abort);
             self.release_slot(l);
@@ -626,7 +672,10 @@ impl<'p> Scheduler<'p> {
                 l,
                 node,
                 ErrorKind::Timeout,
-                format!("took {elapsed:.2?}, over its timeout of {:.2?}", timeout.unwrap_or_default()),
+                format!(
+                    "took {elapsed:.2?}, over its timeout of {:.2?}",
+                    timeout.unwrap_or_default()
+                ),
             )),
             Ok(Ok(())) => None,
             Ok(Err(e)) => Some(self.sub_error(l, node, e)),
@@ -754,12 +803,18 @@ impl<'p> Scheduler<'p> {
                 self.open_conn(l);
                 continue;
             }
-            let waiting = self.conn_waiters.iter().filter(|&&w| self.rt[w].state == State::WaitConn).count();
+            let waiting = self
+                .conn_waiters
+                .iter()
+                .filter(|&&w| self.rt[w].state == State::WaitConn)
+                .count();
             if self.evictions >= waiting {
                 return;
             }
             // Close the least recently used idle connection to make room.
-            let Some((_, victim)) = self.idle.pop_first() else { return };
+            let Some((_, victim)) = self.idle.pop_first() else {
+                return;
+            };
             self.rt[victim].idle_key = None;
             log::debug!(target: "ssh_parallel", "[{}] closing idle connection to make room", self.name(victim));
             self.rt[victim].evicting = true;
@@ -778,7 +833,15 @@ impl<'p> Scheduler<'p> {
         let entry = &self.plan.labels[l];
         let (name, host) = (entry.name.clone(), entry.host.clone());
         log::debug!(target: "ssh_parallel", "[{name}] connecting");
-        self.transports.send(&host, Request::Connect { label: l, conn, name, host: host.clone() });
+        self.transports.send(
+            &host,
+            Request::Connect {
+                label: l,
+                conn,
+                name,
+                host: host.clone(),
+            },
+        );
     }
 
     fn close_conn(&mut self, l: LabelId) {
@@ -908,10 +971,14 @@ impl<'p> Scheduler<'p> {
 
     fn reconnections(&self, l: LabelId, node: NodeIndex) -> u32 {
         let task = match &self.plan.graph[node] {
-            Node::Task { step: Step::Action { action, .. }, .. } => action.opts().and_then(|o| o.reconnections),
+            Node::Task {
+                step: Step::Action { action, .. },
+                ..
+            } => action.opts().and_then(|o| o.reconnections),
             _ => None,
         };
-        task.or(self.plan.labels[l].host.reconnections).unwrap_or(self.cfg.reconnections)
+        task.or(self.plan.labels[l].host.reconnections)
+            .unwrap_or(self.cfg.reconnections)
     }
 
     /// Waits `d` before advancing `l` again (`Ready` at once for zero). Keeps
@@ -948,7 +1015,10 @@ impl<'p> Scheduler<'p> {
             }));
         }
         let action = match &self.plan.graph[node] {
-            Node::Task { step: Step::Action { action, .. }, .. } => action.clone(),
+            Node::Task {
+                step: Step::Action { action, .. },
+                ..
+            } => action.clone(),
             _ => return,
         };
         let verdict = self.judge(l, node, &action, outcome.result, &mut r);
@@ -977,7 +1047,12 @@ impl<'p> Scheduler<'p> {
                         self.make_ready(l);
                         return;
                     }
-                    let e = self.task_error(l, node, ErrorKind::GotoFailed, format!("or_goto: no `here {tag}` later in the queue"));
+                    let e = self.task_error(
+                        l,
+                        node,
+                        ErrorKind::GotoFailed,
+                        format!("or_goto: no `here {tag}` later in the queue"),
+                    );
                     if self.fail(l, node, e) {
                         self.make_ready(l);
                     }
@@ -1034,12 +1109,9 @@ impl<'p> Scheduler<'p> {
                         self.task_error(l, node, ErrorKind::Command, format!("killed by signal {sig}"))
                             .with_exit(None, Some(sig)),
                     ),
-                    (None, None) => Verdict::Failed(self.task_error(
-                        l,
-                        node,
-                        ErrorKind::Command,
-                        "ended without an exit status",
-                    )),
+                    (None, None) => {
+                        Verdict::Failed(self.task_error(l, node, ErrorKind::Command, "ended without an exit status"))
+                    }
                 }
             }
             Err(TransportError::ConnectionLost(m)) => {
@@ -1048,7 +1120,11 @@ impl<'p> Scheduler<'p> {
             Err(TransportError::Connect(m)) => Verdict::Lost(Error::new(ErrorKind::Connect, m)),
             Err(TransportError::Transfer(m)) => Verdict::Failed(self.task_error(l, node, ErrorKind::Transfer, m)),
             Err(TransportError::Local { message, source }) => {
-                let kind = if transfer { ErrorKind::Transfer } else { ErrorKind::Local };
+                let kind = if transfer {
+                    ErrorKind::Transfer
+                } else {
+                    ErrorKind::Local
+                };
                 let mut e = self.task_error(l, node, kind, message);
                 if let Some(s) = source {
                     e = e.with_boxed_source(s);
@@ -1068,7 +1144,10 @@ impl<'p> Scheduler<'p> {
 
     fn fail_with(&mut self, l: LabelId, node: NodeIndex, e: Error, report: Option<TaskReport>) -> bool {
         let (policy, desc) = match &self.plan.graph[node] {
-            Node::Task { step: Step::Action { action, desc, .. }, .. } => (
+            Node::Task {
+                step: Step::Action { action, desc, .. },
+                ..
+            } => (
                 action
                     .opts()
                     .and_then(|o| o.on_error.clone())
@@ -1090,7 +1169,11 @@ impl<'p> Scheduler<'p> {
                 task: &desc,
                 // A failed join cannot succeed on a retry: present it as the
                 // last attempt so a bounded retry falls through.
-                attempt: if e.kind() == ErrorKind::JoinFailed { u32::MAX } else { attempt },
+                attempt: if e.kind() == ErrorKind::JoinFailed {
+                    u32::MAX
+                } else {
+                    attempt
+                },
             };
             match (policy.decide(&ctx), e.kind()) {
                 (Decision::Retry(_), ErrorKind::GotoFailed) => Decision::Ignore,
@@ -1130,7 +1213,11 @@ impl<'p> Scheduler<'p> {
                 self.plan.pop(l);
                 self.rt[l].reset_task();
                 self.reports[l].error = Some(e);
-                self.rt[l].stopped = Some(if decision == Decision::Done { Discard::Done } else { Discard::Abort });
+                self.rt[l].stopped = Some(if decision == Decision::Done {
+                    Discard::Done
+                } else {
+                    Discard::Abort
+                });
                 if decision == Decision::AbortAll && self.abort_all.is_none() {
                     self.abort_all = Some(name);
                     self.wake_all_for_abort();

@@ -10,12 +10,19 @@ const RESERVED: &[char] = &[',', '*', '!', '(', ')', '<', '>', '/', '{', '}'];
 
 /// Checks that `label` can be registered and selected.
 pub(crate) fn validate_label(label: &str) -> Result<()> {
-    let bad = |why: String| Err(Error::new(ErrorKind::InvalidLabel, format!("invalid label {label:?}: {why}")));
+    let bad = |why: String| {
+        Err(Error::new(
+            ErrorKind::InvalidLabel,
+            format!("invalid label {label:?}: {why}"),
+        ))
+    };
     if label.is_empty() {
         return bad("a label must not be empty".into());
     }
     if let Some(c) = label.chars().find(|c| RESERVED.contains(c)) {
-        return bad(format!("{c:?} is reserved (labels may not contain any of , * ! ( ) < > / {{ }})"));
+        return bad(format!(
+            "{c:?} is reserved (labels may not contain any of , * ! ( ) < > / {{ }})"
+        ));
     }
     if label.trim() != label {
         return bad("leading or trailing whitespace could never be selected".into());
@@ -42,7 +49,12 @@ impl Selector {
     /// Parses `text`; an empty selector, an empty part or a reserved character
     /// is an [`ErrorKind::InvalidSelector`] naming the culprit.
     pub fn parse(text: &str) -> Result<Selector> {
-        let bad = |why: String| Err(Error::new(ErrorKind::InvalidSelector, format!("invalid selector {text:?}: {why}")));
+        let bad = |why: String| {
+            Err(Error::new(
+                ErrorKind::InvalidSelector,
+                format!("invalid selector {text:?}: {why}"),
+            ))
+        };
         if text.trim().is_empty() {
             return bad("a selector must not be empty".into());
         }
@@ -66,7 +78,10 @@ impl Selector {
                 parts.push(Part::Exact(part.to_owned()));
             }
         }
-        Ok(Selector { text: text.to_owned(), parts })
+        Ok(Selector {
+            text: text.to_owned(),
+            parts,
+        })
     }
 
     /// The selector as written.
@@ -106,7 +121,11 @@ impl Selector {
             ids.dedup();
             return ids;
         }
-        labels.enumerate().filter(|(_, l)| self.matches(l)).map(|(i, _)| i).collect()
+        labels
+            .enumerate()
+            .filter(|(_, l)| self.matches(l))
+            .map(|(i, _)| i)
+            .collect()
     }
 }
 
@@ -151,7 +170,11 @@ mod tests {
     #[test]
     fn labels_with_reserved_characters_are_rejected() {
         for bad in ["", "a,b", "a*", "!x", "(x", "x)", "<", ">", "a/b", "{", "}", " a"] {
-            assert_eq!(validate_label(bad).unwrap_err().kind(), ErrorKind::InvalidLabel, "{bad:?}");
+            assert_eq!(
+                validate_label(bad).unwrap_err().kind(),
+                ErrorKind::InvalidLabel,
+                "{bad:?}"
+            );
         }
         validate_label("web-1.example.com:22@x").unwrap();
     }

@@ -143,7 +143,9 @@ fn dispatch(rx: Receiver<Request>, events: Sender<Event>) {
                             label,
                             token,
                             outcome: Outcome::new(
-                                Err(TransportError::local("abandoned after its timeout (it cannot be interrupted)")),
+                                Err(TransportError::local(
+                                    "abandoned after its timeout (it cannot be interrupted)",
+                                )),
                                 SystemTime::now(),
                             ),
                         });
@@ -162,19 +164,13 @@ fn run_job(job: Job, running: &Running) -> Outcome {
     running.lock().insert(job.token, (job.label, Cancel::Abandon));
     match &*job.action {
         Action::Command(c) => run_command(&job, c, running, started),
-        Action::ScpGet(ScpGet(t)) | Action::ScpPut(ScpPut(t)) => {
-            match copy_paths(t) {
-                Ok(()) => Outcome::new(Ok(Exit::OK), started),
-                Err(e) => fail(TransportError::Transfer(e)),
-            }
-        }
+        Action::ScpGet(ScpGet(t)) | Action::ScpPut(ScpPut(t)) => match copy_paths(t) {
+            Ok(()) => Outcome::new(Ok(Exit::OK), started),
+            Err(e) => fail(TransportError::Transfer(e)),
+        },
         Action::RsyncGet(RsyncGet(t)) | Action::RsyncPut(RsyncPut(t)) => run_rsync(&job, t, running, started),
-        Action::Parsub(p) => {
-            run_parsub(&job, p, started)
-        }
-        Action::Connect(_) => {
-            Outcome::new(Ok(Exit::OK), started)
-        }
+        Action::Parsub(p) => run_parsub(&job, p, started),
+        Action::Connect(_) => Outcome::new(Ok(Exit::OK), started),
         other => fail(TransportError::local(format!(
             "{} is not a remote task (scheduler bug)",
             other.describe()
@@ -183,7 +179,11 @@ fn run_job(job: Job, running: &Running) -> Outcome {
 }
 
 pub(crate) fn run_parsub(job: &Job, p: &Parsub, started: SystemTime) -> Outcome {
-    let kind = if p.no_ssh { SessionKind::Detached } else { SessionKind::Local };
+    let kind = if p.no_ssh {
+        SessionKind::Detached
+    } else {
+        SessionKind::Local
+    };
     let mut session = Session::new(job.name.clone(), kind);
     let f = p.f.clone();
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&job.name, &mut session)));
@@ -193,7 +193,10 @@ pub(crate) fn run_parsub(job: &Job, p: &Parsub, started: SystemTime) -> Outcome 
             message: format!("parsub failed: {e}"),
             source: Some(e),
         }),
-        Err(panic) => Err(TransportError::local(format!("parsub panicked: {}", panic_message(&panic)))),
+        Err(panic) => Err(TransportError::local(format!(
+            "parsub panicked: {}",
+            panic_message(&panic)
+        ))),
     };
     Outcome::new(result, started)
 }
@@ -238,7 +241,13 @@ fn run_command(job: &Job, c: &Command, running: &Running, started: SystemTime) -
             Err(e) => return fail(format!("cannot open stdin file {path:?}: {e}")),
         },
     }
-    let pipe_or_null = |k: &OutputKind| if matches!(k, OutputKind::Null) { Stdio::null() } else { Stdio::piped() };
+    let pipe_or_null = |k: &OutputKind| {
+        if matches!(k, OutputKind::Null) {
+            Stdio::null()
+        } else {
+            Stdio::piped()
+        }
+    };
     cmd.stdout(pipe_or_null(&c.stdout.0));
     cmd.stderr(pipe_or_null(&c.stderr.0));
     let mut child = match cmd.spawn() {
@@ -262,12 +271,7 @@ fn run_command(job: &Job, c: &Command, running: &Running, started: SystemTime) -
 
 /// Reads stdout here and stderr on a scoped thread (both are always drained,
 /// so the child never blocks on a full pipe), feeds stdin, then reaps.
-fn drain_and_wait(
-    child: &mut Child,
-    feed: Option<Arc<[u8]>>,
-    out: &mut Sink,
-    err: &mut Sink,
-) -> Result<Exit, String> {
+fn drain_and_wait(child: &mut Child, feed: Option<Arc<[u8]>>, out: &mut Sink, err: &mut Sink) -> Result<Exit, String> {
     let stdin = child.stdin.take();
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
@@ -325,12 +329,17 @@ fn kill_group(pgid: i32) {
 fn run_rsync(job: &Job, t: &Transfer, running: &Running, started: SystemTime) -> Outcome {
     let mut cmd = std::process::Command::new("rsync");
     cmd.arg("-a").args(&t.args).args(&t.sources).arg(&t.target);
-    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).process_group(0);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .process_group(0);
     let child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
             return Outcome::new(
-                Err(TransportError::Transfer(format!("cannot run rsync (is it installed?): {e}"))),
+                Err(TransportError::Transfer(format!(
+                    "cannot run rsync (is it installed?): {e}"
+                ))),
                 started,
             )
         }
@@ -361,7 +370,10 @@ pub(crate) fn copy_paths(t: &Transfer) -> Result<(), String> {
     let target = Path::new(&t.target);
     let target_is_dir = target.is_dir();
     if t.sources.len() > 1 && !target_is_dir {
-        return Err(format!("{}: copying several files needs an existing directory as target", t.target));
+        return Err(format!(
+            "{}: copying several files needs an existing directory as target",
+            t.target
+        ));
     }
     for src in &t.sources {
         let src = Path::new(src);
@@ -393,7 +405,10 @@ fn copy_file(src: &Path, dest: &Path, meta: &fs::Metadata) -> Result<(), String>
 
 fn keep_times(dest: &Path, meta: &fs::Metadata) -> Result<(), String> {
     let set = || -> std::io::Result<()> {
-        let f = fs::File::options().write(true).open(dest).or_else(|_| fs::File::open(dest))?;
+        let f = fs::File::options()
+            .write(true)
+            .open(dest)
+            .or_else(|_| fs::File::open(dest))?;
         let mut times = fs::FileTimes::new();
         if let Ok(m) = meta.modified() {
             times = times.set_modified(m);

@@ -37,23 +37,51 @@ pub(crate) struct Job {
 /// From the scheduler to a transport.
 #[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
 pub(crate) enum Request {
-    Connect { label: LabelId, conn: ConnId, name: Arc<str>, host: Arc<Host> },
+    Connect {
+        label: LabelId,
+        conn: ConnId,
+        name: Arc<str>,
+        host: Arc<Host>,
+    },
     Run(Job),
     /// Stop a running task (its timeout passed); the transport still answers
     /// with `Finished`.
-    Cancel { token: Token },
-    Disconnect { label: LabelId, conn: ConnId },
+    Cancel {
+        token: Token,
+    },
+    Disconnect {
+        label: LabelId,
+        conn: ConnId,
+    },
 }
 
 /// From a transport to the scheduler.
 #[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
 pub(crate) enum Event {
-    Connected { label: LabelId, conn: ConnId },
-    ConnectFailed { label: LabelId, conn: ConnId, error: TransportError },
-    /// An idle connection died.
-    Lost { label: LabelId, conn: ConnId, error: TransportError },
-    Closed { label: LabelId, conn: ConnId },
-    Finished { label: LabelId, token: Token, outcome: Outcome },
+    Connected {
+        label: LabelId,
+        conn: ConnId,
+    },
+    ConnectFailed {
+        label: LabelId,
+        conn: ConnId,
+        error: TransportError,
+    },
+    /// An idle connection died (the SSH transport detects it by deadline).
+    Lost {
+        label: LabelId,
+        conn: ConnId,
+        error: TransportError,
+    },
+    Closed {
+        label: LabelId,
+        conn: ConnId,
+    },
+    Finished {
+        label: LabelId,
+        token: Token,
+        outcome: Outcome,
+    },
 }
 
 /// How a process ended.
@@ -64,7 +92,10 @@ pub(crate) struct Exit {
 }
 
 impl Exit {
-    pub(crate) const OK: Exit = Exit { code: Some(0), signal: None };
+    pub(crate) const OK: Exit = Exit {
+        code: Some(0),
+        signal: None,
+    };
 }
 
 /// What a transport reports about a finished task.
