@@ -98,7 +98,7 @@ impl Host {
             ))
         };
         let (user, rest) = match spec.rsplit_once('@') {
-            Some((u, _)) if u.is_empty() => return bad("the user before '@' is empty"),
+            Some(("", _)) => return bad("the user before '@' is empty"),
             Some((u, r)) => (Some(u.to_owned()), r),
             None => (None, spec),
         };

@@ -195,7 +195,7 @@ pub(crate) fn run_parsub(job: &Job, p: &Parsub, started: SystemTime) -> Outcome 
         }),
         Err(panic) => Err(TransportError::local(format!(
             "parsub panicked: {}",
-            panic_message(&panic)
+            panic_message(&*panic)
         ))),
     };
     Outcome::new(result, started)
