@@ -5,6 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::Error;
+use crate::plan::Plan;
+use crate::report::{LabelReport, TaskReport};
 
 /// The closure behind [`OnError::callback`].
 pub type PolicyFn = Arc<dyn Fn(&ErrorContext<'_>) -> OnError + Send + Sync>;
@@ -102,12 +104,27 @@ impl fmt::Debug for OnError {
 }
 
 /// What an [`OnError::callback`] closure is told about the failure.
-#[derive(Debug)]
 pub struct ErrorContext<'a> {
     pub(crate) label: &'a str,
     pub(crate) error: &'a Error,
     pub(crate) task: &'a str,
     pub(crate) attempt: u32,
+    /// False when another run cannot change the outcome (a failed join):
+    /// bounded retries go straight to their `exhausted` policy.
+    pub(crate) retryable: bool,
+    pub(crate) plan: &'a Plan,
+    pub(crate) reports: &'a [LabelReport],
+}
+
+impl fmt::Debug for ErrorContext<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ErrorContext")
+            .field("label", &self.label)
+            .field("error", &self.error)
+            .field("task", &self.task)
+            .field("attempt", &self.attempt)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ErrorContext<'_> {
@@ -129,6 +146,21 @@ impl ErrorContext<'_> {
     /// Which run of the task failed: 1 for the first, 2 for the first retry...
     pub fn attempt(&self) -> u32 {
         self.attempt
+    }
+
+    /// The scheduler's view: the outcomes so far of `label`'s tasks in this run.
+    pub fn results(&self, label: &str) -> Option<&[TaskReport]> {
+        self.plan.id(label).map(|id| self.reports[id].tasks())
+    }
+
+    /// The error that stopped `label` in this run, if any.
+    pub fn label_error(&self, label: &str) -> Option<&Error> {
+        self.plan.id(label).and_then(|id| self.reports[id].error())
+    }
+
+    /// Every registered label.
+    pub fn labels(&self) -> impl Iterator<Item = &str> {
+        self.plan.labels.iter().map(|l| &*l.name)
     }
 }
 
@@ -155,7 +187,7 @@ impl OnError {
                 OnError::AbortAll => return Decision::AbortAll,
                 OnError::Retry => return Decision::Retry(Duration::ZERO),
                 OnError::RetryUpTo(r) => {
-                    if ctx.attempt < r.max_attempts {
+                    if ctx.retryable && ctx.attempt < r.max_attempts {
                         return Decision::Retry(r.delay);
                     }
                     policy = *r.exhausted;

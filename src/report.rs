@@ -143,7 +143,9 @@ impl TaskReport {
         self.error.as_deref()
     }
 
-    /// How many times it ran (retries included; 0 if it never ran).
+    /// How many times it was tried (1 + retries under a retry policy; 0 if it
+    /// never ran). Re-runs after a lost connection are counted apart, in
+    /// [`reruns`](Self::reruns).
     pub fn attempts(&self) -> u32 {
         self.attempts
     }

@@ -385,11 +385,8 @@ impl<'p> Scheduler<'p> {
                 continue;
             }
             if let Some(by) = self.abort_all.clone() {
-                let e = Error::new(
-                    ErrorKind::Aborted,
-                    format!("aborted because label {by} failed under AbortAll"),
-                )
-                .with_label(self.name(l));
+                let msg = format!("aborted before this task because label {by} failed under AbortAll");
+                let e = self.task_error(l, node, ErrorKind::Aborted, msg);
                 log::info!(target: "ssh_parallel", "[{}] aborted (AbortAll from {by})", self.name(l));
                 self.reports[l].error = Some(e);
                 self.rt[l].stopped = Some(Discard::Abort);
@@ -710,7 +707,10 @@ impl<'p> Scheduler<'p> {
 
     fn start_remote(&mut self, l: LabelId, node: NodeIndex, action: &Arc<Action>) {
         if !self.rt[l].has_slot {
-            if self.cfg.workers == 0 || self.slots_used < self.cfg.workers {
+            // FIFO: a free slot goes to whoever has waited longest, not to a
+            // label coming back for its next task.
+            let free = self.cfg.workers == 0 || self.slots_used < self.cfg.workers;
+            if free && self.slot_waiters.is_empty() {
                 self.slots_used += 1;
                 self.rt[l].has_slot = true;
             } else {
@@ -957,7 +957,10 @@ impl<'p> Scheduler<'p> {
             r.started = Some(wall);
             r.duration = mono.elapsed();
         }
-        self.rt[l].attempt = self.rt[l].attempt.max(1);
+        if !lost {
+            // The task never reached the host, but this was one more try.
+            self.rt[l].attempt += 1;
+        }
         if self.fail_with(l, node, e, Some(r)) {
             self.make_ready(l);
         }
@@ -1167,13 +1170,11 @@ impl<'p> Scheduler<'p> {
                 label: &name,
                 error: &e,
                 task: &desc,
-                // A failed join cannot succeed on a retry: present it as the
-                // last attempt so a bounded retry falls through.
-                attempt: if e.kind() == ErrorKind::JoinFailed {
-                    u32::MAX
-                } else {
-                    attempt
-                },
+                attempt,
+                // A failed join cannot succeed on a retry.
+                retryable: e.kind() != ErrorKind::JoinFailed,
+                plan: self.plan,
+                reports: &self.reports,
             };
             match (policy.decide(&ctx), e.kind()) {
                 (Decision::Retry(_), ErrorKind::GotoFailed) => Decision::Ignore,
@@ -1191,6 +1192,7 @@ impl<'p> Scheduler<'p> {
             r
         });
         r.attempts = attempt;
+        r.reruns = self.rt[l].reruns;
         match decision {
             Decision::Retry(d) => {
                 self.rt[l].reconnects = 0;
