@@ -99,6 +99,9 @@ pub(crate) struct Plan {
     pub(crate) graph: DiGraph<Node, Edge>,
     pub(crate) labels: Vec<LabelEntry>,
     index: HashMap<Arc<str>, LabelId>,
+    /// Whether a goto or or_goto was pushed since the last run: only then can
+    /// `validate` find anything.
+    pub(crate) has_jumps: bool,
 }
 
 impl Plan {
@@ -151,6 +154,7 @@ impl Plan {
             }
             _ => Vec::new(),
         };
+        self.has_jumps |= matches!(action, Action::Goto(_)) || action.opts().is_some_and(|o| o.or_goto.is_some());
         let desc: Arc<str> = action.describe().into();
         let shared = Arc::new(action);
         let mut prepared = Vec::with_capacity(ids.len());
@@ -299,7 +303,9 @@ impl Plan {
                 );
             }
         }
-        if petgraph::algo::is_cyclic_directed(&self.graph) {
+        // Pushes only ever add edges to new nodes, so a cycle is a bug: check
+        // in debug builds, where the O(V + E) walk is affordable.
+        if cfg!(debug_assertions) && petgraph::algo::is_cyclic_directed(&self.graph) {
             problems.push(Error::new(
                 ErrorKind::InvalidConfig,
                 "the task graph has a cycle (this is a bug)",
@@ -324,6 +330,7 @@ impl Plan {
     /// Forgets every task; called when a run has emptied every queue.
     pub(crate) fn clear_tasks(&mut self) {
         self.graph.clear();
+        self.has_jumps = false;
         for l in &mut self.labels {
             l.head = None;
             l.tail = None;

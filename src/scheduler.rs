@@ -855,6 +855,10 @@ impl<'p> Scheduler<'p> {
     }
 
     fn mark_idle(&mut self, l: LabelId) {
+        // Without a connections limit nothing is ever evicted: skip the bookkeeping.
+        if self.cfg.connections == 0 {
+            return;
+        }
         if matches!(self.rt[l].conn, Conn::Up(_)) && self.rt[l].idle_key.is_none() {
             self.tick += 1;
             self.idle.insert(self.tick, l);
