@@ -4,6 +4,7 @@
 //! (fault injection) without the scheduler knowing which.
 
 pub(crate) mod local;
+pub(crate) mod ssh;
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -170,6 +171,7 @@ fn kind_of(host: &Host) -> Kind {
 pub(crate) struct Transports {
     events: Sender<Event>,
     local: Option<Sender<Request>>,
+    ssh: Option<ssh::Handle>,
     #[cfg(feature = "fault-injection")]
     fault: Option<Sender<Request>>,
     handles: Vec<std::thread::JoinHandle<()>>,
@@ -180,6 +182,7 @@ impl Transports {
         Transports {
             events,
             local: None,
+            ssh: None,
             #[cfg(feature = "fault-injection")]
             fault: None,
             handles: Vec::new(),
@@ -209,7 +212,25 @@ impl Transports {
                 })
             }
             Kind::Ssh => {
-                no_ssh_transport(&self.events, req);
+                if self.ssh.is_none() {
+                    match ssh::spawn(self.events.clone()) {
+                        Ok((tx, h)) => {
+                            self.handles.push(h);
+                            self.ssh = Some(tx);
+                        }
+                        Err(e) => {
+                            log::error!(target: "ssh_parallel", "cannot start the SSH transport: {e}");
+                        }
+                    }
+                }
+                match &self.ssh {
+                    Some(tx) => {
+                        if !tx.send(req) {
+                            log::error!(target: "ssh_parallel", "the SSH transport thread has died");
+                        }
+                    }
+                    None => no_ssh_transport(&self.events, req),
+                }
                 return;
             }
         };
@@ -221,6 +242,7 @@ impl Transports {
     /// Stops every transport thread and waits for it.
     pub(crate) fn shutdown(self) {
         drop(self.local);
+        drop(self.ssh);
         #[cfg(feature = "fault-injection")]
         drop(self.fault);
         for h in self.handles {
@@ -229,10 +251,10 @@ impl Transports {
     }
 }
 
-/// SSH hosts cannot be reached by this build: every request fails as it
-/// would against an unreachable host, so policies still apply.
+/// The SSH transport could not be started: every request fails as it would
+/// against an unreachable host, so policies still apply.
 fn no_ssh_transport(events: &Sender<Event>, req: Request) {
-    let msg = "this build has no SSH transport yet; use Host::local() for now".to_owned();
+    let msg = "the SSH transport could not be started (see the log)".to_owned();
     let ev = match req {
         Request::Connect { label, conn, .. } => Event::ConnectFailed {
             label,

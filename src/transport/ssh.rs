@@ -1,0 +1,1537 @@
+//! The SSH transport: one I/O thread running a mio [`Poll`] that drives many
+//! non-blocking libssh2 sessions, each an explicit per-connection state machine.
+//!
+//! Life of a connection: `Resolving` (names only, on a short-lived helper
+//! thread) -> `Connecting` (non-blocking TCP, every resolved address in turn)
+//! -> `Handshake` -> host-key check -> `Auth` (key files, password,
+//! keyboard-interactive) -> `Idle`. A `Run` turns `Idle` into `Running` (channel
+//! open, env, pty, exec, stdin, EOF, drain stdout and stderr, close, exit
+//! status) and back. A `Cancel` answers the task at once and closes its channel
+//! (`Cancelling`); a channel that cannot be closed within [`CLOSE_TIMEOUT`]
+//! makes the session `Broken`: it is torn down and re-opened transparently by
+//! the next `Run`. `Disconnect` goes through `Disconnecting` (bounded by
+//! [`CLOSE_TIMEOUT`]) to `Closed`.
+//!
+//! libssh2 rules followed here (see `ENGINEERING-NOTES.md`): we keep the
+//! `TcpStream` and hand libssh2 only its file descriptor; after a `WouldBlock`
+//! the same call is repeated before any other on that session; the socket is
+//! registered edge-triggered for both directions and every state machine runs
+//! until it would block, with a fallback tick for anything libssh2 buffered;
+//! all deadlines are ours (libssh2's timeout does not apply in non-blocking
+//! mode); nothing blocks in `Drop` (sockets are shut down before sessions and
+//! channels are freed).
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, Shutdown, SocketAddr, ToSocketAddrs};
+use std::os::fd::{AsRawFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Registry, Waker};
+use parking_lot::Mutex;
+use ssh2::{BlockDirections, CheckResult, ErrorCode, HashType, KnownHostFileKind, Session};
+
+use super::{ConnId, Event, Exit, Job, Outcome, Request, Token, TransportError};
+use crate::action::{Action, Command};
+use crate::host::{Host, HostKeyCheck};
+use crate::output::{Sink, StdinKind, Stream};
+use crate::plan::LabelId;
+
+/// The poll token of the waker; connections use their key.
+const WAKER: mio::Token = mio::Token(usize::MAX);
+/// Connecting and authenticating, when the host sets no `connect_timeout`.
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long closing a channel or disconnecting a session may take.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Busy sessions are stepped at least this often, in case libssh2 buffered
+/// input that no new edge will announce.
+const FALLBACK_TICK: Duration = Duration::from_millis(100);
+
+// libssh2 error codes used here.
+const LIBSSH2_ERROR_EAGAIN: i32 = -37;
+const LIBSSH2_ERROR_KEX_FAILURE: i32 = -5;
+const LIBSSH2_ERROR_KEY_EXCHANGE_FAILURE: i32 = -8;
+const LIBSSH2_ERROR_SOCKET_SEND: i32 = -7;
+const LIBSSH2_ERROR_SOCKET_TIMEOUT: i32 = -9;
+const LIBSSH2_ERROR_SOCKET_DISCONNECT: i32 = -13;
+const LIBSSH2_ERROR_CHANNEL_REQUEST_DENIED: i32 = -22;
+const LIBSSH2_ERROR_SOCKET_RECV: i32 = -43;
+
+/// The scheduler's end of the SSH transport: the request channel plus the
+/// waker of the I/O thread's poll.
+pub(crate) struct Handle {
+    tx: Option<Sender<Request>>,
+    waker: Arc<Waker>,
+}
+
+impl Handle {
+    /// Sends a request and wakes the I/O thread; false if the thread has died.
+    pub(crate) fn send(&self, req: Request) -> bool {
+        let ok = self.tx.as_ref().is_some_and(|tx| tx.send(req).is_ok());
+        let _ = self.waker.wake();
+        ok
+    }
+}
+
+impl Drop for Handle {
+    /// Disconnects the request channel and wakes the thread, which then closes
+    /// every session (bounded by [`CLOSE_TIMEOUT`]) and exits.
+    fn drop(&mut self) {
+        self.tx = None;
+        let _ = self.waker.wake();
+    }
+}
+
+/// Starts the SSH transport's I/O thread; returns its handle and thread.
+pub(crate) fn spawn(events: Sender<Event>) -> io::Result<(Handle, JoinHandle<()>)> {
+    let poll = Poll::new()?;
+    let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+    let (tx, rx) = crossbeam_channel::unbounded::<Request>();
+    let (resolved_tx, resolved_rx) = crossbeam_channel::unbounded();
+    let lp = Loop {
+        poll,
+        waker: waker.clone(),
+        rx,
+        events,
+        conns: HashMap::new(),
+        by_id: HashMap::new(),
+        next_key: 0,
+        resolved_tx,
+        resolved_rx,
+        detached: Arc::default(),
+        closing_all: false,
+    };
+    let handle = std::thread::Builder::new()
+        .name("ssh-parallel-ssh".into())
+        .spawn(move || lp.run())?;
+    Ok((Handle { tx: Some(tx), waker }, handle))
+}
+
+/// A resolver thread's answer: connection key, attempt generation, addresses.
+type Resolved = (usize, u64, Result<Vec<SocketAddr>, String>);
+
+/// The I/O thread's state.
+struct Loop {
+    poll: Poll,
+    waker: Arc<Waker>,
+    rx: Receiver<Request>,
+    events: Sender<Event>,
+    /// Connections by key (the key is also their poll token).
+    conns: HashMap<usize, Conn>,
+    by_id: HashMap<ConnId, usize>,
+    next_key: usize,
+    resolved_tx: Sender<Resolved>,
+    resolved_rx: Receiver<Resolved>,
+    /// `Parsub::no_ssh` closures running on their own threads: token -> label.
+    detached: Arc<Mutex<HashMap<Token, LabelId>>>,
+    /// The scheduler hung up: close everything and exit.
+    closing_all: bool,
+}
+
+/// What connection steps need from the loop.
+struct Cx<'a> {
+    events: &'a Sender<Event>,
+    registry: &'a Registry,
+    waker: &'a Arc<Waker>,
+    resolved: &'a Sender<Resolved>,
+}
+
+impl Loop {
+    /// The event loop: poll, take requests, step sessions, enforce deadlines.
+    fn run(mut self) {
+        let mut events = Events::with_capacity(1024);
+        let mut last_tick = Instant::now();
+        loop {
+            let timeout = self.poll_timeout();
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    log::error!(target: "ssh_parallel", "ssh transport: poll failed: {e}");
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                continue;
+            }
+            let ready: Vec<(usize, bool)> = events
+                .iter()
+                .filter(|ev| ev.token() != WAKER)
+                .map(|ev| (ev.token().0, ev.is_read_closed() || ev.is_error()))
+                .collect();
+            self.take_requests();
+            self.take_resolved();
+            {
+                let cx = Cx {
+                    events: &self.events,
+                    registry: self.poll.registry(),
+                    waker: &self.waker,
+                    resolved: &self.resolved_tx,
+                };
+                for (key, closed) in ready {
+                    if let Some(c) = self.conns.get_mut(&key) {
+                        if matches!(c.phase, Phase::Idle) {
+                            c.check_idle(&cx, closed);
+                        } else {
+                            c.step(&cx);
+                        }
+                    }
+                }
+                if last_tick.elapsed() >= FALLBACK_TICK {
+                    last_tick = Instant::now();
+                    for c in self.conns.values_mut() {
+                        if c.is_busy() {
+                            c.step(&cx);
+                        }
+                    }
+                }
+                let now = Instant::now();
+                for c in self.conns.values_mut() {
+                    if c.deadline.is_some_and(|d| d <= now) {
+                        c.deadline_passed(&cx);
+                    }
+                }
+            }
+            self.reap();
+            if self.closing_all && self.conns.is_empty() {
+                return;
+            }
+        }
+    }
+
+    /// Sleeps until the next deadline; busy sessions also get the fallback tick.
+    fn poll_timeout(&self) -> Option<Duration> {
+        let now = Instant::now();
+        let mut t: Option<Duration> = None;
+        for c in self.conns.values() {
+            if c.is_busy() {
+                t = Some(t.map_or(FALLBACK_TICK, |t| t.min(FALLBACK_TICK)));
+            }
+            if let Some(d) = c.deadline {
+                let left = d.saturating_duration_since(now);
+                t = Some(t.map_or(left, |t| t.min(left)));
+            }
+        }
+        t
+    }
+
+    /// Handles every queued request; a hung-up scheduler closes everything.
+    fn take_requests(&mut self) {
+        loop {
+            match self.rx.try_recv() {
+                Ok(req) => self.request(req),
+                Err(TryRecvError::Empty) => return,
+                Err(TryRecvError::Disconnected) => {
+                    if !self.closing_all {
+                        self.closing_all = true;
+                        let cx = Cx {
+                            events: &self.events,
+                            registry: self.poll.registry(),
+                            waker: &self.waker,
+                            resolved: &self.resolved_tx,
+                        };
+                        for c in self.conns.values_mut() {
+                            c.disconnect(&cx);
+                        }
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Handles one request from the scheduler.
+    fn request(&mut self, req: Request) {
+        let cx = Cx {
+            events: &self.events,
+            registry: self.poll.registry(),
+            waker: &self.waker,
+            resolved: &self.resolved_tx,
+        };
+        match req {
+            Request::Connect {
+                label,
+                conn,
+                name,
+                host,
+            } => {
+                let key = self.next_key;
+                self.next_key += 1;
+                let mut c = Conn::new(key, label, conn, name, host);
+                c.start_connect(&cx);
+                c.step(&cx);
+                self.by_id.insert(conn, key);
+                self.conns.insert(key, c);
+            }
+            Request::Run(job) => {
+                let Some(id) = job.conn else {
+                    self.run_detached(job);
+                    return;
+                };
+                match self.by_id.get(&id).and_then(|k| self.conns.get_mut(k)) {
+                    Some(c) => {
+                        c.run(&cx, job);
+                        c.step(&cx);
+                    }
+                    None => finish(
+                        &self.events,
+                        job.label,
+                        job.token,
+                        Outcome::new(
+                            Err(TransportError::ConnectionLost("the connection is gone".into())),
+                            SystemTime::now(),
+                        ),
+                    ),
+                }
+            }
+            Request::Cancel { token } => {
+                if let Some(label) = self.detached.lock().remove(&token) {
+                    log::warn!(target: "ssh_parallel", "abandoning a parsub after its timeout; it keeps running");
+                    finish(
+                        &self.events,
+                        label,
+                        token,
+                        Outcome::new(
+                            Err(TransportError::local(
+                                "abandoned after its timeout (it cannot be interrupted)",
+                            )),
+                            SystemTime::now(),
+                        ),
+                    );
+                    return;
+                }
+                for c in self.conns.values_mut() {
+                    if c.cancel(&cx, token) {
+                        c.step(&cx);
+                        break;
+                    }
+                }
+            }
+            Request::Disconnect { label, conn } => match self.by_id.get(&conn).and_then(|k| self.conns.get_mut(k)) {
+                Some(c) => {
+                    c.disconnect(&cx);
+                    c.step(&cx);
+                }
+                None => {
+                    let _ = self.events.send(Event::Closed { label, conn });
+                }
+            },
+        }
+    }
+
+    /// A task that needs no connection (`Parsub::no_ssh`) runs on its own thread.
+    fn run_detached(&mut self, job: Job) {
+        let events = self.events.clone();
+        let detached = self.detached.clone();
+        detached.lock().insert(job.token, job.label);
+        let spawned = std::thread::Builder::new()
+            .name("ssh-parallel-parsub".into())
+            .spawn(move || {
+                let started = SystemTime::now();
+                let outcome = match &*job.action {
+                    Action::Parsub(p) => super::local::run_parsub(&job, p, started),
+                    other => Outcome::new(
+                        Err(TransportError::local(format!(
+                            "{} needs an SSH connection but none was given (scheduler bug)",
+                            other.describe()
+                        ))),
+                        started,
+                    ),
+                };
+                if detached.lock().remove(&job.token).is_some() {
+                    finish(&events, job.label, job.token, outcome);
+                }
+            });
+        if let Err(e) = spawned {
+            log::error!(target: "ssh_parallel", "cannot start a parsub thread: {e}");
+        }
+    }
+
+    /// Hands resolved addresses to the connections that asked for them.
+    fn take_resolved(&mut self) {
+        while let Ok((key, gen, result)) = self.resolved_rx.try_recv() {
+            let cx = Cx {
+                events: &self.events,
+                registry: self.poll.registry(),
+                waker: &self.waker,
+                resolved: &self.resolved_tx,
+            };
+            if let Some(c) = self.conns.get_mut(&key) {
+                if c.gen == gen && matches!(c.phase, Phase::Resolving) {
+                    match result {
+                        Ok(addrs) if !addrs.is_empty() => {
+                            c.phase = Phase::Connecting {
+                                addrs,
+                                next: 0,
+                                errors: Vec::new(),
+                            };
+                            c.step(&cx);
+                        }
+                        Ok(_) => c.connect_failed(&cx, format!("{}: the name resolves to no address", c.target())),
+                        Err(e) => c.connect_failed(&cx, format!("cannot resolve {}: {e}", c.host.hostname)),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Removes the connections that are done.
+    fn reap(&mut self) {
+        let done: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| matches!(c.phase, Phase::Done))
+            .map(|(k, _)| *k)
+            .collect();
+        for key in done {
+            if let Some(mut c) = self.conns.remove(&key) {
+                c.teardown(self.poll.registry(), Phase::Done);
+                if self.by_id.get(&c.id) == Some(&key) {
+                    self.by_id.remove(&c.id);
+                }
+                for job in c.pending.drain(..) {
+                    finish(
+                        &self.events,
+                        job.label,
+                        job.token,
+                        Outcome::new(
+                            Err(TransportError::ConnectionLost("the connection was closed".into())),
+                            SystemTime::now(),
+                        ),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Sends `Finished` for a task.
+fn finish(events: &Sender<Event>, label: LabelId, token: Token, outcome: Outcome) {
+    let _ = events.send(Event::Finished { label, token, outcome });
+}
+
+/// Hands libssh2 the socket's descriptor while we keep the socket itself.
+struct Fd(RawFd);
+
+impl AsRawFd for Fd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0
+    }
+}
+
+/// Where a connection is in its life.
+enum Phase {
+    /// Waiting for the resolver thread.
+    Resolving,
+    /// TCP connect to `addrs[next - 1]` in progress (or about to try `addrs[next]`).
+    Connecting {
+        addrs: Vec<SocketAddr>,
+        next: usize,
+        errors: Vec<String>,
+    },
+    Handshake,
+    Auth(Box<Auth>),
+    Idle,
+    Running(Box<Task>),
+    /// A cancelled task's channel is being closed (`None`: its channel was
+    /// still being opened, so finish opening it first).
+    Cancelling(Option<ssh2::Channel>),
+    /// The session was abandoned; the next `Run` reconnects.
+    Broken,
+    Disconnecting,
+    /// To be removed.
+    Done,
+}
+
+/// What a step of the state machine asks for next.
+enum Flow {
+    /// The phase changed: step again.
+    Again,
+    /// Wait for the socket (or a deadline).
+    Wait,
+    /// Authenticated.
+    Up,
+    /// The running command ended.
+    TaskDone(Exit),
+    /// The session is free for the next job.
+    Free,
+}
+
+/// How a running task failed.
+enum TaskFail {
+    /// The session is unusable.
+    Lost(String),
+    /// This task failed but the session is fine (a local file, a refused pty).
+    Task(TransportError),
+}
+
+/// One connection of one label.
+struct Conn {
+    key: usize,
+    label: LabelId,
+    id: ConnId,
+    name: Arc<str>,
+    host: Arc<Host>,
+    port: u16,
+    user: String,
+    phase: Phase,
+    stream: Option<TcpStream>,
+    sess: Option<Session>,
+    deadline: Option<Instant>,
+    /// Jobs that arrived while the connection was busy or reconnecting.
+    pending: VecDeque<Job>,
+    /// Connection attempt number (stale resolver answers are dropped).
+    gen: u64,
+}
+
+impl Conn {
+    /// A connection not yet started.
+    fn new(key: usize, label: LabelId, id: ConnId, name: Arc<str>, host: Arc<Host>) -> Conn {
+        Conn {
+            key,
+            label,
+            id,
+            name,
+            port: host.port.unwrap_or(22),
+            user: host.effective_user(),
+            host,
+            phase: Phase::Idle,
+            stream: None,
+            sess: None,
+            deadline: None,
+            pending: VecDeque::new(),
+            gen: 0,
+        }
+    }
+
+    /// `user@host:port`, for messages.
+    fn target(&self) -> String {
+        format!("{}@{}:{}", self.user, self.host.hostname, self.port)
+    }
+
+    /// Whether the fallback tick should step this connection.
+    fn is_busy(&self) -> bool {
+        !matches!(self.phase, Phase::Idle | Phase::Broken | Phase::Done | Phase::Resolving)
+    }
+
+    /// Starts (or restarts) connecting, with the connect deadline.
+    fn start_connect(&mut self, cx: &Cx<'_>) {
+        self.gen += 1;
+        let timeout = self.host.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+        self.deadline = Some(Instant::now() + timeout);
+        if let Ok(ip) = self.host.hostname.parse::<IpAddr>() {
+            self.phase = Phase::Connecting {
+                addrs: vec![SocketAddr::new(ip, self.port)],
+                next: 0,
+                errors: Vec::new(),
+            };
+            return;
+        }
+        self.phase = Phase::Resolving;
+        let (key, gen, port) = (self.key, self.gen, self.port);
+        let name = self.host.hostname.clone();
+        let tx = cx.resolved.clone();
+        let waker = cx.waker.clone();
+        // getaddrinfo blocks: never on the I/O thread.
+        let spawned = std::thread::Builder::new()
+            .name("ssh-parallel-resolve".into())
+            .spawn(move || {
+                let r = (name.as_str(), port)
+                    .to_socket_addrs()
+                    .map(|a| a.collect())
+                    .map_err(|e| e.to_string());
+                let _ = tx.send((key, gen, r));
+                let _ = waker.wake();
+            });
+        if let Err(e) = spawned {
+            self.connect_failed(cx, format!("cannot start a resolver thread: {e}"));
+        }
+    }
+
+    /// Runs the state machine until it would block.
+    fn step(&mut self, cx: &Cx<'_>) {
+        loop {
+            let r = match self.phase {
+                Phase::Resolving | Phase::Idle | Phase::Broken | Phase::Done => return,
+                Phase::Connecting { .. } => self.step_tcp(cx),
+                Phase::Handshake => self.step_handshake(),
+                Phase::Auth(_) => self.step_auth(),
+                Phase::Running(_) => match self.step_task() {
+                    Ok(f) => Ok(f),
+                    Err(TaskFail::Lost(m)) => {
+                        self.lose(cx, m);
+                        return;
+                    }
+                    Err(TaskFail::Task(e)) => {
+                        self.abort_task(cx, Err(e));
+                        Ok(Flow::Again)
+                    }
+                },
+                Phase::Cancelling(_) => match self.step_cancel() {
+                    Ok(f) => Ok(f),
+                    Err(m) => {
+                        self.broken(cx, m);
+                        Ok(Flow::Again)
+                    }
+                },
+                Phase::Disconnecting => Ok(self.step_disconnect(cx)),
+            };
+            match r {
+                Ok(Flow::Again) => continue,
+                Ok(Flow::Wait) => return,
+                Ok(Flow::Up) => self.up(cx),
+                Ok(Flow::Free) => self.become_idle(cx),
+                Ok(Flow::TaskDone(exit)) => {
+                    if let Phase::Running(t) = std::mem::replace(&mut self.phase, Phase::Idle) {
+                        t.finish(cx.events, Ok(exit));
+                    }
+                    self.become_idle(cx);
+                }
+                Err(m) => {
+                    self.connect_failed(cx, m);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Non-blocking TCP connect, trying each address in turn; then creates the session.
+    fn step_tcp(&mut self, cx: &Cx<'_>) -> Result<Flow, String> {
+        let target = self.target();
+        let Phase::Connecting { addrs, next, errors } = &mut self.phase else {
+            return Ok(Flow::Again);
+        };
+        if let Some(s) = &self.stream {
+            let failed = match s.take_error() {
+                Ok(Some(e)) | Err(e) => Some(e.to_string()),
+                Ok(None) => match s.peer_addr() {
+                    Ok(_) => None,
+                    Err(e) if e.kind() == io::ErrorKind::NotConnected || e.kind() == io::ErrorKind::WouldBlock => {
+                        return Ok(Flow::Wait)
+                    }
+                    Err(e) => Some(e.to_string()),
+                },
+            };
+            match failed {
+                None => {
+                    let _ = s.set_nodelay(true);
+                    let mut sess = Session::new().map_err(|e| format!("cannot create an SSH session: {e}"))?;
+                    sess.set_blocking(false);
+                    sess.set_tcp_stream(Fd(s.as_raw_fd()));
+                    self.sess = Some(sess);
+                    self.phase = Phase::Handshake;
+                    return Ok(Flow::Again);
+                }
+                Some(e) => {
+                    errors.push(format!("{}: {e}", addrs[*next - 1]));
+                    if let Some(mut s) = self.stream.take() {
+                        let _ = cx.registry.deregister(&mut s);
+                    }
+                }
+            }
+        }
+        let Some(addr) = addrs.get(*next).copied() else {
+            return Err(format!("cannot connect to {target}: {}", errors.join("; ")));
+        };
+        *next += 1;
+        match TcpStream::connect(addr) {
+            Ok(mut s) => {
+                if let Err(e) =
+                    cx.registry
+                        .register(&mut s, mio::Token(self.key), Interest::READABLE | Interest::WRITABLE)
+                {
+                    errors.push(format!("{addr}: cannot poll the socket: {e}"));
+                } else {
+                    self.stream = Some(s);
+                }
+            }
+            Err(e) => errors.push(format!("{addr}: {e}")),
+        }
+        Ok(Flow::Again)
+    }
+
+    /// The SSH handshake, then the host-key check.
+    fn step_handshake(&mut self) -> Result<Flow, String> {
+        let target = self.target();
+        let sess = self.sess.as_mut().expect("session in handshake");
+        match sess.handshake() {
+            Ok(()) => {}
+            Err(e) if would_block(&e) => return Ok(Flow::Wait),
+            Err(e) => return Err(handshake_error(&target, &e)),
+        }
+        check_host_key(sess, &self.host, self.port)?;
+        let keys = if self.host.key_files.is_empty() {
+            default_keys()
+        } else {
+            self.host.key_files.clone()
+        };
+        self.phase = Phase::Auth(Box::new(Auth {
+            stage: AuthStage::Methods,
+            methods: String::new(),
+            keys,
+            next_key: 0,
+            tried: Vec::new(),
+        }));
+        Ok(Flow::Again)
+    }
+
+    /// Authentication: key files, then password, then keyboard-interactive.
+    fn step_auth(&mut self) -> Result<Flow, String> {
+        let target = self.target();
+        let Conn {
+            sess,
+            phase,
+            host,
+            user,
+            ..
+        } = self;
+        let sess = sess.as_ref().expect("session in auth");
+        let Phase::Auth(a) = phase else {
+            return Ok(Flow::Again);
+        };
+        loop {
+            if sess.authenticated() {
+                return Ok(Flow::Up);
+            }
+            let result = match a.stage {
+                AuthStage::Methods => match sess.auth_methods(user) {
+                    Ok(m) => {
+                        a.methods = m.to_owned();
+                        a.stage = AuthStage::Key;
+                        continue;
+                    }
+                    Err(e) => Err(e),
+                },
+                AuthStage::Key => {
+                    let Some(key) = a.keys.get(a.next_key).filter(|_| a.allows("publickey")) else {
+                        a.stage = AuthStage::Password;
+                        continue;
+                    };
+                    sess.userauth_pubkey_file(user, None, key, host.passphrase.as_deref())
+                }
+                AuthStage::Password => match &host.password {
+                    Some(pw) if a.allows("password") => sess.userauth_password(user, pw),
+                    _ => {
+                        a.stage = AuthStage::Keyboard;
+                        continue;
+                    }
+                },
+                AuthStage::Keyboard => match &host.password {
+                    Some(pw) if a.allows("keyboard-interactive") => {
+                        sess.userauth_keyboard_interactive(user, &mut Answer(pw.clone()))
+                    }
+                    _ => {
+                        a.stage = AuthStage::Failed;
+                        continue;
+                    }
+                },
+                AuthStage::Failed => {
+                    let tried = if a.tried.is_empty() {
+                        "no method (no key file found and no password given)".to_owned()
+                    } else {
+                        a.tried.join(", ")
+                    };
+                    return Err(format!(
+                        "authentication failed for {target}: tried {tried}; the server accepts: {}",
+                        if a.methods.is_empty() {
+                            "(none listed)"
+                        } else {
+                            &a.methods
+                        }
+                    ));
+                }
+            };
+            match result {
+                Ok(()) => continue,
+                Err(e) if would_block(&e) => return Ok(Flow::Wait),
+                Err(e) if is_socket_error(&e) => {
+                    return Err(format!("{target}: connection lost while authenticating: {e}"))
+                }
+                Err(e) => match a.stage {
+                    AuthStage::Methods => {
+                        if sess.authenticated() {
+                            continue;
+                        }
+                        return Err(format!("{target}: cannot list authentication methods: {e}"));
+                    }
+                    AuthStage::Key => {
+                        a.tried
+                            .push(format!("publickey {} ({})", a.keys[a.next_key].display(), e.message()));
+                        a.next_key += 1;
+                    }
+                    AuthStage::Password => {
+                        a.tried.push("password".to_owned());
+                        a.stage = AuthStage::Keyboard;
+                    }
+                    AuthStage::Keyboard => {
+                        a.tried.push("keyboard-interactive".to_owned());
+                        a.stage = AuthStage::Failed;
+                    }
+                    AuthStage::Failed => {}
+                },
+            }
+        }
+    }
+
+    /// Authentication succeeded.
+    fn up(&mut self, cx: &Cx<'_>) {
+        self.deadline = None;
+        self.phase = Phase::Idle;
+        log::debug!(target: "ssh_parallel", "[{}] ssh session up ({})", self.name, self.target());
+        if self.pending.is_empty() {
+            let _ = cx.events.send(Event::Connected {
+                label: self.label,
+                conn: self.id,
+            });
+        } else {
+            self.become_idle(cx);
+        }
+    }
+
+    /// Connecting failed: the scheduler learns it as `ConnectFailed`, or, when
+    /// this was a transparent reconnection, through the waiting tasks.
+    fn connect_failed(&mut self, cx: &Cx<'_>, msg: String) {
+        log::debug!(target: "ssh_parallel", "[{}] {msg}", self.name);
+        self.teardown(cx.registry, Phase::Done);
+        if self.pending.is_empty() {
+            let _ = cx.events.send(Event::ConnectFailed {
+                label: self.label,
+                conn: self.id,
+                error: TransportError::Connect(msg),
+            });
+        } else {
+            for job in self.pending.drain(..) {
+                finish(
+                    cx.events,
+                    job.label,
+                    job.token,
+                    Outcome::new(Err(TransportError::Connect(msg.clone())), SystemTime::now()),
+                );
+            }
+        }
+    }
+
+    /// The session died: a running task learns it as `ConnectionLost`, an idle
+    /// connection is reported `Lost`.
+    fn lose(&mut self, cx: &Cx<'_>, msg: String) {
+        log::debug!(target: "ssh_parallel", "[{}] connection lost: {msg}", self.name);
+        let old = std::mem::replace(&mut self.phase, Phase::Done);
+        if let Some(s) = &self.stream {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+        let mut answered = false;
+        if let Phase::Running(t) = old {
+            answered = true;
+            t.finish(cx.events, Err(TransportError::ConnectionLost(msg.clone())));
+        }
+        for job in self.pending.drain(..) {
+            answered = true;
+            finish(
+                cx.events,
+                job.label,
+                job.token,
+                Outcome::new(Err(TransportError::ConnectionLost(msg.clone())), SystemTime::now()),
+            );
+        }
+        self.teardown(cx.registry, Phase::Done);
+        if !answered {
+            let _ = cx.events.send(Event::Lost {
+                label: self.label,
+                conn: self.id,
+                error: TransportError::ConnectionLost(msg),
+            });
+        }
+    }
+
+    /// An event on an idle session: only a closed or failed socket matters.
+    fn check_idle(&mut self, cx: &Cx<'_>, closed: bool) {
+        let Some(s) = &self.stream else { return };
+        let gone = closed
+            || match s.peek(&mut [0u8; 1]) {
+                Ok(0) => true,
+                Ok(_) => false,
+                Err(e) => !matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted),
+            };
+        if gone {
+            self.lose(cx, format!("{} closed the connection", self.target()));
+        }
+    }
+
+    /// Shuts the socket down (so libssh2 cannot block or wait on it), then
+    /// frees channels, the session and the socket.
+    fn teardown(&mut self, registry: &Registry, next: Phase) {
+        if let Some(s) = &self.stream {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+        drop(std::mem::replace(&mut self.phase, next));
+        self.sess = None;
+        if let Some(mut s) = self.stream.take() {
+            let _ = registry.deregister(&mut s);
+        }
+    }
+
+    /// A `Run` for this connection.
+    fn run(&mut self, cx: &Cx<'_>, job: Job) {
+        self.pending.push_back(job);
+        match self.phase {
+            Phase::Idle => self.become_idle(cx),
+            Phase::Broken => self.start_connect(cx),
+            _ => {}
+        }
+    }
+
+    /// The session is free: start the next waiting job, if any.
+    fn become_idle(&mut self, cx: &Cx<'_>) {
+        self.phase = Phase::Idle;
+        self.deadline = None;
+        while matches!(self.phase, Phase::Idle) {
+            let Some(job) = self.pending.pop_front() else { return };
+            self.start_job(cx, job);
+        }
+    }
+
+    fn start_job(&mut self, cx: &Cx<'_>, job: Job) {
+        let started = SystemTime::now();
+        let answer = |e: TransportError| finish(cx.events, job.label, job.token, Outcome::new(Err(e), started));
+        match &*job.action {
+            Action::Command(c) => match Task::new(&job, c, started) {
+                Ok(t) => self.phase = Phase::Running(Box::new(t)),
+                Err(e) => answer(e),
+            },
+            Action::Connect(_) => finish(cx.events, job.label, job.token, Outcome::new(Ok(Exit::OK), started)),
+            Action::ScpGet(_) | Action::ScpPut(_) | Action::RsyncGet(_) | Action::RsyncPut(_) => {
+                answer(TransportError::Transfer(format!(
+                    "{}: not implemented over SSH yet (this build runs only commands over SSH)",
+                    job.action.describe()
+                )))
+            }
+            Action::Parsub(_) => answer(TransportError::local(
+                "parsub with an SSH session is not implemented yet (use Parsub::no_ssh or a local host)",
+            )),
+            other => answer(TransportError::local(format!(
+                "{} is not a remote task (scheduler bug)",
+                other.describe()
+            ))),
+        }
+    }
+
+    /// Runs a command's channel: open, env, pty, exec, stdin, EOF, drain, close.
+    fn step_task(&mut self) -> Result<Flow, TaskFail> {
+        let sess = self.sess.as_ref().expect("session while running");
+        let Phase::Running(t) = &mut self.phase else {
+            return Ok(Flow::Again);
+        };
+        let lost = |what: &str, e: &dyn std::fmt::Display| TaskFail::Lost(format!("{what}: {e}"));
+        loop {
+            if t.stage == TaskStage::Open {
+                match sess.channel_session() {
+                    Ok(ch) => {
+                        t.channel = Some(ch);
+                        t.stage = TaskStage::Env;
+                    }
+                    Err(e) if would_block(&e) => return Ok(Flow::Wait),
+                    Err(e) => return Err(lost("opening a channel", &e)),
+                }
+                continue;
+            }
+            let Action::Command(c) = &*t.action else {
+                return Err(TaskFail::Task(TransportError::local("not a command (transport bug)")));
+            };
+            let ch = t.channel.as_mut().expect("channel after open");
+            match t.stage {
+                TaskStage::Open => {}
+                TaskStage::Env => {
+                    let Some((k, v)) = c.env.get(t.env_next) else {
+                        t.stage = TaskStage::Pty;
+                        continue;
+                    };
+                    match ch.setenv(k, v) {
+                        Ok(()) => t.env_next += 1,
+                        Err(e) if would_block(&e) => return Ok(Flow::Wait),
+                        Err(e) if code(&e) == LIBSSH2_ERROR_CHANNEL_REQUEST_DENIED => {
+                            // Most servers refuse env (AcceptEnv): export it in the command instead.
+                            t.env_fallback.push((k.clone(), v.clone()));
+                            t.env_next += 1;
+                        }
+                        Err(e) => return Err(lost("setting the environment", &e)),
+                    }
+                }
+                TaskStage::Pty => {
+                    if !c.pty {
+                        t.stage = TaskStage::Exec;
+                        continue;
+                    }
+                    match ch.request_pty("xterm", None, None) {
+                        Ok(()) => t.stage = TaskStage::Exec,
+                        Err(e) if would_block(&e) => return Ok(Flow::Wait),
+                        Err(e) if code(&e) == LIBSSH2_ERROR_CHANNEL_REQUEST_DENIED => {
+                            return Err(TaskFail::Task(TransportError::local(format!(
+                                "the server refused a pty: {e}"
+                            ))))
+                        }
+                        Err(e) => return Err(lost("requesting a pty", &e)),
+                    }
+                }
+                TaskStage::Exec => {
+                    let cmd = if t.env_fallback.is_empty() {
+                        c.cmd.clone()
+                    } else {
+                        let exports: Vec<String> = t
+                            .env_fallback
+                            .iter()
+                            .map(|(k, v)| format!("{k}={}", shlex::try_quote(v).unwrap_or_default()))
+                            .collect();
+                        format!("export {}; {}", exports.join(" "), c.cmd)
+                    };
+                    match ch.exec(&cmd) {
+                        Ok(()) => t.stage = TaskStage::Stdin,
+                        Err(e) if would_block(&e) => return Ok(Flow::Wait),
+                        Err(e) if code(&e) == LIBSSH2_ERROR_CHANNEL_REQUEST_DENIED => {
+                            return Err(TaskFail::Task(TransportError::local(format!(
+                                "the server refused to run the command: {e}"
+                            ))))
+                        }
+                        Err(e) => return Err(lost("starting the command", &e)),
+                    }
+                }
+                TaskStage::Stdin => {
+                    let Some(data) = t.stdin.as_ref().filter(|d| t.stdin_off < d.len()) else {
+                        t.stage = TaskStage::Eof;
+                        continue;
+                    };
+                    match ch.write(&data[t.stdin_off..]) {
+                        Ok(n) => t.stdin_off += n,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            // A half-sent packet must be finished before anything
+                            // else; an exhausted window lets us read meanwhile.
+                            if matches!(sess.block_directions(), BlockDirections::Inbound) {
+                                drain(t)?;
+                            }
+                            return Ok(Flow::Wait);
+                        }
+                        // The command closed its input: not an error.
+                        Err(_) => t.stage = TaskStage::Eof,
+                    }
+                }
+                TaskStage::Eof => match ch.send_eof() {
+                    Ok(()) => t.stage = TaskStage::Drain,
+                    Err(e) if would_block(&e) => return Ok(Flow::Wait),
+                    Err(_) => t.stage = TaskStage::Drain,
+                },
+                TaskStage::Drain => {
+                    if !drain(t)? {
+                        return Ok(Flow::Wait);
+                    }
+                    t.stage = TaskStage::Close;
+                }
+                TaskStage::Close => {
+                    let ch = t.channel.as_mut().expect("channel after open");
+                    match ch.close() {
+                        Ok(()) => {}
+                        Err(e) if would_block(&e) => return Ok(Flow::Wait),
+                        Err(e) => return Err(lost("closing the channel", &e)),
+                    }
+                    let signal = ch
+                        .exit_signal()
+                        .ok()
+                        .and_then(|s| s.exit_signal)
+                        .map(|name| signal_number(&name));
+                    let code = if signal.is_some() { None } else { ch.exit_status().ok() };
+                    return Ok(Flow::TaskDone(Exit { code, signal }));
+                }
+            }
+        }
+    }
+
+    /// Answers the running task with `result` and closes its channel.
+    fn abort_task(&mut self, cx: &Cx<'_>, result: Result<Exit, TransportError>) {
+        let Phase::Running(mut t) = std::mem::replace(&mut self.phase, Phase::Idle) else {
+            return;
+        };
+        let channel = t.channel.take();
+        let opening = t.stage == TaskStage::Open;
+        t.finish(cx.events, result);
+        if channel.is_none() && !opening {
+            self.become_idle(cx);
+            return;
+        }
+        self.deadline = Some(Instant::now() + CLOSE_TIMEOUT);
+        self.phase = Phase::Cancelling(channel);
+    }
+
+    /// A `Cancel`: true if `token` runs (or waits) here.
+    fn cancel(&mut self, cx: &Cx<'_>, token: Token) -> bool {
+        if let Some(i) = self.pending.iter().position(|j| j.token == token) {
+            let job = self.pending.remove(i).expect("position is valid");
+            finish(
+                cx.events,
+                job.label,
+                job.token,
+                Outcome::new(
+                    Err(TransportError::local("cancelled before it started")),
+                    SystemTime::now(),
+                ),
+            );
+            return true;
+        }
+        match &self.phase {
+            Phase::Running(t) if t.token == token => {
+                self.abort_task(cx, Err(TransportError::local("cancelled after its timeout")));
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Closes a cancelled task's channel. Once the close request is sent the
+    /// session is free again: a server that waits for the remote process to
+    /// end before confirming (OpenSSH without a pty) must not hold it up.
+    fn step_cancel(&mut self) -> Result<Flow, String> {
+        let sess = self.sess.as_ref().expect("session while cancelling");
+        let Phase::Cancelling(slot) = &mut self.phase else {
+            return Ok(Flow::Again);
+        };
+        let Some(ch) = slot else {
+            return match sess.channel_session() {
+                Ok(ch) => {
+                    *slot = Some(ch);
+                    Ok(Flow::Again)
+                }
+                Err(e) if would_block(&e) => Ok(Flow::Wait),
+                Err(e) if is_socket_error(&e) => Err(format!("opening a channel: {e}")),
+                Err(_) => Ok(Flow::Free),
+            };
+        };
+        match ch.close() {
+            Ok(()) => Ok(Flow::Free),
+            Err(e) if would_block(&e) => {
+                if matches!(sess.block_directions(), BlockDirections::Inbound) {
+                    // Sent; only the server's confirmation is missing. The channel
+                    // stays in libssh2's list until the session is freed.
+                    Ok(Flow::Free)
+                } else {
+                    Ok(Flow::Wait)
+                }
+            }
+            Err(e) => Err(format!("closing a cancelled channel: {e}")),
+        }
+    }
+
+    /// Abandons the session; the next `Run` reconnects.
+    fn broken(&mut self, cx: &Cx<'_>, why: String) {
+        log::debug!(target: "ssh_parallel", "[{}] abandoning the session: {why}", self.name);
+        self.teardown(cx.registry, Phase::Broken);
+        self.deadline = None;
+        if !self.pending.is_empty() {
+            self.start_connect(cx);
+        }
+    }
+
+    /// A `Disconnect` (or the transport is shutting down).
+    fn disconnect(&mut self, cx: &Cx<'_>) {
+        match &self.phase {
+            Phase::Done | Phase::Disconnecting => {}
+            Phase::Idle => {
+                self.phase = Phase::Disconnecting;
+                self.deadline = Some(Instant::now() + CLOSE_TIMEOUT);
+            }
+            _ => {
+                let old = std::mem::replace(&mut self.phase, Phase::Done);
+                if let Phase::Running(t) = old {
+                    t.finish(
+                        cx.events,
+                        Err(TransportError::ConnectionLost("the connection was closed".into())),
+                    );
+                }
+                self.closed(cx);
+            }
+        }
+    }
+
+    /// Sends the disconnect message, then closes.
+    fn step_disconnect(&mut self, cx: &Cx<'_>) -> Flow {
+        if let Some(sess) = &self.sess {
+            if let Err(e) = sess.disconnect(None, "closed by ssh-parallel", None) {
+                if would_block(&e) {
+                    return Flow::Wait;
+                }
+            }
+        }
+        self.closed(cx);
+        Flow::Wait
+    }
+
+    /// Frees everything and tells the scheduler the connection is closed.
+    fn closed(&mut self, cx: &Cx<'_>) {
+        self.teardown(cx.registry, Phase::Done);
+        self.deadline = None;
+        let _ = cx.events.send(Event::Closed {
+            label: self.label,
+            conn: self.id,
+        });
+    }
+
+    /// A connect, cancel or disconnect deadline passed.
+    fn deadline_passed(&mut self, cx: &Cx<'_>) {
+        self.deadline = None;
+        let timeout = self.host.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+        let what = match self.phase {
+            Phase::Resolving => "resolving the name",
+            Phase::Connecting { .. } => "connecting",
+            Phase::Handshake => "in the SSH handshake",
+            Phase::Auth(_) => "authenticating",
+            Phase::Cancelling(_) => {
+                self.broken(cx, "closing a cancelled channel timed out".into());
+                return;
+            }
+            Phase::Disconnecting => {
+                self.closed(cx);
+                return;
+            }
+            _ => return,
+        };
+        let msg = format!("{}: timed out after {timeout:?} {what}", self.target());
+        self.connect_failed(cx, msg);
+    }
+}
+
+/// Reads stdout and stderr until both would block; true once both hit EOF.
+fn drain(t: &mut Task) -> Result<bool, TaskFail> {
+    let ch = t.channel.as_mut().expect("channel while draining");
+    let mut buf = [0u8; 32 * 1024];
+    let mut eofs = 0;
+    for stream_id in [0, 1] {
+        let (mut s, sink) = if stream_id == 0 {
+            (ch.stream(0), &mut t.out)
+        } else {
+            (ch.stream(1), &mut t.err)
+        };
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => {
+                    eofs += 1;
+                    break;
+                }
+                Ok(n) => sink
+                    .write(&buf[..n])
+                    .map_err(|m| TaskFail::Task(TransportError::local(m)))?,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(TaskFail::Lost(format!("reading the command's output: {e}"))),
+            }
+        }
+    }
+    Ok(eofs == 2)
+}
+
+/// Where a command is in its channel's life.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum TaskStage {
+    Open,
+    Env,
+    Pty,
+    Exec,
+    Stdin,
+    Eof,
+    Drain,
+    Close,
+}
+
+/// A command running on a session.
+struct Task {
+    label: LabelId,
+    token: Token,
+    action: Arc<Action>,
+    stage: TaskStage,
+    channel: Option<ssh2::Channel>,
+    env_next: usize,
+    env_fallback: Vec<(String, String)>,
+    stdin: Option<Arc<[u8]>>,
+    stdin_off: usize,
+    out: Sink,
+    err: Sink,
+    started: SystemTime,
+}
+
+impl Task {
+    /// Opens the sinks and loads stdin; errors are the task's own (local).
+    fn new(job: &Job, c: &Command, started: SystemTime) -> Result<Task, TransportError> {
+        let out = Sink::open(job.name.clone(), Stream::Stdout, &c.stdout).map_err(TransportError::local)?;
+        let err = Sink::open(job.name.clone(), Stream::Stderr, &c.stderr).map_err(TransportError::local)?;
+        let stdin = match &c.stdin.0 {
+            StdinKind::Null => None,
+            StdinKind::Data(d) => Some(d.clone()),
+            StdinKind::File(path) => Some(
+                std::fs::read(path)
+                    .map_err(|e| TransportError::local(format!("cannot read stdin file {path:?}: {e}")))?
+                    .into(),
+            ),
+        };
+        Ok(Task {
+            label: job.label,
+            token: job.token,
+            action: job.action.clone(),
+            stage: TaskStage::Open,
+            channel: None,
+            env_next: 0,
+            env_fallback: Vec::new(),
+            stdin,
+            stdin_off: 0,
+            out,
+            err,
+            started,
+        })
+    }
+
+    /// Answers the scheduler with `result` and what the sinks kept.
+    fn finish(self, events: &Sender<Event>, result: Result<Exit, TransportError>) {
+        let stdout = self.out.finish();
+        let stderr = self.err.finish();
+        let outcome = match (result, stdout, stderr) {
+            (Ok(exit), Ok(so), Ok(se)) => Outcome {
+                result: Ok(exit),
+                stdout: so,
+                stderr: se,
+                started: self.started,
+            },
+            (Err(e), so, se) => Outcome {
+                result: Err(e),
+                stdout: so.unwrap_or_default(),
+                stderr: se.unwrap_or_default(),
+                started: self.started,
+            },
+            (Ok(_), Err(m), _) | (Ok(_), _, Err(m)) => Outcome::new(Err(TransportError::local(m)), self.started),
+        };
+        finish(events, self.label, self.token, outcome);
+    }
+}
+
+/// Authentication progress.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum AuthStage {
+    Methods,
+    Key,
+    Password,
+    Keyboard,
+    Failed,
+}
+
+/// Authentication state of one connection.
+struct Auth {
+    stage: AuthStage,
+    /// What the server accepts (comma-separated).
+    methods: String,
+    keys: Vec<PathBuf>,
+    next_key: usize,
+    /// What was tried and why it failed, for the error message.
+    tried: Vec<String>,
+}
+
+impl Auth {
+    /// Whether the server lists `method`.
+    fn allows(&self, method: &str) -> bool {
+        self.methods.split(',').any(|m| m == method)
+    }
+}
+
+/// Answers every keyboard-interactive prompt with the password.
+struct Answer(String);
+
+impl ssh2::KeyboardInteractivePrompt for Answer {
+    fn prompt<'a>(&mut self, _user: &str, _instructions: &str, prompts: &[ssh2::Prompt<'a>]) -> Vec<String> {
+        prompts.iter().map(|_| self.0.clone()).collect()
+    }
+}
+
+/// The numeric libssh2 error code.
+fn code(e: &ssh2::Error) -> i32 {
+    match e.code() {
+        ErrorCode::Session(c) => c,
+        ErrorCode::SFTP(c) => c,
+    }
+}
+
+/// libssh2's EAGAIN: repeat the same call when the socket is ready.
+fn would_block(e: &ssh2::Error) -> bool {
+    matches!(e.code(), ErrorCode::Session(LIBSSH2_ERROR_EAGAIN))
+}
+
+/// Errors that mean the connection itself is gone.
+fn is_socket_error(e: &ssh2::Error) -> bool {
+    matches!(
+        code(e),
+        LIBSSH2_ERROR_SOCKET_SEND
+            | LIBSSH2_ERROR_SOCKET_RECV
+            | LIBSSH2_ERROR_SOCKET_DISCONNECT
+            | LIBSSH2_ERROR_SOCKET_TIMEOUT
+    )
+}
+
+/// The handshake failure message; says so when SHA-1-only algorithms are the likely cause.
+fn handshake_error(target: &str, e: &ssh2::Error) -> String {
+    let c = code(e);
+    if c == LIBSSH2_ERROR_KEX_FAILURE
+        || c == LIBSSH2_ERROR_KEY_EXCHANGE_FAILURE
+        || e.message().contains("exchange encryption keys")
+    {
+        format!(
+            "{target}: SSH handshake failed: {e}. This client's libssh2 has SHA-1 and DSA compiled out: \
+             a server offering only ssh-rsa (SHA-1) or ssh-dss host keys, *-sha1 key exchange or hmac-sha1 \
+             cannot be reached; enable SHA-2 algorithms (rsa-sha2-256/512, ed25519, curve25519) on the server"
+        )
+    } else {
+        format!("{target}: SSH handshake failed: {e}")
+    }
+}
+
+/// `$HOME`, if set.
+fn home() -> Option<PathBuf> {
+    std::env::var_os("HOME").filter(|h| !h.is_empty()).map(PathBuf::from)
+}
+
+/// OpenSSH's default identities that exist.
+fn default_keys() -> Vec<PathBuf> {
+    let Some(home) = home() else { return Vec::new() };
+    ["id_ed25519", "id_ecdsa", "id_rsa"]
+        .iter()
+        .map(|k| home.join(".ssh").join(k))
+        .filter(|p| p.is_file())
+        .collect()
+}
+
+/// Checks the server's key against `~/.ssh/known_hosts` under the host's policy.
+fn check_host_key(sess: &Session, host: &Host, port: u16) -> Result<(), String> {
+    if host.host_key_check == HostKeyCheck::Off {
+        return Ok(());
+    }
+    let name = if port == 22 {
+        host.hostname.clone()
+    } else {
+        format!("[{}]:{port}", host.hostname)
+    };
+    let (key, _) = sess
+        .host_key()
+        .ok_or_else(|| format!("{name}: the server sent no host key"))?;
+    let key_type = key_type_name(key);
+    let fp = sess
+        .host_key_hash(HashType::Sha256)
+        .map(|h| format!("SHA256:{}", base64(h, false)))
+        .unwrap_or_else(|| "(no fingerprint)".into());
+    let path = home()
+        .map(|h| h.join(".ssh").join("known_hosts"))
+        .ok_or_else(|| format!("{name}: cannot check the host key: HOME is not set"))?;
+    let mut kh = sess
+        .known_hosts()
+        .map_err(|e| format!("{name}: cannot check the host key: {e}"))?;
+    let text = std::fs::read_to_string(&path).unwrap_or_default();
+    // Line by line: libssh2 stops reading a file at the first line it cannot parse.
+    for line in text.lines().map(str::trim) {
+        if !line.is_empty() && !line.starts_with('#') {
+            let _ = kh.read_str(line, KnownHostFileKind::OpenSSH);
+        }
+    }
+    match kh.check_port(&host.hostname, port, key) {
+        CheckResult::Match => Ok(()),
+        CheckResult::Mismatch => Err(format!(
+            "host key verification failed for {name}: the server's {key_type} key {fp} does not match the one \
+             recorded in {}; if the host was really reinstalled, remove the old entry",
+            path.display()
+        )),
+        CheckResult::NotFound | CheckResult::Failure => match host.host_key_check {
+            HostKeyCheck::AcceptNew => record_host_key(&path, &text, &name, &key_type, key)
+                .map_err(|e| format!("{name}: cannot record its host key {fp} in {}: {e}", path.display())),
+            _ => Err(format!(
+                "host key verification failed for {name}: no key for it in {} (the server offers {key_type} {fp}); \
+                 add it there or use HostKeyCheck::AcceptNew",
+                path.display()
+            )),
+        },
+    }
+}
+
+/// Appends `name type base64` to known_hosts (accept-new).
+fn record_host_key(path: &Path, old: &str, name: &str, key_type: &str, key: &[u8]) -> io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+    let sep = if old.is_empty() || old.ends_with('\n') {
+        ""
+    } else {
+        "\n"
+    };
+    f.write_all(format!("{sep}{name} {key_type} {}\n", base64(key, true)).as_bytes())
+}
+
+/// The key type named at the start of an SSH public key blob.
+fn key_type_name(blob: &[u8]) -> String {
+    if blob.len() >= 4 {
+        let n = u32::from_be_bytes([blob[0], blob[1], blob[2], blob[3]]) as usize;
+        if let Some(t) = blob.get(4..4 + n) {
+            return String::from_utf8_lossy(t).into_owned();
+        }
+    }
+    "unknown".to_owned()
+}
+
+/// Standard base64 (RFC 4648), with or without `=` padding.
+fn base64(data: &[u8], pad: bool) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut s = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                s.push(A[(n >> (18 - 6 * i)) as usize & 63] as char);
+            } else if pad {
+                s.push('=');
+            }
+        }
+    }
+    s
+}
+
+/// A signal name from an SSH exit-signal message (without `SIG`) as a number.
+fn signal_number(name: &str) -> i32 {
+    match name.trim_start_matches("SIG") {
+        "HUP" => libc::SIGHUP,
+        "INT" => libc::SIGINT,
+        "QUIT" => libc::SIGQUIT,
+        "ILL" => libc::SIGILL,
+        "ABRT" => libc::SIGABRT,
+        "FPE" => libc::SIGFPE,
+        "KILL" => libc::SIGKILL,
+        "SEGV" => libc::SIGSEGV,
+        "PIPE" => libc::SIGPIPE,
+        "ALRM" => libc::SIGALRM,
+        "TERM" => libc::SIGTERM,
+        "USR1" => libc::SIGUSR1,
+        "USR2" => libc::SIGUSR2,
+        _ => -1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_rfc4648() {
+        assert_eq!(base64(b"", true), "");
+        assert_eq!(base64(b"f", true), "Zg==");
+        assert_eq!(base64(b"fo", true), "Zm8=");
+        assert_eq!(base64(b"foo", true), "Zm9v");
+        assert_eq!(base64(b"foob", false), "Zm9vYg");
+    }
+
+    #[test]
+    fn key_type_from_blob() {
+        let mut blob = vec![0, 0, 0, 11];
+        blob.extend_from_slice(b"ssh-ed25519");
+        blob.extend_from_slice(&[0, 0, 0, 1, 7]);
+        assert_eq!(key_type_name(&blob), "ssh-ed25519");
+        assert_eq!(key_type_name(&[1]), "unknown");
+    }
+}
