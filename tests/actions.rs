@@ -7,29 +7,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ssh_parallel::{
-    Command, Connect, ErrorKind, Host, Join, OnError, Output, Parallel, Parsub, Report, RsyncGet, RsyncPut, ScpGet,
-    ScpPut, Stdin, Sub, TaskReport, TaskStatus,
+    Command, Connect, ErrorKind, Join, OnError, Output, Parsub, RsyncGet, RsyncPut, ScpGet, ScpPut, Stdin, Sub,
+    TaskReport, TaskStatus,
 };
 
-fn local(labels: &[&str]) -> Parallel {
-    let mut p = Parallel::new();
-    for l in labels {
-        p.add_host(*l, Host::local()).unwrap();
-    }
-    p
-}
-
-fn tasks<'r>(report: &'r Report, label: &str) -> &'r [TaskReport] {
-    report.label(label).unwrap().tasks()
-}
-
-fn task<'r>(report: &'r Report, label: &str, i: usize) -> &'r TaskReport {
-    &tasks(report, label)[i]
-}
-
-fn path_str(p: &Path) -> String {
-    p.to_str().unwrap().to_owned()
-}
+mod common;
+use common::*;
 
 fn mode(p: &Path) -> u32 {
     fs::metadata(p).unwrap().permissions().mode() & 0o7777

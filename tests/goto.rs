@@ -4,25 +4,10 @@ use std::time::Duration;
 
 use ssh_parallel::fault::{Fault, FaultEvent, FaultLog};
 use ssh_parallel::TaskStatus::*;
-use ssh_parallel::{Command, ErrorKind, Goto, Here, Host, Join, OnError, Parallel, Report, Stop, Sub, TaskStatus};
+use ssh_parallel::{Command, ErrorKind, Goto, Here, Host, Join, OnError, Parallel, Stop, Sub};
 
-fn host(log: &FaultLog) -> Host {
-    Host::fault(Fault::new().log(log))
-}
-
-fn statuses(report: &Report, label: &str) -> Vec<TaskStatus> {
-    report
-        .label(label)
-        .expect("label in report")
-        .tasks()
-        .iter()
-        .map(|t| t.status())
-        .collect()
-}
-
-fn kind(pssh: &Parallel, label: &str) -> Option<ErrorKind> {
-    pssh.get_error(label).expect("known label").map(|e| e.kind())
-}
+mod common;
+use common::*;
 
 fn pos(log: &FaultLog, label: &str, ev: &FaultEvent) -> usize {
     log.events()

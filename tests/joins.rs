@@ -3,27 +3,12 @@
 use std::time::Duration;
 
 use ssh_parallel::fault::{Fault, FaultEvent, FaultLog};
-use ssh_parallel::{Command, ErrorKind, Goto, Here, Host, Join, OnError, Parallel, Report, Stop, TaskStatus};
-
-fn host(log: &FaultLog) -> Host {
-    Host::fault(Fault::new().log(log))
-}
-
-fn statuses(report: &Report, label: &str) -> Vec<TaskStatus> {
-    report
-        .label(label)
-        .expect("label in report")
-        .tasks()
-        .iter()
-        .map(|t| t.status())
-        .collect()
-}
-
-fn kind(pssh: &Parallel, label: &str) -> Option<ErrorKind> {
-    pssh.get_error(label).expect("known label").map(|e| e.kind())
-}
+use ssh_parallel::{Command, ErrorKind, Goto, Here, Host, Join, OnError, Parallel, Report, Stop};
 
 /// Index in the log of the first event `ev` of `label`.
+mod common;
+use common::*;
+
 fn pos(log: &FaultLog, label: &str, ev: &FaultEvent) -> usize {
     log.events()
         .iter()

@@ -2,13 +2,8 @@
 
 use ssh_parallel::{Command, ErrorKind, Host, Parallel, Selection, TaskStatus};
 
-fn local(labels: &[&str]) -> Parallel {
-    let mut p = Parallel::new();
-    for l in labels {
-        p.add_host(*l, Host::local()).unwrap();
-    }
-    p
-}
+mod common;
+use common::*;
 
 fn names(sel: &Selection) -> Vec<&str> {
     sel.labels().collect()

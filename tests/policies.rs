@@ -6,7 +6,7 @@ use std::time::Duration;
 use recorder::Recorder;
 use ssh_parallel::fault::{Fault, FaultEvent, FaultLog};
 use ssh_parallel::TaskStatus::*;
-use ssh_parallel::{Command, ErrorKind, Goto, Here, Host, Join, OnError, Parallel, Report, ScpGet, Sub, TaskStatus};
+use ssh_parallel::{Command, ErrorKind, Goto, Here, Host, Join, OnError, Parallel, ScpGet, Sub};
 
 /// A tiny shared recorder for closures.
 mod recorder {
@@ -36,26 +36,11 @@ mod recorder {
     }
 }
 
-fn host(log: &FaultLog) -> Host {
-    Host::fault(Fault::new().log(log))
-}
+mod common;
+use common::*;
 
 fn failing(log: &FaultLog, cmd: &str, code: i32) -> Host {
     Host::fault(Fault::new().exit_code(cmd, code).log(log))
-}
-
-fn statuses(report: &Report, label: &str) -> Vec<TaskStatus> {
-    report
-        .label(label)
-        .expect("label in report")
-        .tasks()
-        .iter()
-        .map(|t| t.status())
-        .collect()
-}
-
-fn kind(pssh: &Parallel, label: &str) -> Option<ErrorKind> {
-    pssh.get_error(label).expect("known label").map(|e| e.kind())
 }
 
 /// A local shell command that fails (exit 1) until it has run `n` times in all.

@@ -1,34 +1,16 @@
 //! SEMANTICS sections 8 (variable expansion) and 9 (results).
 
 use std::fs;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use ssh_parallel::{
     Command, ErrorKind, Host, OnError, Output, Parallel, Parsub, Report, RsyncGet, RsyncPut, ScpGet, ScpPut, Stdin,
-    Sub, TaskReport, TaskStatus,
+    Sub, TaskStatus,
 };
 
-fn local(labels: &[&str]) -> Parallel {
-    let mut p = Parallel::new();
-    for l in labels {
-        p.add_host(*l, Host::local()).unwrap();
-    }
-    p
-}
-
-fn tasks<'r>(report: &'r Report, label: &str) -> &'r [TaskReport] {
-    report.label(label).unwrap().tasks()
-}
-
-fn task<'r>(report: &'r Report, label: &str, i: usize) -> &'r TaskReport {
-    &tasks(report, label)[i]
-}
-
-fn path_str(p: &Path) -> String {
-    p.to_str().unwrap().to_owned()
-}
+mod common;
+use common::*;
 
 fn statuses(report: &Report, label: &str) -> Vec<TaskStatus> {
     tasks(report, label).iter().map(|t| t.status()).collect()
