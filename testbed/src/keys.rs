@@ -1,0 +1,135 @@
+//! Throwaway client key pairs generated with `ssh-keygen`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use crate::{io_err, Error, Result};
+
+/// Key algorithm for [`ClientKey::generate`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KeyType {
+    /// `ssh-ed25519` (the default).
+    #[default]
+    Ed25519,
+    /// `ecdsa-sha2-nistp256`.
+    Ecdsa,
+    /// RSA, 2048 bits (signatures with rsa-sha2-256/512).
+    Rsa,
+}
+
+impl KeyType {
+    fn keygen_args(self) -> &'static [&'static str] {
+        match self {
+            KeyType::Ed25519 => &["-t", "ed25519"],
+            KeyType::Ecdsa => &["-t", "ecdsa", "-b", "256"],
+            KeyType::Rsa => &["-t", "rsa", "-b", "2048"],
+        }
+    }
+}
+
+/// A client key pair in a temporary directory (deleted on drop), made by `ssh-keygen`.
+#[derive(Debug)]
+pub struct ClientKey {
+    dir: tempfile::TempDir,
+    private_path: PathBuf,
+    public_path: PathBuf,
+    public_line: String,
+    passphrase: Option<String>,
+}
+
+impl ClientKey {
+    /// Generates a key pair of type `kind`, encrypted with `passphrase` if given.
+    pub fn generate(kind: KeyType, passphrase: Option<&str>) -> Result<ClientKey> {
+        let dir = tempfile::Builder::new()
+            .prefix("testbed-key")
+            .tempdir()
+            .map_err(io_err("creating a temporary directory"))?;
+        let private_path = dir.path().join("id_key");
+        keygen(&private_path, kind, passphrase.unwrap_or(""), "testbed-client")?;
+        let public_path = dir.path().join("id_key.pub");
+        let public_line = std::fs::read_to_string(&public_path)
+            .map_err(io_err(format!("reading {}", public_path.display())))?
+            .trim()
+            .to_string();
+        Ok(ClientKey {
+            dir,
+            private_path,
+            public_path,
+            public_line,
+            passphrase: passphrase.map(str::to_string),
+        })
+    }
+
+    /// Generates an unencrypted ed25519 key pair.
+    pub fn ed25519() -> Result<ClientKey> {
+        Self::generate(KeyType::Ed25519, None)
+    }
+
+    /// Path of the private key file (OpenSSH format, mode 0600).
+    pub fn private_path(&self) -> &Path {
+        &self.private_path
+    }
+
+    /// Path of the public key file.
+    pub fn public_path(&self) -> &Path {
+        &self.public_path
+    }
+
+    /// The public key as one `authorized_keys` line (`ssh-ed25519 AAAA... testbed-client`).
+    pub fn public_line(&self) -> &str {
+        &self.public_line
+    }
+
+    /// The private key file's contents (for "key from memory" authentication).
+    pub fn private_pem(&self) -> Result<String> {
+        std::fs::read_to_string(&self.private_path).map_err(io_err(format!("reading {}", self.private_path.display())))
+    }
+
+    /// The passphrase the private key is encrypted with, if any.
+    pub fn passphrase(&self) -> Option<&str> {
+        self.passphrase.as_deref()
+    }
+
+    /// The temporary directory holding the key files.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Appends the public key to an `authorized_keys` file.
+    pub fn authorize_in(&self, authorized_keys: &Path) -> Result<()> {
+        crate::append_line(authorized_keys, &self.public_line)
+    }
+}
+
+/// Runs `ssh-keygen -q -f path -N passphrase -C comment -t ...`.
+pub(crate) fn keygen(path: &Path, kind: KeyType, passphrase: &str, comment: &str) -> Result<()> {
+    let output = Command::new("ssh-keygen")
+        .arg("-q")
+        .args(kind.keygen_args())
+        .arg("-N")
+        .arg(passphrase)
+        .arg("-C")
+        .arg(comment)
+        .arg("-f")
+        .arg(path)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                Error::Unavailable("ssh-keygen not found (install openssh-client)".into())
+            } else {
+                Error::Io {
+                    context: "running ssh-keygen".into(),
+                    source: e,
+                }
+            }
+        })?;
+    if !output.status.success() {
+        return Err(Error::Key(format!(
+            "ssh-keygen failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,335 @@
+//! Real OpenSSH `sshd` processes with throwaway keys and config, on ephemeral ports.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::keys::{keygen, ClientKey, KeyType};
+use crate::{io_err, Error, Result};
+
+const SSHD: &str = "/usr/sbin/sshd";
+
+/// Builder for [`OpenSshServer`].
+#[derive(Debug, Clone)]
+pub struct OpenSshServerBuilder {
+    sshd: PathBuf,
+    extra_config: Vec<String>,
+    authorized_keys: Vec<String>,
+    startup_timeout: Duration,
+}
+
+impl Default for OpenSshServerBuilder {
+    fn default() -> Self {
+        OpenSshServerBuilder {
+            sshd: SSHD.into(),
+            extra_config: Vec::new(),
+            authorized_keys: Vec::new(),
+            startup_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl OpenSshServerBuilder {
+    /// Uses another sshd binary (default `/usr/sbin/sshd`).
+    pub fn sshd_path(mut self, path: impl Into<PathBuf>) -> Self {
+        self.sshd = path.into();
+        self
+    }
+
+    /// Adds a line to `sshd_config` (after the defaults; for most keywords sshd keeps the
+    /// first value, so this cannot override the defaults listed in [`OpenSshServer::start`]
+    /// except for keywords they do not set).
+    pub fn config_line(mut self, line: impl Into<String>) -> Self {
+        self.extra_config.push(line.into());
+        self
+    }
+
+    /// Authorizes a public key line (`ssh-ed25519 AAAA...`) for every user.
+    pub fn authorized_key(mut self, line: impl Into<String>) -> Self {
+        self.authorized_keys.push(line.into());
+        self
+    }
+
+    /// Authorizes a generated client key.
+    pub fn authorize(self, key: &ClientKey) -> Self {
+        self.authorized_key(key.public_line())
+    }
+
+    /// How long to wait for sshd to accept connections (default 10 s).
+    pub fn startup_timeout(mut self, timeout: Duration) -> Self {
+        self.startup_timeout = timeout;
+        self
+    }
+
+    /// Starts sshd. See [`OpenSshServer::start`].
+    pub fn start(self) -> Result<OpenSshServer> {
+        OpenSshServer::check_available_at(&self.sshd)?;
+        std::fs::create_dir_all("/run/sshd").map_err(io_err("creating /run/sshd"))?;
+        let dir = tempfile::Builder::new()
+            .prefix("testbed-sshd")
+            .tempdir()
+            .map_err(io_err("creating a temporary directory"))?;
+        let host_key = dir.path().join("ssh_host_ed25519_key");
+        keygen(&host_key, KeyType::Ed25519, "", "testbed-sshd")?;
+        let host_public_key = std::fs::read_to_string(dir.path().join("ssh_host_ed25519_key.pub"))
+            .map_err(io_err("reading the sshd host key"))?
+            .trim()
+            .to_string();
+        let authorized_keys = dir.path().join("authorized_keys");
+        let mut keys = self.authorized_keys.join("\n");
+        keys.push('\n');
+        std::fs::write(&authorized_keys, keys).map_err(io_err("writing authorized_keys"))?;
+
+        let mut last_error = String::new();
+        for _attempt in 0..5 {
+            let port = crate::free_port()?;
+            match self.try_start(dir.path(), port) {
+                Ok(mut child) => match crate::wait_for_ssh_banner_or_exit(port, &mut child, self.startup_timeout) {
+                    Ok(()) => {
+                        return Ok(OpenSshServer {
+                            port,
+                            pid: child.id(),
+                            known_hosts_line: crate::known_hosts_line(port, &host_public_key),
+                            host_public_key,
+                            authorized_keys,
+                            config_path: dir.path().join("sshd_config"),
+                            log_path: dir.path().join("sshd.log"),
+                            child: Some(child),
+                            dir,
+                        });
+                    }
+                    Err(e) => {
+                        kill_child(&mut child);
+                        let log = std::fs::read_to_string(dir.path().join("sshd.log")).unwrap_or_default();
+                        last_error = format!("{e}; sshd log: {}", log.trim());
+                        if !log.contains("Address already in use") {
+                            break;
+                        }
+                    }
+                },
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::Start(format!("sshd did not start: {last_error}")))
+    }
+
+    fn try_start(&self, dir: &Path, port: u16) -> Result<Child> {
+        let config_path = dir.join("sshd_config");
+        let d = dir.display();
+        let mut config = format!(
+            "Port {port}
+ListenAddress 127.0.0.1
+HostKey {d}/ssh_host_ed25519_key
+PidFile {d}/sshd.pid
+AuthorizedKeysFile {d}/authorized_keys
+StrictModes no
+UsePAM no
+PermitRootLogin yes
+PubkeyAuthentication yes
+PasswordAuthentication yes
+KbdInteractiveAuthentication yes
+PermitEmptyPasswords no
+MaxStartups 1000:30:1000
+MaxSessions 100
+MaxAuthTries 20
+LoginGraceTime 30
+SetEnv SHLVL=1
+AcceptEnv *
+PrintMotd no
+PrintLastLog no
+UseDNS no
+HostKeyAlgorithms ssh-ed25519
+KexAlgorithms curve25519-sha256,curve25519-sha256@libssh.org,ecdh-sha2-nistp256,diffie-hellman-group14-sha256
+Subsystem sftp internal-sftp
+LogLevel VERBOSE
+"
+        );
+        for line in &self.extra_config {
+            config.push_str(line);
+            config.push('\n');
+        }
+        std::fs::write(&config_path, config).map_err(io_err("writing sshd_config"))?;
+        let log = std::fs::File::create(dir.join("sshd.log")).map_err(io_err("creating sshd.log"))?;
+        Command::new(&self.sshd)
+            .arg("-D")
+            .arg("-e")
+            .arg("-f")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(io_err("dup sshd.log"))?)
+            .stderr(log)
+            .spawn()
+            .map_err(io_err(format!("starting {}", self.sshd.display())))
+    }
+}
+
+/// A running OpenSSH `sshd -D` on 127.0.0.1 with its own host key (ed25519), config,
+/// `authorized_keys` file and pid file in a temporary directory. Killed (by its pid) on drop.
+///
+/// Password authentication is enabled, but works only for OS users that have a password.
+#[derive(Debug)]
+pub struct OpenSshServer {
+    /// The TCP port sshd listens on (127.0.0.1).
+    pub port: u16,
+    /// Process id of the sshd listener.
+    pub pid: u32,
+    /// `[127.0.0.1]:PORT ssh-ed25519 AAAA...`, ready for a `known_hosts` file.
+    pub known_hosts_line: String,
+    /// The host public key (`ssh-ed25519 AAAA... comment`).
+    pub host_public_key: String,
+    /// The `authorized_keys` file (shared by all users).
+    pub authorized_keys: PathBuf,
+    /// The generated `sshd_config`.
+    pub config_path: PathBuf,
+    /// sshd's log (`-e` output).
+    pub log_path: PathBuf,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+impl OpenSshServer {
+    /// A builder for more options (extra config lines, keys authorized up front).
+    pub fn builder() -> OpenSshServerBuilder {
+        OpenSshServerBuilder::default()
+    }
+
+    /// Starts `/usr/sbin/sshd -D -e -f CONFIG` on a free port of 127.0.0.1 (retrying with
+    /// another port if that one was taken meanwhile) and waits until it sends its banner.
+    ///
+    /// The config sets: `ListenAddress 127.0.0.1`, its own ed25519 `HostKey`, `PidFile`,
+    /// `AuthorizedKeysFile`, `StrictModes no`, `UsePAM no`, `PermitRootLogin yes`, password,
+    /// keyboard-interactive and public-key auth, `MaxStartups 1000:30:1000`,
+    /// `MaxSessions 100`, `SetEnv SHLVL=1`, `AcceptEnv *`, sftp as `internal-sftp`, and
+    /// curve25519 / ed25519 algorithms. `/run/sshd` is created if missing.
+    ///
+    /// Returns [`Error::Unavailable`] when sshd is not installed or the process is not root.
+    pub fn start() -> Result<OpenSshServer> {
+        Self::builder().start()
+    }
+
+    /// `Ok(())` if sshd can be started here (binary present and running as root), else
+    /// [`Error::Unavailable`] saying why.
+    pub fn check_available() -> Result<()> {
+        Self::check_available_at(Path::new(SSHD))
+    }
+
+    fn check_available_at(sshd: &Path) -> Result<()> {
+        if !sshd.exists() {
+            return Err(Error::Unavailable(format!(
+                "{} not found (install the openssh-server package)",
+                sshd.display()
+            )));
+        }
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err(Error::Unavailable(
+                "sshd test servers need root (sshd refuses to run otherwise)".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Authorizes one more public key line (takes effect for the next login).
+    pub fn authorize_key(&self, line: &str) -> Result<()> {
+        crate::append_line(&self.authorized_keys, line)
+    }
+
+    /// Authorizes a generated client key.
+    pub fn authorize(&self, key: &ClientKey) -> Result<()> {
+        self.authorize_key(key.public_line())
+    }
+
+    /// Appends [`known_hosts_line`](Self::known_hosts_line) to a `known_hosts` file.
+    pub fn write_known_hosts(&self, path: &Path) -> Result<()> {
+        crate::append_line(path, &self.known_hosts_line)
+    }
+
+    /// The server's temporary directory (config, keys, log).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// sshd's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Stops sshd like a host going away: SIGKILL to every process it forked (per-connection
+    /// sshd processes and the commands they run, found through `/proc`), then SIGTERM to the
+    /// listener (SIGKILL after 2 s), which is reaped. Open connections see EOF.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            for pid in descendants(child.id()) {
+                // SAFETY: signalling processes forked by the sshd we started.
+                unsafe {
+                    libc::kill(pid as libc::pid_t, libc::SIGKILL);
+                }
+            }
+            kill_child(&mut child);
+        }
+    }
+
+    /// Kills only the sshd listener (SIGTERM, then SIGKILL after 2 s), leaving sessions
+    /// already open running, as when a real sshd is restarted.
+    pub fn stop_listener(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            kill_child(&mut child);
+        }
+    }
+}
+
+impl Drop for OpenSshServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Every descendant of `root` (not `root` itself), parents before children, from `/proc`.
+fn descendants(root: u32) -> Vec<u32> {
+    let mut parents: Vec<(u32, u32)> = Vec::new();
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            // Field 4 (ppid) follows the parenthesised command name, which may contain spaces.
+            let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+                continue;
+            };
+            if let Some(ppid) = rest.split_whitespace().nth(1).and_then(|p| p.parse::<u32>().ok()) {
+                parents.push((pid, ppid));
+            }
+        }
+    }
+    let mut found = vec![root];
+    let mut i = 0;
+    while i < found.len() {
+        let parent = found[i];
+        found.extend(parents.iter().filter(|(_, ppid)| *ppid == parent).map(|(pid, _)| *pid));
+        i += 1;
+    }
+    found.remove(0);
+    found
+}
+
+fn kill_child(child: &mut Child) {
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
+    // SAFETY: signalling a child we spawned and have not reaped yet (so the pid is ours).
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while std::time::Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
