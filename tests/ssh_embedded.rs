@@ -1,0 +1,297 @@
+//! The SSH transport against the embedded russh server (testbed): the
+//! scheduling scenarios that touch connections, over real SSH, and each
+//! injected server fault giving its documented error kind, with no hang.
+
+use std::fs;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ssh_parallel::{Command, ErrorKind, Host, HostKeyCheck, Join, OnError, Parallel, TaskStatus};
+use testbed::{ClientKey, EmbeddedServer, Fault as ServerFault, KeyType};
+
+const USER: &str = "alice";
+const PASSWORD: &str = "wonderland";
+
+fn server() -> EmbeddedServer {
+    EmbeddedServer::builder()
+        .password(USER, PASSWORD)
+        .start()
+        .expect("start the embedded server")
+}
+
+/// A host on `server` logging in with the password; the server's key is
+/// throwaway, so these tests opt out of the known_hosts check (the OpenSSH
+/// tier checks host keys).
+fn host(server: &EmbeddedServer) -> Host {
+    Host::new("127.0.0.1")
+        .port(server.port())
+        .user(USER)
+        .password(PASSWORD)
+        .host_key_check(HostKeyCheck::Off)
+        .connect_timeout(Duration::from_secs(5))
+}
+
+#[test]
+fn fanout_over_real_ssh_reuses_one_connection_per_label() {
+    let server = server();
+    let mut pssh = Parallel::new();
+    for i in 0..30 {
+        pssh.add_host(format!("n{i:02}"), host(&server)).unwrap();
+    }
+    pssh.all(Command::new("echo %LABEL%; echo warn >&2; exit 4").ok_exit_codes([4]))
+        .unwrap();
+    pssh.all(Command::new("printf second")).unwrap();
+    let report = pssh.run();
+    assert!(report.success(), "{report}");
+    for l in report.labels() {
+        let t = l.tasks();
+        assert_eq!(t[0].stdout_str(), format!("{}\n", l.label()));
+        assert_eq!(t[0].stderr_str(), "warn\n");
+        assert_eq!(t[0].exit_code(), Some(4));
+        assert_eq!(t[1].stdout_str(), "second");
+    }
+    let stats = server.stats();
+    assert_eq!(stats.connections, 30, "one connection per label: {stats:?}");
+    assert_eq!(stats.commands, 60);
+}
+
+#[test]
+fn join_pipeline_orders_work_across_labels_over_ssh() {
+    let server = server();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let log = log.display();
+    let mut pssh = Parallel::new();
+    for l in ["web1", "web2", "db"] {
+        pssh.add_host(l, host(&server)).unwrap();
+    }
+    pssh.push("web*", Command::new(format!("sleep 0.2; echo %LABEL% >> {log}")))
+        .unwrap();
+    pssh.push("db", Join::new("web*")).unwrap();
+    pssh.push("db", Command::new(format!("echo db >> {log}; wc -l < {log}")))
+        .unwrap();
+    let report = pssh.run();
+    assert!(report.success(), "{report}");
+    let text = fs::read_to_string(dir.path().join("log")).unwrap();
+    assert_eq!(text.lines().last(), Some("db"), "{text}");
+    let db = report.label("db").unwrap();
+    assert_eq!(db.tasks()[1].stdout_str().trim(), "3");
+}
+
+#[test]
+fn key_file_auth_over_real_ssh() {
+    let key = ClientKey::generate(KeyType::Ed25519, None).unwrap();
+    let server = EmbeddedServer::builder()
+        .authorized_key(USER, key.public_line())
+        .start()
+        .unwrap();
+    let mut pssh = Parallel::new();
+    let h = Host::new("127.0.0.1")
+        .port(server.port())
+        .user(USER)
+        .key_file(key.private_path())
+        .host_key_check(HostKeyCheck::Off);
+    pssh.add_host("k", h).unwrap();
+    pssh.all(Command::new("echo keyed")).unwrap();
+    let report = pssh.run();
+    assert!(report.success(), "{report}");
+    assert_eq!(report.label("k").unwrap().tasks()[0].stdout_str(), "keyed\n");
+}
+
+#[test]
+fn rejected_auth_is_a_connect_error_under_the_policy() {
+    let server = EmbeddedServer::builder()
+        .password(USER, PASSWORD)
+        .fault(ServerFault::RejectAuth)
+        .start()
+        .unwrap();
+    let mut pssh = Parallel::new();
+    pssh.add_host("a", host(&server)).unwrap();
+    pssh.add_host("b", host(&server).on_error(OnError::Done)).unwrap();
+    pssh.push("a", Command::new("true")).unwrap();
+    pssh.push("b", Command::new("true")).unwrap();
+    pssh.push("b", Command::new("echo never")).unwrap();
+    let report = pssh.run();
+    for l in ["a", "b"] {
+        let e = pssh.get_error(l).unwrap().expect("an error");
+        assert_eq!(e.kind(), ErrorKind::Connect, "{e}");
+        assert!(e.to_string().contains("password"), "names the methods tried: {e}");
+    }
+    let b = report.label("b").unwrap();
+    assert_eq!(b.tasks()[1].status(), TaskStatus::Cancelled);
+}
+
+#[test]
+fn refused_and_silent_handshakes_fail_without_hanging() {
+    for fault in [ServerFault::RefuseHandshake, ServerFault::NoBanner] {
+        let server = EmbeddedServer::builder()
+            .password(USER, PASSWORD)
+            .fault(fault.clone())
+            .start()
+            .unwrap();
+        let mut pssh = Parallel::new();
+        pssh.add_host("x", host(&server).connect_timeout(Duration::from_millis(800)))
+            .unwrap();
+        pssh.all(Command::new("true")).unwrap();
+        let start = Instant::now();
+        pssh.run();
+        let e = pssh.get_error("x").unwrap().expect("an error");
+        assert_eq!(e.kind(), ErrorKind::Connect, "{fault:?}: {e}");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{fault:?} took {:?}",
+            start.elapsed()
+        );
+    }
+}
+
+#[test]
+fn sha1_only_server_gets_an_error_that_says_so() {
+    let server = EmbeddedServer::builder()
+        .password(USER, PASSWORD)
+        .fault(ServerFault::Sha1Only)
+        .start()
+        .unwrap();
+    let mut pssh = Parallel::new();
+    pssh.add_host("old", host(&server)).unwrap();
+    pssh.all(Command::new("true")).unwrap();
+    pssh.run();
+    let e = pssh.get_error("old").unwrap().expect("an error");
+    assert_eq!(e.kind(), ErrorKind::Connect);
+    assert!(e.to_string().contains("SHA-1"), "{e}");
+}
+
+#[test]
+fn command_interrupted_by_a_dropped_connection_is_rerun_after_reconnecting() {
+    let server = Arc::new(
+        EmbeddedServer::builder()
+            .password(USER, PASSWORD)
+            .fault(ServerFault::DropDuringCommand(Duration::from_millis(200)))
+            .start()
+            .unwrap(),
+    );
+    // Lift the fault once the first connection has dropped, so the re-run
+    // (after the reconnect delay) goes through.
+    let done = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (server, done) = (server.clone(), done.clone());
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !done.load(Ordering::Relaxed) && Instant::now() < deadline {
+                let s = server.stats();
+                if s.commands >= 1 && s.active_connections == 0 {
+                    server.clear_faults();
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    let mut pssh = Parallel::builder()
+        .reconnections(1)
+        .reconnect_delay(Duration::from_millis(700))
+        .build()
+        .unwrap();
+    pssh.add_host("r", host(&server)).unwrap();
+    pssh.all(Command::new("sleep 1; echo finished")).unwrap();
+    let report = pssh.run();
+    done.store(true, Ordering::Relaxed);
+    watcher.join().unwrap();
+    assert!(report.success(), "{report}");
+    let t = &report.label("r").unwrap().tasks()[0];
+    assert_eq!(t.reruns(), 1);
+    assert_eq!(t.stdout_str(), "finished\n");
+    assert_eq!(server.stats().connections, 2);
+}
+
+#[test]
+fn dropped_connection_without_reconnections_is_a_connect_error() {
+    let server = EmbeddedServer::builder()
+        .password(USER, PASSWORD)
+        .fault(ServerFault::DropDuringCommand(Duration::from_millis(100)))
+        .start()
+        .unwrap();
+    let mut pssh = Parallel::new();
+    pssh.add_host("d", host(&server)).unwrap();
+    pssh.all(Command::new("sleep 5")).unwrap();
+    let start = Instant::now();
+    pssh.run();
+    let e = pssh.get_error("d").unwrap().expect("an error");
+    assert_eq!(e.kind(), ErrorKind::Connect, "{e}");
+    assert!(start.elapsed() < Duration::from_secs(5), "{:?}", start.elapsed());
+}
+
+#[test]
+fn timeout_over_ssh_is_a_timeout_and_the_label_goes_on() {
+    let server = server();
+    let mut pssh = Parallel::new();
+    pssh.add_host("t", host(&server)).unwrap();
+    pssh.all(
+        Command::new("sleep 30")
+            .timeout(Duration::from_millis(500))
+            .on_error(OnError::Ignore),
+    )
+    .unwrap();
+    pssh.all(Command::new("echo after")).unwrap();
+    let start = Instant::now();
+    let report = pssh.run();
+    assert!(start.elapsed() < Duration::from_secs(15), "{:?}", start.elapsed());
+    let t = report.label("t").unwrap().tasks();
+    assert_eq!(t[0].status(), TaskStatus::Ignored);
+    assert_eq!(t[0].error().unwrap().kind(), ErrorKind::Timeout);
+    assert_eq!(t[1].stdout_str(), "after\n");
+}
+
+#[test]
+fn connections_limit_holds_over_real_ssh() {
+    let server = server();
+    let mut pssh = Parallel::builder().connections(2).build().unwrap();
+    for i in 0..6 {
+        pssh.add_host(format!("c{i}"), host(&server)).unwrap();
+    }
+    // Everyone connects, waits on a join holding an idle connection, and
+    // connects again for the last command: eviction must make room.
+    pssh.all(Command::new("echo one")).unwrap();
+    pssh.all(Join::new("*")).unwrap();
+    pssh.all(Command::new("echo two")).unwrap();
+    let watch = {
+        let stop = Arc::new(AtomicBool::new(false));
+        let s2 = stop.clone();
+        let port = server.port();
+        let h = std::thread::spawn(move || {
+            let mut max = 0;
+            while !s2.load(Ordering::Relaxed) {
+                max = max.max(established_to(port));
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            max
+        });
+        (stop, h)
+    };
+    let report = pssh.run();
+    watch.0.store(true, Ordering::Relaxed);
+    let max = watch.1.join().unwrap();
+    assert!(report.success(), "{report}");
+    assert!(max <= 2, "at most 2 connections at once, saw {max}");
+    assert!(
+        server.stats().connections >= 7,
+        "evictions forced reconnections: {:?}",
+        server.stats()
+    );
+}
+
+/// Established TCP connections from this machine to `port` (client side),
+/// read from /proc/net/tcp.
+fn established_to(port: u16) -> usize {
+    let text = fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    let want = format!(":{port:04X}");
+    text.lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            // remote address ends with our port, state 01 = ESTABLISHED
+            f.len() > 3 && f[2].ends_with(&want) && f[3] == "01"
+        })
+        .count()
+}
