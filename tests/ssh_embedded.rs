@@ -295,3 +295,39 @@ fn established_to(port: u16) -> usize {
         })
         .count()
 }
+
+#[test]
+fn scp_put_and_get_over_the_embedded_server_keep_content_and_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    let server = server();
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("payload.bin");
+    // 3 MB of non-repeating bytes.
+    let data: Vec<u8> = (0u32..3 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    fs::write(&src, &data).unwrap();
+    fs::set_permissions(&src, fs::Permissions::from_mode(0o640)).unwrap();
+    let d = dir.path().display();
+    let mut pssh = Parallel::new();
+    for l in ["p1", "p2"] {
+        pssh.add_host(l, host(&server)).unwrap();
+    }
+    pssh.all(ssh_parallel::ScpPut::new(
+        src.display().to_string(),
+        format!("{d}/remote-%LABEL%.bin"),
+    ))
+    .unwrap();
+    pssh.all(ssh_parallel::ScpGet::new(
+        format!("{d}/remote-%LABEL%.bin"),
+        format!("{d}/back-%LABEL%.bin"),
+    ))
+    .unwrap();
+    let report = pssh.run();
+    assert!(report.success(), "{report}");
+    for l in ["p1", "p2"] {
+        let back = dir.path().join(format!("back-{l}.bin"));
+        assert!(fs::read(&back).unwrap() == data, "{l}: content differs");
+        assert_eq!(fs::metadata(&back).unwrap().permissions().mode() & 0o777, 0o640);
+    }
+}

@@ -3,12 +3,15 @@
 
 use std::fs;
 use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command as Process, Stdio};
 use std::sync::{Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use ssh_parallel::{Command, ErrorKind, Host, HostKeyCheck, Join, OnError, Output, Parallel, Stdin, TaskStatus};
+use ssh_parallel::{
+    Command, ErrorKind, Host, HostKeyCheck, Join, OnError, Output, Parallel, ScpGet, ScpPut, Stdin, TaskStatus,
+};
 
 const SSHD: &str = "/usr/sbin/sshd";
 
@@ -428,4 +431,373 @@ fn connection_lost_mid_command_is_rerun_after_reconnecting() {
     let e = report.label("n").unwrap().error().expect("an error");
     assert_eq!(e.kind(), ErrorKind::Connect, "{e}");
     assert!(e.to_string().contains("connection lost"), "{e}");
+}
+
+// ---- scp over the SSH transport (the remote side is this machine: sshd logs in as us) ----
+
+fn ps(p: &Path) -> String {
+    p.display().to_string()
+}
+
+fn make_file(path: &Path, data: &[u8], mode: u32, mtime: u64) {
+    fs::write(path, data).unwrap();
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+    set_mtime(path, mtime);
+}
+
+fn set_mtime(path: &Path, secs: u64) {
+    let t = UNIX_EPOCH + Duration::from_secs(secs);
+    let f = fs::File::open(path).unwrap();
+    f.set_times(fs::FileTimes::new().set_modified(t).set_accessed(t))
+        .unwrap();
+}
+
+fn mode(path: &Path) -> u32 {
+    fs::metadata(path).unwrap().permissions().mode() & 0o7777
+}
+
+fn mtime(path: &Path) -> SystemTime {
+    fs::metadata(path).unwrap().modified().unwrap()
+}
+
+fn sha256(path: &Path) -> String {
+    let out = Process::new("sha256sum").arg(path).output().expect("sha256sum");
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+/// Every entry under `a` and `b` matches: names, kinds, modes, mtimes, contents.
+fn assert_same_tree(a: &Path, b: &Path) {
+    let names = |d: &Path| {
+        let mut v: Vec<_> = fs::read_dir(d).unwrap().map(|e| e.unwrap().file_name()).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names(a), names(b), "{} vs {}", a.display(), b.display());
+    for n in names(a) {
+        let (x, y) = (a.join(&n), b.join(&n));
+        assert_eq!(mode(&x), mode(&y), "mode of {}", y.display());
+        assert_eq!(mtime(&x), mtime(&y), "mtime of {}", y.display());
+        if x.is_dir() {
+            assert!(y.is_dir(), "{}", y.display());
+            assert_same_tree(&x, &y);
+        } else {
+            assert_eq!(fs::read(&x).unwrap(), fs::read(&y).unwrap(), "{}", y.display());
+        }
+    }
+    assert_eq!(mode(a), mode(b), "mode of {}", b.display());
+    assert_eq!(mtime(a), mtime(b), "mtime of {}", b.display());
+}
+
+#[test]
+fn scp_single_files_both_ways_with_label_in_paths_modes_and_mtimes() {
+    if !usable() {
+        return;
+    }
+    let s = sshd();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for sub in ["local", "remote", "back"] {
+        fs::create_dir(d.join(sub)).unwrap();
+    }
+    make_file(&d.join("local/a.txt"), b"from a\n", 0o640, 1_000_000_000);
+    make_file(&d.join("local/b.txt"), b"from b\n", 0o751, 1_100_000_000);
+    let mut p = Parallel::new();
+    for l in ["a", "b"] {
+        p.add_host(l, host(s.port)).unwrap();
+    }
+    p.push(
+        "*",
+        ScpPut::new(
+            format!("{}/local/%LABEL%.txt", d.display()),
+            format!("{}/remote/%LABEL%-put.txt", d.display()),
+        ),
+    )
+    .unwrap();
+    // Into an existing directory: the file keeps its name.
+    p.push(
+        "*",
+        ScpGet::new(
+            format!("{}/remote/%LABEL%-put.txt", d.display()),
+            format!("{}/back", d.display()),
+        ),
+    )
+    .unwrap();
+    let report = p.run();
+    assert!(report.success(), "{report}");
+    for (l, text, m, t) in [
+        ("a", "from a\n", 0o640, 1_000_000_000),
+        ("b", "from b\n", 0o751, 1_100_000_000),
+    ] {
+        for f in [
+            d.join(format!("remote/{l}-put.txt")),
+            d.join(format!("back/{l}-put.txt")),
+        ] {
+            assert_eq!(fs::read_to_string(&f).unwrap(), text, "{}", f.display());
+            assert_eq!(mode(&f), m, "{}", f.display());
+            assert_eq!(mtime(&f), UNIX_EPOCH + Duration::from_secs(t), "{}", f.display());
+        }
+    }
+}
+
+#[test]
+fn scp_twenty_megabytes_both_ways_verified_by_checksum() {
+    if !usable() {
+        return;
+    }
+    let s = sshd();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // Pseudo-random bytes (xorshift), so nothing compresses or repeats by chance.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let data: Vec<u8> = (0..20 * 1024 * 1024 / 8)
+        .flat_map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()
+        })
+        .collect();
+    let src = d.join("big.bin");
+    fs::write(&src, &data).unwrap();
+    drop(data);
+    let put = d.join("put.bin");
+    let got = d.join("got.bin");
+    let mut p = Parallel::new();
+    p.add_host("big", host(s.port)).unwrap();
+    p.push("big", ScpPut::new(ps(&src), ps(&put))).unwrap();
+    p.push("big", ScpGet::new(ps(&put), ps(&got))).unwrap();
+    let t0 = Instant::now();
+    let report = p.run();
+    assert!(report.success(), "{report}");
+    assert!(t0.elapsed() < Duration::from_secs(60), "took {:?}", t0.elapsed());
+    let sum = sha256(&src);
+    assert_eq!(sha256(&put), sum);
+    assert_eq!(sha256(&got), sum);
+    assert_eq!(fs::metadata(&got).unwrap().len(), 20 * 1024 * 1024);
+}
+
+#[test]
+fn scp_directory_trees_recursive_keep_modes_and_mtimes() {
+    if !usable() {
+        return;
+    }
+    let s = sshd();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let tree = d.join("tree");
+    fs::create_dir_all(tree.join("sub/deeper")).unwrap();
+    fs::create_dir_all(tree.join("empty")).unwrap();
+    make_file(&tree.join("f1"), b"one", 0o600, 1_200_000_000);
+    make_file(&tree.join("with space"), b"", 0o644, 1_250_000_000);
+    make_file(&tree.join("sub/f2.sh"), b"#!/bin/sh\necho two\n", 0o755, 1_300_000_000);
+    make_file(&tree.join("sub/deeper/f3"), &vec![7u8; 200_000], 0o640, 1_350_000_000);
+    // Directory modes and times last (writing inside changes a directory's mtime).
+    for (sub, m, t) in [
+        ("sub/deeper", 0o700, 1_360_000_000),
+        ("sub", 0o750, 1_400_000_000),
+        ("empty", 0o711, 1_450_000_000),
+        ("", 0o755, 1_500_000_000),
+    ] {
+        let p = tree.join(sub);
+        fs::set_permissions(&p, fs::Permissions::from_mode(m)).unwrap();
+        set_mtime(&p, t);
+    }
+    let remote = d.join("remote");
+    fs::create_dir(&remote).unwrap();
+    let back = d.join("back");
+    let mut p = Parallel::new();
+    p.add_host("r", host(s.port)).unwrap();
+    // Into an existing directory: remote/tree.
+    p.push("r", ScpPut::new(ps(&tree), ps(&remote)).recursive(true))
+        .unwrap();
+    // To a new name: back is created as the copy of remote/tree.
+    p.push("r", ScpGet::new(ps(&remote.join("tree")), ps(&back)).recursive(true))
+        .unwrap();
+    let report = p.run();
+    assert!(report.success(), "{report}");
+    assert_same_tree(&tree, &remote.join("tree"));
+    assert_same_tree(&tree, &back);
+}
+
+#[test]
+fn scp_several_sources_into_a_directory() {
+    if !usable() {
+        return;
+    }
+    let s = sshd();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    make_file(&d.join("x1"), b"x1", 0o644, 1_000_000_001);
+    make_file(&d.join("x2"), b"x2", 0o600, 1_000_000_002);
+    fs::create_dir(d.join("xd")).unwrap();
+    make_file(&d.join("xd/inner"), b"inner", 0o640, 1_000_000_003);
+    for sub in ["remote", "back"] {
+        fs::create_dir(d.join(sub)).unwrap();
+    }
+    let mut p = Parallel::new();
+    p.add_host("m", host(s.port)).unwrap();
+    p.push(
+        "m",
+        ScpPut::many(
+            [ps(&d.join("x1")), ps(&d.join("x2")), ps(&d.join("xd"))],
+            ps(&d.join("remote")),
+        )
+        .recursive(true),
+    )
+    .unwrap();
+    p.push(
+        "m",
+        ScpGet::many(
+            [
+                ps(&d.join("remote/x1")),
+                ps(&d.join("remote/x2")),
+                ps(&d.join("remote/xd")),
+            ],
+            ps(&d.join("back")),
+        )
+        .recursive(true),
+    )
+    .unwrap();
+    // Several sources into something that is not a directory: an error on either side.
+    p.push(
+        "m",
+        ScpPut::many([ps(&d.join("x1")), ps(&d.join("x2"))], ps(&d.join("remote/x1"))).on_error(OnError::Ignore),
+    )
+    .unwrap();
+    p.push(
+        "m",
+        ScpGet::many([ps(&d.join("remote/x1")), ps(&d.join("remote/x2"))], ps(&d.join("x1"))).on_error(OnError::Ignore),
+    )
+    .unwrap();
+    let report = p.run();
+    let t = report.label("m").unwrap().tasks();
+    assert_eq!(t[0].status(), TaskStatus::Succeeded, "{report}");
+    assert_eq!(t[1].status(), TaskStatus::Succeeded, "{report}");
+    for sub in ["remote", "back"] {
+        let base = d.join(sub);
+        assert_eq!(fs::read(base.join("x1")).unwrap(), b"x1");
+        assert_eq!(fs::read(base.join("x2")).unwrap(), b"x2");
+        assert_eq!(mode(&base.join("x2")), 0o600);
+        assert_eq!(mtime(&base.join("x2")), UNIX_EPOCH + Duration::from_secs(1_000_000_002));
+        assert_eq!(fs::read(base.join("xd/inner")).unwrap(), b"inner");
+    }
+    for i in [2, 3] {
+        let e = t[i].error().expect("an error");
+        assert_eq!(e.kind(), ErrorKind::Transfer, "{e}");
+    }
+    let put_msg = t[2].error().unwrap().to_string();
+    assert!(put_msg.contains("remote/x1"), "{put_msg}");
+    let get_msg = t[3].error().unwrap().to_string();
+    assert!(get_msg.contains("directory"), "{get_msg}");
+}
+
+#[test]
+fn scp_errors_are_transfer_errors_naming_the_path() {
+    if !usable() {
+        return;
+    }
+    let s = sshd();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    fs::create_dir_all(d.join("adir/sub")).unwrap();
+    make_file(&d.join("adir/f"), b"f", 0o644, 1_000_000_000);
+    let missing = d.join("no-such-remote-file");
+    let ign = OnError::Ignore;
+    let mut p = Parallel::new();
+    p.add_host("e", host(s.port)).unwrap();
+    p.push("e", ScpGet::new(ps(&missing), ps(&d.join("got"))).on_error(ign.clone()))
+        .unwrap();
+    p.push(
+        "e",
+        ScpGet::new(ps(&d.join("adir")), ps(&d.join("got-dir"))).on_error(ign.clone()),
+    )
+    .unwrap();
+    p.push(
+        "e",
+        ScpPut::new(ps(&d.join("adir")), ps(&d.join("put-dir"))).on_error(ign.clone()),
+    )
+    .unwrap();
+    p.push(
+        "e",
+        ScpPut::new(ps(&d.join("no-such-local")), ps(&d.join("x"))).on_error(ign.clone()),
+    )
+    .unwrap();
+    p.push(
+        "e",
+        ScpPut::new(ps(&d.join("adir/f")), ps(&d.join("no-such-remote-dir/f"))).on_error(ign.clone()),
+    )
+    .unwrap();
+    // The session is still fine afterwards.
+    p.push("e", Command::new("echo still-here")).unwrap();
+    let report = p.run();
+    let t = report.label("e").unwrap().tasks();
+    let expect = [
+        ("no-such-remote-file", "No such file"),
+        ("adir", "recursive"),
+        ("adir", "recursive"),
+        ("no-such-local", "No such file"),
+        ("no-such-remote-dir/f", "No such file"),
+    ];
+    for (i, (path, why)) in expect.iter().enumerate() {
+        let e = t[i].error().unwrap_or_else(|| panic!("task {i} should fail: {report}"));
+        assert_eq!(e.kind(), ErrorKind::Transfer, "task {i}: {e}");
+        let msg = e.to_string();
+        assert!(msg.contains(path), "task {i}: {msg}");
+        assert!(msg.contains(why), "task {i}: {msg}");
+    }
+    assert!(!d.join("got-dir").exists());
+    assert_eq!(t[5].stdout_str(), "still-here\n", "{report}");
+}
+
+#[test]
+fn scp_timeout_cancels_mid_transfer_and_the_session_stays_usable() {
+    if !usable() {
+        return;
+    }
+    let s = sshd();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // A sparse 4 GB file: far more than can move in the timeout.
+    let huge = d.join("huge");
+    fs::File::create(&huge).unwrap().set_len(4 << 30).unwrap();
+    let got = d.join("got");
+    let mut p = Parallel::new();
+    p.add_host("c", host(s.port)).unwrap();
+    p.push(
+        "c",
+        ScpGet::new(ps(&huge), ps(&got))
+            .timeout(Duration::from_millis(700))
+            .on_error(OnError::Ignore),
+    )
+    .unwrap();
+    p.push("c", Command::new("echo after-get")).unwrap();
+    let put = d.join("put");
+    p.push(
+        "c",
+        ScpPut::new(ps(&huge), ps(&put))
+            .timeout(Duration::from_millis(700))
+            .on_error(OnError::Ignore),
+    )
+    .unwrap();
+    p.push("c", Command::new("echo after-put")).unwrap();
+    let t0 = Instant::now();
+    let report = p.run();
+    let took = t0.elapsed();
+    let t = report.label("c").unwrap().tasks();
+    for (i, f) in [(0, &got), (2, &put)] {
+        assert_eq!(t[i].error().map(|e| e.kind()), Some(ErrorKind::Timeout), "{report}");
+        let partial = fs::metadata(f).map(|m| m.len()).unwrap_or(0);
+        assert!(partial < 4 << 30, "copied everything: {partial}");
+    }
+    assert_eq!(t[1].stdout_str(), "after-get\n", "{report}");
+    assert_eq!(t[3].stdout_str(), "after-put\n", "{report}");
+    // A guard against hangs, not a speed check: without a pty, sshd ends a
+    // cancelled transfer only when the remote scp notices, which on a loaded
+    // machine takes seconds.
+    assert!(took < Duration::from_secs(60), "took {took:?}");
 }

@@ -6,8 +6,10 @@
 //! -> `Handshake` -> host-key check -> `Auth` (key files, password,
 //! keyboard-interactive) -> `Idle`. A `Run` turns `Idle` into `Running` (channel
 //! open, env, pty, exec, stdin, EOF, drain stdout and stderr, close, exit
-//! status) and back. A `Cancel` answers the task at once and closes its channel
-//! (`Cancelling`); a channel that cannot be closed within [`CLOSE_TIMEOUT`]
+//! status) and back; `ScpPut` / `ScpGet` run the same way with the remote
+//! `scp -t` / `scp -f` on the channel, spoken to in the SCP protocol by [`Scp`]
+//! (files and trees, modes and times, data in bounded chunks). A `Cancel`
+//! answers the task at once and closes its channel (`Cancelling`); a channel that cannot be closed within [`CLOSE_TIMEOUT`]
 //! makes the session `Broken`: it is torn down and re-opened transparently by
 //! the next `Run`. `Disconnect` goes through `Disconnecting` (bounded by
 //! [`CLOSE_TIMEOUT`]) to `Closed`.
@@ -25,6 +27,8 @@ use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr, ToSocketAddrs};
 use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -37,9 +41,9 @@ use parking_lot::Mutex;
 use ssh2::{BlockDirections, CheckResult, ErrorCode, HashType, KnownHostFileKind, Session};
 
 use super::{ConnId, Event, Exit, Job, Outcome, Request, Token, TransportError};
-use crate::action::{Action, Command};
+use crate::action::{Action, Command, ScpGet, ScpPut, Transfer};
 use crate::host::{Host, HostKeyCheck};
-use crate::output::{Sink, StdinKind, Stream};
+use crate::output::{Output, Sink, StdinKind, Stream};
 use crate::plan::LabelId;
 
 /// The poll token of the waker; connections use their key.
@@ -900,12 +904,14 @@ impl Conn {
                 Err(e) => answer(e),
             },
             Action::Connect(_) => finish(cx.events, job.label, job.token, Outcome::new(Ok(Exit::OK), started)),
-            Action::ScpGet(_) | Action::ScpPut(_) | Action::RsyncGet(_) | Action::RsyncPut(_) => {
-                answer(TransportError::Transfer(format!(
-                    "{}: not implemented over SSH yet (this build runs only commands over SSH)",
-                    job.action.describe()
-                )))
-            }
+            Action::ScpGet(_) | Action::ScpPut(_) => match Task::new_scp(&job, started) {
+                Ok(t) => self.phase = Phase::Running(Box::new(t)),
+                Err(e) => answer(e),
+            },
+            Action::RsyncGet(_) | Action::RsyncPut(_) => answer(TransportError::Transfer(format!(
+                "{}: not implemented over SSH yet (this build runs only commands over SSH)",
+                job.action.describe()
+            ))),
             Action::Parsub(_) => answer(TransportError::local(
                 "parsub with an SSH session is not implemented yet (use Parsub::no_ssh or a local host)",
             )),
@@ -935,12 +941,15 @@ impl Conn {
                 }
                 continue;
             }
+            if t.scp.is_some() {
+                return step_scp(sess, t);
+            }
             let Action::Command(c) = &*t.action else {
                 return Err(TaskFail::Task(TransportError::local("not a command (transport bug)")));
             };
             let ch = t.channel.as_mut().expect("channel after open");
             match t.stage {
-                TaskStage::Open => {}
+                TaskStage::Open | TaskStage::Scp => {}
                 TaskStage::Env => {
                     let Some((k, v)) = c.env.get(t.env_next) else {
                         t.stage = TaskStage::Pty;
@@ -1025,21 +1034,7 @@ impl Conn {
                     }
                     t.stage = TaskStage::Close;
                 }
-                TaskStage::Close => {
-                    let ch = t.channel.as_mut().expect("channel after open");
-                    match ch.close() {
-                        Ok(()) => {}
-                        Err(e) if would_block(&e) => return Ok(Flow::Wait),
-                        Err(e) => return Err(lost("closing the channel", &e)),
-                    }
-                    let signal = ch
-                        .exit_signal()
-                        .ok()
-                        .and_then(|s| s.exit_signal)
-                        .map(|name| signal_number(&name));
-                    let code = if signal.is_some() { None } else { ch.exit_status().ok() };
-                    return Ok(Flow::TaskDone(Exit { code, signal }));
-                }
+                TaskStage::Close => return close_channel(ch),
             }
         }
     }
@@ -1196,6 +1191,685 @@ impl Conn {
     }
 }
 
+/// Runs an scp task's channel: exec the remote `scp`, speak the SCP protocol
+/// with it, then EOF, drain, close and exit status.
+fn step_scp(sess: &Session, t: &mut Task) -> Result<Flow, TaskFail> {
+    let ch = t.channel.as_mut().expect("channel after open");
+    let scp = t.scp.as_mut().expect("an scp task");
+    loop {
+        match t.stage {
+            TaskStage::Open | TaskStage::Env | TaskStage::Pty | TaskStage::Stdin => t.stage = TaskStage::Exec,
+            TaskStage::Exec => match ch.exec(&scp.command) {
+                Ok(()) => t.stage = TaskStage::Scp,
+                Err(e) if would_block(&e) => return Ok(Flow::Wait),
+                Err(e) if code(&e) == LIBSSH2_ERROR_CHANNEL_REQUEST_DENIED => {
+                    return Err(TaskFail::Task(TransportError::Transfer(format!(
+                        "the server refused to run `{}`: {e}",
+                        scp.command
+                    ))))
+                }
+                Err(e) => return Err(TaskFail::Lost(format!("starting the remote scp: {e}"))),
+            },
+            TaskStage::Scp => {
+                if !scp.pump(sess, ch)? {
+                    return Ok(Flow::Wait);
+                }
+                t.stage = TaskStage::Eof;
+            }
+            TaskStage::Eof => match ch.send_eof() {
+                Ok(()) => t.stage = TaskStage::Drain,
+                Err(e) if would_block(&e) => return Ok(Flow::Wait),
+                Err(_) => t.stage = TaskStage::Drain,
+            },
+            TaskStage::Drain => {
+                if !scp.drain(ch)? {
+                    return Ok(Flow::Wait);
+                }
+                t.stage = TaskStage::Close;
+            }
+            TaskStage::Close => return close_channel(ch),
+        }
+    }
+}
+
+/// File data moved per protocol step (bounded memory for any file size).
+const SCP_CHUNK: usize = 64 * 1024;
+/// The longest SCP record or error line accepted.
+const SCP_MAX_LINE: usize = 64 * 1024;
+/// How much of the remote scp's stderr is kept for error messages.
+const SCP_STDERR_KEEP: usize = 4096;
+
+/// What the SCP protocol engine did.
+enum ScpStep {
+    /// Something changed: flush and advance again.
+    Progress,
+    /// Needs more bytes from the remote scp.
+    NeedInput,
+    /// The transfer is complete.
+    Done,
+}
+
+/// Seconds since the epoch: (mtime, atime).
+type Times = (i64, i64);
+
+/// A transfer over an exec channel running `scp -t` (put) or `scp -f` (get):
+/// both directions speak the SCP protocol (`T`/`C`/`D`/`E` records, `\0`
+/// acknowledgements, `\x01`/`\x02` error lines), which gives recursion, modes
+/// and times. File data moves in [`SCP_CHUNK`] pieces.
+struct Scp {
+    /// The remote command line.
+    command: String,
+    /// Unconsumed bytes from the remote scp's stdout.
+    inb: Vec<u8>,
+    /// Bytes to send, from `out_off` on (sent before anything else happens).
+    out: Vec<u8>,
+    out_off: usize,
+    /// The remote scp closed its stdout.
+    eof: bool,
+    /// It did so before the transfer was complete.
+    ended_early: bool,
+    /// The start of its stderr.
+    stderr: Vec<u8>,
+    dir: ScpDir,
+}
+
+enum ScpDir {
+    Put(PutState),
+    Get(GetState),
+}
+
+/// The source side (this machine sends).
+struct PutState {
+    recursive: bool,
+    /// What remains to send, last item first.
+    stack: Vec<PutItem>,
+    step: PutStep,
+}
+
+enum PutItem {
+    /// A local path not yet looked at.
+    Path(PathBuf),
+    /// A record line, acknowledged by the sink; the path names it in errors.
+    Line(Vec<u8>, PathBuf),
+    /// A file's contents (announced by the preceding `C` line).
+    Data(std::fs::File, u64, PathBuf),
+}
+
+enum PutStep {
+    /// Waiting for the sink's answer about the path (`None`: its first `\0`).
+    Ack(Option<PathBuf>),
+    Next,
+    Data {
+        file: std::fs::File,
+        left: u64,
+        path: PathBuf,
+    },
+    Done,
+}
+
+/// The sink side (this machine receives).
+struct GetState {
+    target: PathBuf,
+    target_is_dir: bool,
+    /// From the last `T` record, for the next `C` or `D`.
+    times: Option<Times>,
+    /// Directories entered (`D`), with the mode and times to set at their `E`.
+    dirs: Vec<(PathBuf, u32, Option<Times>)>,
+    step: GetStep,
+}
+
+enum GetStep {
+    Record,
+    /// Receiving a file; `left` bytes to go, then the source's status byte.
+    Data {
+        file: std::fs::File,
+        left: u64,
+        path: PathBuf,
+        mode: u32,
+        times: Option<Times>,
+    },
+}
+
+impl Scp {
+    fn new(command: String, dir: ScpDir) -> Scp {
+        Scp {
+            command,
+            inb: Vec::new(),
+            out: Vec::new(),
+            out_off: 0,
+            eof: false,
+            ended_early: false,
+            stderr: Vec::new(),
+            dir,
+        }
+    }
+
+    /// `ScpPut`: checks the local sources, then runs `scp -t` on the target.
+    fn put(t: &Transfer) -> Result<Scp, TransportError> {
+        let fail = |m: String| TransportError::Transfer(m);
+        if t.sources.is_empty() {
+            return Err(fail("scp_put: no source given".into()));
+        }
+        for src in &t.sources {
+            let meta = std::fs::metadata(src).map_err(|e| fail(format!("{src}: {e}")))?;
+            if meta.is_dir() && !t.recursive {
+                return Err(fail(format!("{src}: is a directory (use .recursive(true))")));
+            }
+            if Path::new(src).file_name().is_none() {
+                return Err(fail(format!("{src}: has no file name to copy into {}", t.target)));
+            }
+        }
+        let mut cmd = "scp -t -p".to_owned();
+        if t.recursive {
+            cmd.push_str(" -r");
+        }
+        if t.sources.len() > 1 {
+            // The sink insists that the target is a directory.
+            cmd.push_str(" -d");
+        }
+        cmd.push_str(" -- ");
+        cmd.push_str(&remote_quote(&t.target).map_err(fail)?);
+        Ok(Scp::new(
+            cmd,
+            ScpDir::Put(PutState {
+                recursive: t.recursive,
+                stack: t
+                    .sources
+                    .iter()
+                    .rev()
+                    .map(|s| PutItem::Path(PathBuf::from(s)))
+                    .collect(),
+                step: PutStep::Ack(None),
+            }),
+        ))
+    }
+
+    /// `ScpGet`: checks the local target, then runs `scp -f` on the sources.
+    fn get(t: &Transfer) -> Result<Scp, TransportError> {
+        let fail = |m: String| TransportError::Transfer(m);
+        if t.sources.is_empty() {
+            return Err(fail("scp_get: no source given".into()));
+        }
+        let target = PathBuf::from(&t.target);
+        let target_is_dir = target.is_dir();
+        if t.sources.len() > 1 && !target_is_dir {
+            return Err(fail(format!(
+                "{}: copying several files needs an existing directory as target",
+                t.target
+            )));
+        }
+        let mut cmd = "scp -f -p".to_owned();
+        if t.recursive {
+            cmd.push_str(" -r");
+        }
+        cmd.push_str(" --");
+        for src in &t.sources {
+            cmd.push(' ');
+            cmd.push_str(&remote_quote(src).map_err(fail)?);
+        }
+        let mut scp = Scp::new(
+            cmd,
+            ScpDir::Get(GetState {
+                target,
+                target_is_dir,
+                times: None,
+                dirs: Vec::new(),
+                step: GetStep::Record,
+            }),
+        );
+        // The sink starts by saying it is ready.
+        scp.out.push(0);
+        Ok(scp)
+    }
+
+    /// Moves the transfer on until it would block; true once the protocol is
+    /// over (completely, or because the remote scp ended early).
+    fn pump(&mut self, sess: &Session, ch: &mut ssh2::Channel) -> Result<bool, TaskFail> {
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            while self.out_off < self.out.len() {
+                match ch.write(&self.out[self.out_off..]) {
+                    Ok(0) => return Ok(false),
+                    Ok(n) => self.out_off += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        // A half-sent packet must be finished first; an exhausted
+                        // window lets us read (and so free the remote side) meanwhile.
+                        if matches!(sess.block_directions(), BlockDirections::Inbound) {
+                            self.read_stderr(ch, &mut buf)?;
+                            self.read_stdout(ch, &mut buf)?;
+                        }
+                        return Ok(false);
+                    }
+                    Err(e) => {
+                        if ssh2::Error::last_session_error(sess).is_some_and(|le| is_socket_error(&le)) {
+                            return Err(TaskFail::Lost(format!("writing to the remote scp: {e}")));
+                        }
+                        // The remote scp went away: its exit status tells why.
+                        self.ended_early = true;
+                        return Ok(true);
+                    }
+                }
+            }
+            self.out.clear();
+            self.out_off = 0;
+            self.read_stderr(ch, &mut buf)?;
+            match self
+                .advance()
+                .map_err(|m| TaskFail::Task(TransportError::Transfer(m)))?
+            {
+                ScpStep::Progress => continue,
+                ScpStep::Done => return Ok(true),
+                ScpStep::NeedInput if self.eof => {
+                    self.ended_early = true;
+                    return Ok(true);
+                }
+                ScpStep::NeedInput => {}
+            }
+            if !self.read_stdout(ch, &mut buf)? {
+                return Ok(false);
+            }
+        }
+    }
+
+    /// One read of the remote stdout into `inb`; false if it would block.
+    fn read_stdout(&mut self, ch: &mut ssh2::Channel, buf: &mut [u8]) -> Result<bool, TaskFail> {
+        loop {
+            return match ch.stream(0).read(buf) {
+                Ok(0) => {
+                    self.eof = true;
+                    Ok(true)
+                }
+                Ok(n) => {
+                    self.inb.extend_from_slice(&buf[..n]);
+                    Ok(true)
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => Err(TaskFail::Lost(format!("reading from the remote scp: {e}"))),
+            };
+        }
+    }
+
+    /// Reads the remote stderr until it would block (it shares the window with stdout).
+    fn read_stderr(&mut self, ch: &mut ssh2::Channel, buf: &mut [u8]) -> Result<bool, TaskFail> {
+        loop {
+            match ch.stream(1).read(buf) {
+                Ok(0) => return Ok(true),
+                Ok(n) => self.keep_stderr(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(TaskFail::Lost(format!("reading from the remote scp: {e}"))),
+            }
+        }
+    }
+
+    fn keep_stderr(&mut self, data: &[u8]) {
+        let room = SCP_STDERR_KEEP.saturating_sub(self.stderr.len());
+        self.stderr.extend_from_slice(&data[..data.len().min(room)]);
+    }
+
+    /// After the protocol: reads both streams to their end; true when both ended.
+    fn drain(&mut self, ch: &mut ssh2::Channel) -> Result<bool, TaskFail> {
+        let mut buf = vec![0u8; 32 * 1024];
+        let err_done = self.read_stderr(ch, &mut buf)?;
+        let mut out_done = self.eof;
+        while !out_done {
+            if !self.read_stdout(ch, &mut buf)? {
+                break;
+            }
+            self.inb.clear();
+            out_done = self.eof;
+        }
+        Ok(err_done && out_done)
+    }
+
+    /// The error for a remote scp that failed or ended before the end of the transfer.
+    fn exit_error(&self, exit: Exit) -> String {
+        let how = match (exit.code, exit.signal) {
+            (_, Some(sig)) => format!("was killed by signal {sig}"),
+            (Some(0), None) => "ended before the transfer was complete".to_owned(),
+            (Some(c), None) => format!("exited with status {c}"),
+            (None, None) => "ended without an exit status".to_owned(),
+        };
+        let text = String::from_utf8_lossy(&self.stderr).trim().to_owned();
+        if text.is_empty() {
+            format!("the remote `{}` {how}", self.command)
+        } else {
+            format!("the remote `{}` {how}: {text}", self.command)
+        }
+    }
+
+    /// Removes and returns the next line (without its `\n`), if complete.
+    fn take_line(&mut self) -> Result<Option<Vec<u8>>, String> {
+        match self.inb.iter().position(|&b| b == b'\n') {
+            Some(i) => {
+                let line = self.inb[..i].to_vec();
+                self.inb.drain(..=i);
+                Ok(Some(line))
+            }
+            None if self.inb.len() > SCP_MAX_LINE => Err("the remote scp sent an over-long line".into()),
+            None => Ok(None),
+        }
+    }
+
+    /// The answer to what was sent: `\0`, or an error line whose text is returned.
+    fn response(&mut self) -> Result<Option<Result<(), String>>, String> {
+        match self.inb.first() {
+            None => Ok(None),
+            Some(0) => {
+                self.inb.drain(..1);
+                Ok(Some(Ok(())))
+            }
+            Some(1 | 2) => Ok(self.take_line()?.map(|l| Err(error_text(&l[1..])))),
+            Some(_) => Err(format!(
+                "unexpected answer from the remote scp: {:?}",
+                String::from_utf8_lossy(&self.inb[..self.inb.len().min(200)])
+            )),
+        }
+    }
+
+    /// One step of the protocol; errors are messages naming the path.
+    fn advance(&mut self) -> Result<ScpStep, String> {
+        // Temporarily take the direction state so that `self`'s buffers stay usable.
+        let mut dir = std::mem::replace(&mut self.dir, ScpDir::Put(PutState::empty()));
+        let r = match &mut dir {
+            ScpDir::Put(p) => self.advance_put(p),
+            ScpDir::Get(g) => self.advance_get(g),
+        };
+        self.dir = dir;
+        r
+    }
+
+    fn advance_put(&mut self, p: &mut PutState) -> Result<ScpStep, String> {
+        match &mut p.step {
+            PutStep::Ack(path) => match self.response()? {
+                None => Ok(ScpStep::NeedInput),
+                Some(Ok(())) => {
+                    p.step = PutStep::Next;
+                    Ok(ScpStep::Progress)
+                }
+                Some(Err(msg)) => Err(match path {
+                    Some(path) => format!("{}: remote scp: {msg}", path.display()),
+                    None => format!("remote scp: {msg}"),
+                }),
+            },
+            PutStep::Next => {
+                match p.stack.pop() {
+                    None => {
+                        p.step = PutStep::Done;
+                        return Ok(ScpStep::Done);
+                    }
+                    Some(PutItem::Line(line, path)) => {
+                        self.out.extend_from_slice(&line);
+                        p.step = PutStep::Ack(Some(path));
+                    }
+                    Some(PutItem::Data(file, left, path)) => p.step = PutStep::Data { file, left, path },
+                    Some(PutItem::Path(path)) => {
+                        let items = put_items(&path, p.recursive)?;
+                        p.stack.extend(items.into_iter().rev());
+                    }
+                }
+                Ok(ScpStep::Progress)
+            }
+            PutStep::Data { file, left, path } => {
+                if *left == 0 {
+                    // The source's "file sent" status.
+                    self.out.push(0);
+                    p.step = PutStep::Ack(Some(std::mem::take(path)));
+                    return Ok(ScpStep::Progress);
+                }
+                let n = (*left).min(SCP_CHUNK as u64) as usize;
+                self.out.resize(n, 0);
+                let got = loop {
+                    match file.read(&mut self.out[..n]) {
+                        Ok(got) => break got,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(format!("{}: {e}", path.display())),
+                    }
+                };
+                if got == 0 {
+                    return Err(format!("{}: the file shrank while it was being sent", path.display()));
+                }
+                self.out.truncate(got);
+                *left -= got as u64;
+                Ok(ScpStep::Progress)
+            }
+            PutStep::Done => Ok(ScpStep::Done),
+        }
+    }
+
+    fn advance_get(&mut self, g: &mut GetState) -> Result<ScpStep, String> {
+        if let GetStep::Data {
+            file,
+            left,
+            path,
+            mode,
+            times,
+        } = &mut g.step
+        {
+            if *left > 0 {
+                if self.inb.is_empty() {
+                    return Ok(ScpStep::NeedInput);
+                }
+                let n = (*left).min(self.inb.len() as u64) as usize;
+                file.write_all(&self.inb[..n])
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                self.inb.drain(..n);
+                *left -= n as u64;
+                return Ok(ScpStep::Progress);
+            }
+            return match self.response()? {
+                None => Ok(ScpStep::NeedInput),
+                Some(Err(msg)) => Err(format!("{}: remote scp: {msg}", path.display())),
+                Some(Ok(())) => {
+                    if let Some(t) = times {
+                        file.set_times(file_times(*t))
+                            .map_err(|e| format!("{}: cannot keep the modification time: {e}", path.display()))?;
+                    }
+                    file.set_permissions(std::fs::Permissions::from_mode(*mode))
+                        .map_err(|e| format!("{}: cannot set its mode: {e}", path.display()))?;
+                    g.step = GetStep::Record;
+                    self.out.push(0);
+                    Ok(ScpStep::Progress)
+                }
+            };
+        }
+        let Some(line) = self.take_line()? else {
+            if self.eof && self.inb.is_empty() && g.dirs.is_empty() {
+                return Ok(ScpStep::Done);
+            }
+            return Ok(ScpStep::NeedInput);
+        };
+        let text = || String::from_utf8_lossy(&line).into_owned();
+        let bad = || format!("unexpected record from the remote scp: {:?}", text());
+        match line.first() {
+            Some(1 | 2) => {
+                let msg = error_text(&line[1..]);
+                let hint = if msg.contains("not a regular file") {
+                    " (a directory needs .recursive(true))"
+                } else {
+                    ""
+                };
+                Err(format!("remote scp: {msg}{hint}"))
+            }
+            Some(b'T') => {
+                let f: Vec<&[u8]> = line[1..].split(|&b| b == b' ').collect();
+                let num = |i: usize| -> Option<i64> { std::str::from_utf8(f.get(i)?).ok()?.parse().ok() };
+                g.times = Some((num(0).ok_or_else(bad)?, num(2).ok_or_else(bad)?));
+                self.out.push(0);
+                Ok(ScpStep::Progress)
+            }
+            Some(b'C' | b'D') => {
+                let (mode, size, name) = parse_record(&line[1..]).ok_or_else(bad)?;
+                let dest = g.dest(name)?;
+                let times = g.times.take();
+                if line[0] == b'D' {
+                    if dest.exists() {
+                        if !dest.is_dir() {
+                            return Err(format!("{}: not a directory", dest.display()));
+                        }
+                    } else {
+                        std::fs::create_dir(&dest).map_err(|e| format!("{}: {e}", dest.display()))?;
+                    }
+                    g.dirs.push((dest, mode, times));
+                } else {
+                    let file = std::fs::File::options()
+                        .write(true)
+                        .create(true)
+                        .truncate(true)
+                        .open(&dest)
+                        .map_err(|e| format!("{}: {e}", dest.display()))?;
+                    g.step = GetStep::Data {
+                        file,
+                        left: size,
+                        path: dest,
+                        mode,
+                        times,
+                    };
+                }
+                self.out.push(0);
+                Ok(ScpStep::Progress)
+            }
+            Some(b'E') => {
+                let (dir, mode, times) = g.dirs.pop().ok_or_else(bad)?;
+                // Mode and times last: a read-only directory must still take its contents.
+                std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode))
+                    .map_err(|e| format!("{}: cannot set its mode: {e}", dir.display()))?;
+                if let Some(t) = times {
+                    std::fs::File::open(&dir)
+                        .and_then(|f| f.set_times(file_times(t)))
+                        .map_err(|e| format!("{}: cannot keep the modification time: {e}", dir.display()))?;
+                }
+                self.out.push(0);
+                Ok(ScpStep::Progress)
+            }
+            _ => Err(bad()),
+        }
+    }
+}
+
+impl PutState {
+    fn empty() -> PutState {
+        PutState {
+            recursive: false,
+            stack: Vec::new(),
+            step: PutStep::Done,
+        }
+    }
+}
+
+impl GetState {
+    /// Where a received `C` or `D` record goes.
+    fn dest(&self, name: &[u8]) -> Result<PathBuf, String> {
+        if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') {
+            return Err(format!(
+                "the remote scp sent an unsafe file name {:?}",
+                String::from_utf8_lossy(name)
+            ));
+        }
+        let name = std::ffi::OsStr::from_bytes(name);
+        Ok(match self.dirs.last() {
+            Some((dir, ..)) => dir.join(name),
+            None if self.target_is_dir => self.target.join(name),
+            None => self.target.clone(),
+        })
+    }
+}
+
+/// The records that send one local path: `T` and `C` plus its data, or `T`,
+/// `D`, its entries (sorted by name) and `E`.
+fn put_items(path: &Path, recursive: bool) -> Result<Vec<PutItem>, String> {
+    let shown = || path.display().to_string();
+    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", shown()))?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| format!("{}: has no file name", shown()))?
+        .as_bytes();
+    if name.contains(&b'\n') {
+        return Err(format!("{}: a file name with a newline cannot be sent by scp", shown()));
+    }
+    let times = format!("T{} 0 {} 0\n", meta.mtime().max(0), meta.atime().max(0)).into_bytes();
+    let mode = meta.mode() & 0o7777;
+    let mut items = vec![PutItem::Line(times, path.to_path_buf())];
+    let record = |kind: char, size: u64| {
+        let mut l = format!("{kind}{mode:04o} {size} ").into_bytes();
+        l.extend_from_slice(name);
+        l.push(b'\n');
+        l
+    };
+    if meta.is_dir() {
+        if !recursive {
+            return Err(format!("{}: is a directory (use .recursive(true))", shown()));
+        }
+        let mut entries = std::fs::read_dir(path)
+            .and_then(|rd| rd.map(|e| e.map(|e| e.path())).collect::<io::Result<Vec<_>>>())
+            .map_err(|e| format!("{}: {e}", shown()))?;
+        entries.sort();
+        items.push(PutItem::Line(record('D', 0), path.to_path_buf()));
+        items.extend(entries.into_iter().map(PutItem::Path));
+        items.push(PutItem::Line(b"E\n".to_vec(), path.to_path_buf()));
+    } else if meta.is_file() {
+        let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", shown()))?;
+        let size = file.metadata().map_err(|e| format!("{}: {e}", shown()))?.len();
+        items.push(PutItem::Line(record('C', size), path.to_path_buf()));
+        items.push(PutItem::Data(file, size, path.to_path_buf()));
+    } else {
+        return Err(format!("{}: not a regular file", shown()));
+    }
+    Ok(items)
+}
+
+/// Parses `<mode> <size> <name>` (after the `C` or `D`).
+fn parse_record(rest: &[u8]) -> Option<(u32, u64, &[u8])> {
+    let mut parts = rest.splitn(3, |&b| b == b' ');
+    let mode = u32::from_str_radix(std::str::from_utf8(parts.next()?).ok()?, 8).ok()?;
+    let size = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
+    Some((mode & 0o7777, size, parts.next()?))
+}
+
+/// The text of a remote error line.
+fn error_text(msg: &[u8]) -> String {
+    String::from_utf8_lossy(msg).trim().to_owned()
+}
+
+/// `FileTimes` from (mtime, atime) in seconds since the epoch.
+fn file_times((mtime, atime): Times) -> std::fs::FileTimes {
+    let at = |s: i64| SystemTime::UNIX_EPOCH + Duration::from_secs(s.max(0) as u64);
+    std::fs::FileTimes::new()
+        .set_modified(at(mtime))
+        .set_accessed(at(atime))
+}
+
+/// Quotes a remote path for the remote shell, keeping a leading `~/` expandable.
+fn remote_quote(path: &str) -> Result<String, String> {
+    let quote = |s: &str| {
+        shlex::try_quote(s)
+            .map(|q| q.into_owned())
+            .map_err(|_| format!("{path}: a path with a NUL byte cannot be sent"))
+    };
+    match path.strip_prefix("~/") {
+        Some(rest) if !rest.is_empty() => Ok(format!("~/{}", quote(rest)?)),
+        _ if path == "~" || path == "~/" => Ok(path.to_owned()),
+        _ => quote(path),
+    }
+}
+
+/// Closes a finished task's channel and reads its exit status or signal.
+fn close_channel(ch: &mut ssh2::Channel) -> Result<Flow, TaskFail> {
+    match ch.close() {
+        Ok(()) => {}
+        Err(e) if would_block(&e) => return Ok(Flow::Wait),
+        Err(e) => return Err(TaskFail::Lost(format!("closing the channel: {e}"))),
+    }
+    let signal = ch
+        .exit_signal()
+        .ok()
+        .and_then(|s| s.exit_signal)
+        .map(|name| signal_number(&name));
+    let code = if signal.is_some() { None } else { ch.exit_status().ok() };
+    Ok(Flow::TaskDone(Exit { code, signal }))
+}
+
 /// Reads stdout and stderr until both would block; true once both hit EOF.
 fn drain(t: &mut Task) -> Result<bool, TaskFail> {
     let ch = t.channel.as_mut().expect("channel while draining");
@@ -1236,6 +1910,8 @@ enum TaskStage {
     Eof,
     Drain,
     Close,
+    /// An scp transfer speaks the SCP protocol with the remote `scp`.
+    Scp,
 }
 
 /// A command running on a session.
@@ -1252,6 +1928,8 @@ struct Task {
     out: Sink,
     err: Sink,
     started: SystemTime,
+    /// Set for `ScpPut` / `ScpGet`.
+    scp: Option<Box<Scp>>,
 }
 
 impl Task {
@@ -1281,11 +1959,51 @@ impl Task {
             out,
             err,
             started,
+            scp: None,
+        })
+    }
+
+    /// A transfer: checks the local side, then runs `scp -t` or `scp -f` remotely.
+    fn new_scp(job: &Job, started: SystemTime) -> Result<Task, TransportError> {
+        let scp = match &*job.action {
+            Action::ScpPut(ScpPut(t)) => Scp::put(t)?,
+            Action::ScpGet(ScpGet(t)) => Scp::get(t)?,
+            other => {
+                return Err(TransportError::local(format!(
+                    "{} is not an scp transfer (transport bug)",
+                    other.describe()
+                )))
+            }
+        };
+        let null = Output::null();
+        Ok(Task {
+            label: job.label,
+            token: job.token,
+            action: job.action.clone(),
+            stage: TaskStage::Open,
+            channel: None,
+            env_next: 0,
+            env_fallback: Vec::new(),
+            stdin: None,
+            stdin_off: 0,
+            out: Sink::open(job.name.clone(), Stream::Stdout, &null).map_err(TransportError::local)?,
+            err: Sink::open(job.name.clone(), Stream::Stderr, &null).map_err(TransportError::local)?,
+            started,
+            scp: Some(Box::new(scp)),
         })
     }
 
     /// Answers the scheduler with `result` and what the sinks kept.
     fn finish(self, events: &Sender<Event>, result: Result<Exit, TransportError>) {
+        if let Some(scp) = &self.scp {
+            let result = match result {
+                Ok(exit) if exit.code == Some(0) && !scp.ended_early => Ok(Exit::OK),
+                Ok(exit) => Err(TransportError::Transfer(scp.exit_error(exit))),
+                Err(e) => Err(e),
+            };
+            finish(events, self.label, self.token, Outcome::new(result, self.started));
+            return;
+        }
         let stdout = self.out.finish();
         let stderr = self.err.finish();
         let outcome = match (result, stdout, stderr) {
@@ -1477,20 +2195,13 @@ fn key_type_name(blob: &[u8]) -> String {
 
 /// Standard base64 (RFC 4648), with or without `=` padding.
 fn base64(data: &[u8], pad: bool) -> String {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut s = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                s.push(A[(n >> (18 - 6 * i)) as usize & 63] as char);
-            } else if pad {
-                s.push('=');
-            }
-        }
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
+    use base64::Engine as _;
+    if pad {
+        STANDARD.encode(data)
+    } else {
+        STANDARD_NO_PAD.encode(data)
     }
-    s
 }
 
 /// A signal name from an SSH exit-signal message (without `SIG`) as a number.
