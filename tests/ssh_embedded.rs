@@ -259,10 +259,13 @@ fn connections_limit_holds_over_real_ssh() {
         let stop = Arc::new(AtomicBool::new(false));
         let s2 = stop.clone();
         let port = server.port();
+        // Connections that exist before the run are not ours (another test's
+        // server may have had this port).
+        let before = established_to(port);
         let h = std::thread::spawn(move || {
             let mut max = 0;
             while !s2.load(Ordering::Relaxed) {
-                max = max.max(established_to(port));
+                max = max.max(established_to(port).difference(&before).count());
                 std::thread::sleep(Duration::from_millis(2));
             }
             max
@@ -281,19 +284,19 @@ fn connections_limit_holds_over_real_ssh() {
     );
 }
 
-/// Established TCP connections from this machine to `port` (client side),
-/// read from /proc/net/tcp.
-fn established_to(port: u16) -> usize {
+/// The local ends of the established TCP connections from this machine to
+/// `port` (client side), read from /proc/net/tcp.
+fn established_to(port: u16) -> std::collections::HashSet<String> {
     let text = fs::read_to_string("/proc/net/tcp").unwrap_or_default();
     let want = format!(":{port:04X}");
     text.lines()
         .skip(1)
-        .filter(|l| {
+        .filter_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
-            // remote address ends with our port, state 01 = ESTABLISHED
-            f.len() > 3 && f[2].ends_with(&want) && f[3] == "01"
+            // remote address ends with the server's port; state 01 = ESTABLISHED
+            (f.len() > 3 && f[2].ends_with(&want) && f[3] == "01").then(|| f[1].to_owned())
         })
-        .count()
+        .collect()
 }
 
 #[test]
