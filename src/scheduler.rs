@@ -145,7 +145,7 @@ struct Rt {
     /// Wall clock and monotonic start of the head task's current run.
     started: Option<(SystemTime, Instant)>,
     timer_gen: u64,
-    /// Set when the head must connect before its task can be sent.
+    /// Its idle connection is being closed to make room for another label.
     evicting: bool,
 }
 
@@ -392,7 +392,7 @@ impl<'p> Scheduler<'p> {
                 self.rt[l].stopped = Some(Discard::Abort);
                 continue;
             }
-            let (seq, step_action, join) = match &self.plan.graph[node] {
+            let (step_action, join) = match &self.plan.graph[node] {
                 Node::Task {
                     step: Step::Marker(j), ..
                 } => {
@@ -402,13 +402,11 @@ impl<'p> Scheduler<'p> {
                     continue;
                 }
                 Node::Task {
-                    seq,
                     step: Step::Action { action, join, .. },
                     ..
-                } => (*seq, action.clone(), *join),
+                } => (action.clone(), *join),
                 Node::Join(_) => unreachable!("join nodes are never in a queue"),
             };
-            let _ = seq;
             match &*step_action {
                 Action::Here(_) => {
                     self.complete_simple(l, node);
@@ -461,7 +459,7 @@ impl<'p> Scheduler<'p> {
                 }
                 _ => {
                     // Remote (or detached) work: needs a slot, maybe a connection.
-                    self.start_remote(l, node, &step_action);
+                    self.start_remote(l, &step_action);
                     return;
                 }
             }
@@ -705,7 +703,7 @@ impl<'p> Scheduler<'p> {
 
     // ---- remote tasks ----------------------------------------------------
 
-    fn start_remote(&mut self, l: LabelId, node: NodeIndex, action: &Arc<Action>) {
+    fn start_remote(&mut self, l: LabelId, action: &Arc<Action>) {
         if !self.rt[l].has_slot {
             // FIFO: a free slot goes to whoever has waited longest, not to a
             // label coming back for its next task.
@@ -720,11 +718,11 @@ impl<'p> Scheduler<'p> {
             }
         }
         if action.class() == Class::Detached {
-            self.send_run(l, node, action, None);
+            self.send_run(l, action, None);
             return;
         }
         match self.rt[l].conn {
-            Conn::Up(c) => self.send_run(l, node, action, Some(c)),
+            Conn::Up(c) => self.send_run(l, action, Some(c)),
             Conn::Connecting(_) => self.rt[l].state = State::Connecting,
             Conn::None | Conn::Closing(_) => {
                 self.rt[l].state = State::WaitConn;
@@ -733,7 +731,7 @@ impl<'p> Scheduler<'p> {
         }
     }
 
-    fn send_run(&mut self, l: LabelId, node: NodeIndex, action: &Arc<Action>, conn: Option<ConnId>) {
+    fn send_run(&mut self, l: LabelId, action: &Arc<Action>, conn: Option<ConnId>) {
         self.unmark_idle(l);
         self.next_id += 1;
         let token = self.next_id;
@@ -757,7 +755,6 @@ impl<'p> Scheduler<'p> {
         if log::log_enabled!(target: "ssh_parallel", log::Level::Debug) {
             log::debug!(target: "ssh_parallel", "[{}] start {} (attempt {})", entry.name, action.describe(), rt.attempt);
         }
-        let _ = node;
         if let Some(t) = action.opts().and_then(|o| o.timeout) {
             self.add_timer(now + t, Timer::TaskTimeout { label: l, token });
         }
