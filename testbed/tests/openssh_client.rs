@@ -44,21 +44,10 @@ fn ssh_strict_host_key_checking_with_written_known_hosts() {
     let known = dir.path().join("known_hosts");
     server.write_known_hosts(&known).unwrap();
     let strict = |known: &std::path::Path| {
-        let mut c = Command::new("ssh");
-        c.args([
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "StrictHostKeyChecking=yes",
-            "-o",
-            "IdentitiesOnly=yes",
-        ])
-        .arg("-o")
-        .arg(format!("UserKnownHostsFile={}", known.display()))
-        .args(["-p", &server.port().to_string(), "-i"])
-        .arg(key.private_path())
-        .args(["alice@127.0.0.1", "echo ok"]);
-        run_with_timeout(&mut c, T)
+        run_with_timeout(
+            &mut ssh_strict_command(server.port(), key.private_path(), known, "alice", "echo ok"),
+            T,
+        )
     };
     let out = strict(&known);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

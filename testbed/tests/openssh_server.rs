@@ -43,21 +43,7 @@ fn sshd_runs_a_command_for_ssh_and_ssh2_with_the_generated_key() {
     let dir = tempfile::tempdir().unwrap();
     let known = dir.path().join("known_hosts");
     server.write_known_hosts(&known).unwrap();
-    let mut c = std::process::Command::new("ssh");
-    c.args([
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        "StrictHostKeyChecking=yes",
-        "-o",
-        "IdentitiesOnly=yes",
-    ])
-    .arg("-o")
-    .arg(format!("UserKnownHostsFile={}", known.display()))
-    .args(["-p", &server.port.to_string(), "-i"])
-    .arg(key.private_path())
-    .arg(format!("{user}@127.0.0.1"))
-    .arg("echo $SHLVL; exit 4");
+    let mut c = ssh_strict_command(server.port, key.private_path(), &known, &user, "echo $SHLVL; exit 4");
     let out = run_with_timeout(&mut c, Duration::from_secs(30));
     assert_eq!(out.status.code(), Some(4), "{}", String::from_utf8_lossy(&out.stderr));
 

@@ -69,6 +69,27 @@ pub fn ssh_opts(port: u16) -> Vec<String> {
     .collect()
 }
 
+/// The `ssh` client in batch mode with a private key, checking the host key
+/// strictly against the `known` file.
+pub fn ssh_strict_command(port: u16, key: &Path, known: &Path, user: &str, command: &str) -> Command {
+    let mut c = Command::new("ssh");
+    c.args([
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        "IdentitiesOnly=yes",
+    ])
+    .arg("-o")
+    .arg(format!("UserKnownHostsFile={}", known.display()))
+    .args(["-p", &port.to_string(), "-i"])
+    .arg(key)
+    .arg(format!("{user}@127.0.0.1"))
+    .arg(command);
+    c
+}
+
 /// `ssh -p PORT ... -i KEY -o BatchMode=yes user@127.0.0.1 COMMAND`.
 pub fn ssh_key_command(port: u16, key: &Path, user: &str, command: &str) -> Command {
     let mut c = Command::new("ssh");
