@@ -1,9 +1,12 @@
 //! The blocking session handle a [`Parsub`](crate::Parsub) closure receives.
 
 use std::fmt;
-use std::io::Write;
+use std::io::{self, Read, Write};
+use std::os::fd::RawFd;
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::Arc;
+use std::time::UNIX_EPOCH;
 
 use crate::error::{Error, ErrorKind, Result};
 
@@ -37,10 +40,27 @@ pub(crate) enum SessionKind {
     Local,
     /// `no_ssh`: nothing can be run.
     Detached,
+    /// The label's SSH session, lent by the event loop for this call.
+    Ssh(Lent),
+}
+
+/// An SSH session lent to a parsub: blocking mode, owned by the worker thread
+/// until the closure returns.
+pub(crate) struct Lent {
+    pub(crate) sess: ssh2::Session,
+    /// The socket libssh2 reads and writes (owned by the event loop).
+    pub(crate) fd: RawFd,
+    /// `user@host:port`, for messages.
+    pub(crate) target: String,
 }
 
 /// A connected session for one label, lent to a `Parsub` closure for the
 /// duration of its call. Commands run one at a time and block.
+///
+/// On an SSH host this is the label's own connection, taken off the event
+/// loop while the closure runs and given back when it returns: nothing else
+/// uses it meanwhile, and no second login happens. Objects obtained from it
+/// ([`sftp`](Session::sftp), [`ssh2`](Session::ssh2)) must not outlive the call.
 pub struct Session {
     label: Arc<str>,
     kind: SessionKind,
@@ -75,8 +95,263 @@ impl Session {
             )
             .with_label(self.label.clone())),
             SessionKind::Local => local_exec(cmd, stdin).map_err(|e| e.with_label(self.label.clone())),
+            SessionKind::Ssh(ref l) => ssh_exec(l, cmd, stdin).map_err(|e| e.with_label(self.label.clone())),
         }
     }
+
+    /// Copies the local file `local` to `remote` over SCP, keeping its mode and
+    /// times. On a local host this is a file copy.
+    pub fn scp_put(&mut self, local: impl AsRef<Path>, remote: impl AsRef<Path>) -> Result<()> {
+        let (local, remote) = (local.as_ref(), remote.as_ref());
+        let r = match &self.kind {
+            SessionKind::Detached => Err(self.detached(&format!("scp_put {}", local.display()))),
+            SessionKind::Local => std::fs::copy(local, remote).map(drop).map_err(|e| {
+                transfer_err(
+                    format!("cannot copy {} to {}: {e}", local.display(), remote.display()),
+                    e,
+                )
+            }),
+            SessionKind::Ssh(l) => ssh_scp_put(l, local, remote),
+        };
+        r.map_err(|e| e.with_label(self.label.clone()))
+    }
+
+    /// Copies the remote file `remote` to `local` over SCP, keeping its mode.
+    /// On a local host this is a file copy.
+    pub fn scp_get(&mut self, remote: impl AsRef<Path>, local: impl AsRef<Path>) -> Result<()> {
+        let (remote, local) = (remote.as_ref(), local.as_ref());
+        let r = match &self.kind {
+            SessionKind::Detached => Err(self.detached(&format!("scp_get {}", remote.display()))),
+            SessionKind::Local => std::fs::copy(remote, local).map(drop).map_err(|e| {
+                transfer_err(
+                    format!("cannot copy {} to {}: {e}", remote.display(), local.display()),
+                    e,
+                )
+            }),
+            SessionKind::Ssh(l) => ssh_scp_get(l, remote, local),
+        };
+        r.map_err(|e| e.with_label(self.label.clone()))
+    }
+
+    /// Opens an SFTP subsystem on the label's connection (SSH hosts only). The
+    /// handle blocks and must be dropped before the closure returns.
+    pub fn sftp(&mut self) -> Result<ssh2::Sftp> {
+        let r = match &self.kind {
+            SessionKind::Ssh(l) => l.sess.sftp().map_err(|e| {
+                Error::new(ErrorKind::Connect, format!("{}: cannot start SFTP: {e}", l.target)).with_source(e)
+            }),
+            SessionKind::Detached => Err(self.detached("sftp")),
+            SessionKind::Local => Err(Error::new(
+                ErrorKind::Local,
+                "sftp needs an SSH host; this label runs on the local machine",
+            )),
+        };
+        r.map_err(|e| e.with_label(self.label.clone()))
+    }
+
+    /// The underlying libssh2 session in blocking mode, for anything this
+    /// handle does not wrap (`None` unless the label is an SSH host). It must
+    /// not be kept, or switched to non-blocking mode, after the closure returns.
+    pub fn ssh2(&self) -> Option<&ssh2::Session> {
+        match &self.kind {
+            SessionKind::Ssh(l) => Some(&l.sess),
+            _ => None,
+        }
+    }
+
+    fn detached(&self, what: &str) -> Error {
+        Error::new(
+            ErrorKind::Local,
+            format!("cannot run `{what}`: this parsub was declared no_ssh and has no session"),
+        )
+    }
+}
+
+fn transfer_err(msg: String, e: impl std::error::Error + Send + Sync + 'static) -> Error {
+    Error::new(ErrorKind::Transfer, msg).with_source(e)
+}
+
+/// libssh2's EAGAIN.
+const EAGAIN: i32 = -37;
+
+fn would_block(e: &ssh2::Error) -> bool {
+    matches!(e.code(), ssh2::ErrorCode::Session(EAGAIN))
+}
+
+/// Waits until the socket is ready in the direction libssh2 is blocked on.
+fn wait_socket(l: &Lent) {
+    let events = match l.sess.block_directions() {
+        ssh2::BlockDirections::Inbound => libc::POLLIN,
+        ssh2::BlockDirections::Outbound => libc::POLLOUT,
+        _ => libc::POLLIN | libc::POLLOUT,
+    };
+    let mut pfd = libc::pollfd {
+        fd: l.fd,
+        events,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call. The timeout only
+    // bounds a wake-up for anything libssh2 already buffered.
+    unsafe {
+        libc::poll(&mut pfd, 1, 100);
+    }
+}
+
+/// Runs a command with stdin on the lent session. Non-blocking inside, so a
+/// command that writes a lot before reading its input cannot deadlock us on
+/// the shared flow-control window.
+fn ssh_exec(l: &Lent, cmd: &str, stdin: &[u8]) -> Result<ExecOutput> {
+    l.sess.set_blocking(false);
+    let r = ssh_exec_nb(l, cmd, stdin);
+    l.sess.set_blocking(true);
+    r.map_err(|m| Error::new(ErrorKind::Connect, format!("{}: `{cmd}`: {m}", l.target)))
+}
+
+/// Repeats a libssh2 call until it stops saying "would block".
+fn retry<T>(l: &Lent, mut f: impl FnMut() -> std::result::Result<T, ssh2::Error>) -> std::result::Result<T, String> {
+    loop {
+        match f() {
+            Ok(v) => return Ok(v),
+            Err(e) if would_block(&e) => wait_socket(l),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+fn ssh_exec_nb(l: &Lent, cmd: &str, stdin: &[u8]) -> std::result::Result<ExecOutput, String> {
+    let mut ch = retry(l, || l.sess.channel_session())?;
+    retry(l, || ch.exec(cmd))?;
+    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+    let mut off = 0;
+    let mut eof_sent = false;
+    let mut eofs = [false, false];
+    let mut buf = vec![0u8; 32 * 1024];
+    while !(eofs[0] && eofs[1]) {
+        let mut progress = false;
+        if off < stdin.len() {
+            match ch.write(&stdin[off..]) {
+                Ok(n) => {
+                    off += n;
+                    progress = true;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // A half-sent packet must be finished before anything else,
+                    // unless the window is shut and only reading can open it.
+                    if !matches!(l.sess.block_directions(), ssh2::BlockDirections::Inbound) {
+                        wait_socket(l);
+                        continue;
+                    }
+                }
+                // The command closed its input: not an error.
+                Err(_) => off = stdin.len(),
+            }
+        } else if !eof_sent {
+            match ch.send_eof() {
+                Ok(()) => eof_sent = true,
+                Err(e) if would_block(&e) => {
+                    wait_socket(l);
+                    continue;
+                }
+                Err(_) => eof_sent = true,
+            }
+            progress = true;
+        }
+        for (i, sink) in [&mut stdout, &mut stderr].into_iter().enumerate() {
+            if eofs[i] {
+                continue;
+            }
+            let mut s = ch.stream(i as i32);
+            loop {
+                match s.read(&mut buf) {
+                    Ok(0) => {
+                        eofs[i] = true;
+                        break;
+                    }
+                    Ok(n) => {
+                        sink.extend_from_slice(&buf[..n]);
+                        progress = true;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(format!("reading the output: {e}")),
+                }
+            }
+        }
+        if !progress && !(eofs[0] && eofs[1]) {
+            wait_socket(l);
+        }
+    }
+    retry(l, || ch.close())?;
+    let signal = ch
+        .exit_signal()
+        .ok()
+        .and_then(|s| s.exit_signal)
+        .map(|name| crate::transport::signal_number(&name));
+    let exit_code = if signal.is_some() { None } else { ch.exit_status().ok() };
+    Ok(ExecOutput {
+        exit_code,
+        signal,
+        stdout,
+        stderr,
+    })
+}
+
+/// Sends one file with `scp -t` (libssh2's SCP), mode and times kept.
+fn ssh_scp_put(l: &Lent, local: &Path, remote: &Path) -> Result<()> {
+    let fail = |m: String| {
+        Error::new(
+            ErrorKind::Transfer,
+            format!("{}: scp_put {}: {m}", l.target, local.display()),
+        )
+    };
+    let mut file = std::fs::File::open(local).map_err(|e| fail(format!("cannot open it: {e}")))?;
+    let meta = file.metadata().map_err(|e| fail(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(fail("not a regular file".into()));
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let secs = |t: io::Result<std::time::SystemTime>| {
+        t.ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_secs())
+    };
+    let times = Some((secs(meta.modified()), secs(meta.accessed())));
+    let mode = (meta.permissions().mode() & 0o7777) as i32;
+    let mut ch = l
+        .sess
+        .scp_send(remote, mode, meta.len(), times)
+        .map_err(|e| fail(format!("to {}: {e}", remote.display())))?;
+    io::copy(&mut file, &mut ch).map_err(|e| fail(format!("sending: {e}")))?;
+    finish_channel(&mut ch).map_err(|e| fail(format!("to {}: {e}", remote.display())))
+}
+
+/// Fetches one file with `scp -f` (libssh2's SCP), mode kept.
+fn ssh_scp_get(l: &Lent, remote: &Path, local: &Path) -> Result<()> {
+    let fail = |m: String| {
+        Error::new(
+            ErrorKind::Transfer,
+            format!("{}: scp_get {}: {m}", l.target, remote.display()),
+        )
+    };
+    let (mut ch, stat) = l.sess.scp_recv(remote).map_err(|e| fail(e.to_string()))?;
+    let mut file = std::fs::File::create(local).map_err(|e| fail(format!("cannot create {}: {e}", local.display())))?;
+    let copied = io::copy(&mut (&mut ch).take(stat.size()), &mut file).map_err(|e| fail(format!("receiving: {e}")))?;
+    if copied != stat.size() {
+        return Err(fail(format!(
+            "the transfer ended after {copied} of {} bytes",
+            stat.size()
+        )));
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let _ = file.set_permissions(std::fs::Permissions::from_mode((stat.mode() & 0o7777) as u32));
+    finish_channel(&mut ch).map_err(fail)
+}
+
+fn finish_channel(ch: &mut ssh2::Channel) -> std::result::Result<(), String> {
+    ch.send_eof().map_err(|e| e.to_string())?;
+    ch.wait_eof().map_err(|e| e.to_string())?;
+    ch.close().map_err(|e| e.to_string())?;
+    ch.wait_close().map_err(|e| e.to_string())
 }
 
 fn local_exec(cmd: &str, stdin: &[u8]) -> Result<ExecOutput> {
@@ -114,6 +389,7 @@ impl fmt::Debug for Session {
         f.debug_struct("Session")
             .field("label", &self.label)
             .field("connected", &self.is_connected())
+            .field("ssh", &matches!(self.kind, SessionKind::Ssh(_)))
             .finish()
     }
 }

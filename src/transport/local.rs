@@ -184,9 +184,16 @@ pub(crate) fn run_parsub(job: &Job, p: &Parsub, started: SystemTime) -> Outcome 
     } else {
         SessionKind::Local
     };
+    run_parsub_with(job, p, kind, started)
+}
+
+/// Runs a parsub's closure with the given session, turning an `Err` or a panic
+/// into the task's Local error. The session is dropped before this returns.
+pub(crate) fn run_parsub_with(job: &Job, p: &Parsub, kind: SessionKind, started: SystemTime) -> Outcome {
     let mut session = Session::new(job.name.clone(), kind);
     let f = p.f.clone();
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&job.name, &mut session)));
+    drop(session);
     let result = match result {
         Ok(Ok(())) => Ok(Exit::OK),
         Ok(Err(e)) => Err(TransportError::Local {

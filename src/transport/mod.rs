@@ -149,6 +149,26 @@ impl TransportError {
     }
 }
 
+/// A signal name from an SSH exit-signal message (without `SIG`) as a number.
+pub(crate) fn signal_number(name: &str) -> i32 {
+    match name.trim_start_matches("SIG") {
+        "HUP" => libc::SIGHUP,
+        "INT" => libc::SIGINT,
+        "QUIT" => libc::SIGQUIT,
+        "ILL" => libc::SIGILL,
+        "ABRT" => libc::SIGABRT,
+        "FPE" => libc::SIGFPE,
+        "KILL" => libc::SIGKILL,
+        "SEGV" => libc::SIGSEGV,
+        "PIPE" => libc::SIGPIPE,
+        "ALRM" => libc::SIGALRM,
+        "TERM" => libc::SIGTERM,
+        "USR1" => libc::SIGUSR1,
+        "USR2" => libc::SIGUSR2,
+        _ => -1,
+    }
+}
+
 /// Which transport serves a host.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Kind {

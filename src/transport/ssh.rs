@@ -40,11 +40,12 @@ use mio::{Events, Interest, Poll, Registry, Waker};
 use parking_lot::Mutex;
 use ssh2::{BlockDirections, CheckResult, ErrorCode, HashType, KnownHostFileKind, Session};
 
-use super::{ConnId, Event, Exit, Job, Outcome, Request, Token, TransportError};
+use super::{signal_number, ConnId, Event, Exit, Job, Outcome, Request, Token, TransportError};
 use crate::action::{Action, Command, ScpGet, ScpPut, Transfer};
 use crate::host::{Host, HostKeyCheck};
 use crate::output::{Output, Sink, StdinKind, Stream};
 use crate::plan::LabelId;
+use crate::session::{Lent, SessionKind};
 
 /// The poll token of the waker; connections use their key.
 const WAKER: mio::Token = mio::Token(usize::MAX);
@@ -97,6 +98,7 @@ pub(crate) fn spawn(events: Sender<Event>) -> io::Result<(Handle, JoinHandle<()>
     let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
     let (tx, rx) = crossbeam_channel::unbounded::<Request>();
     let (resolved_tx, resolved_rx) = crossbeam_channel::unbounded();
+    let (returned_tx, returned_rx) = crossbeam_channel::unbounded();
     let lp = Loop {
         poll,
         waker: waker.clone(),
@@ -108,6 +110,8 @@ pub(crate) fn spawn(events: Sender<Event>) -> io::Result<(Handle, JoinHandle<()>
         resolved_tx,
         resolved_rx,
         detached: Arc::default(),
+        returned_tx,
+        returned_rx,
         closing_all: false,
     };
     let handle = std::thread::Builder::new()
@@ -118,6 +122,13 @@ pub(crate) fn spawn(events: Sender<Event>) -> io::Result<(Handle, JoinHandle<()>
 
 /// A resolver thread's answer: connection key, attempt generation, addresses.
 type Resolved = (usize, u64, Result<Vec<SocketAddr>, String>);
+
+/// A parsub that borrowed its label's session has returned.
+struct Returned {
+    key: usize,
+    token: Token,
+    outcome: Outcome,
+}
 
 /// The I/O thread's state.
 struct Loop {
@@ -133,6 +144,8 @@ struct Loop {
     resolved_rx: Receiver<Resolved>,
     /// `Parsub::no_ssh` closures running on their own threads: token -> label.
     detached: Arc<Mutex<HashMap<Token, LabelId>>>,
+    returned_tx: Sender<Returned>,
+    returned_rx: Receiver<Returned>,
     /// The scheduler hung up: close everything and exit.
     closing_all: bool,
 }
@@ -143,6 +156,7 @@ struct Cx<'a> {
     registry: &'a Registry,
     waker: &'a Arc<Waker>,
     resolved: &'a Sender<Resolved>,
+    returned: &'a Sender<Returned>,
 }
 
 impl Loop {
@@ -166,12 +180,14 @@ impl Loop {
                 .collect();
             self.take_requests();
             self.take_resolved();
+            self.take_returned();
             {
                 let cx = Cx {
                     events: &self.events,
                     registry: self.poll.registry(),
                     waker: &self.waker,
                     resolved: &self.resolved_tx,
+                    returned: &self.returned_tx,
                 };
                 for (key, closed) in ready {
                     if let Some(c) = self.conns.get_mut(&key) {
@@ -234,6 +250,7 @@ impl Loop {
                             registry: self.poll.registry(),
                             waker: &self.waker,
                             resolved: &self.resolved_tx,
+                            returned: &self.returned_tx,
                         };
                         for c in self.conns.values_mut() {
                             c.disconnect(&cx);
@@ -252,6 +269,7 @@ impl Loop {
             registry: self.poll.registry(),
             waker: &self.waker,
             resolved: &self.resolved_tx,
+            returned: &self.returned_tx,
         };
         match req {
             Request::Connect {
@@ -360,6 +378,7 @@ impl Loop {
                 registry: self.poll.registry(),
                 waker: &self.waker,
                 resolved: &self.resolved_tx,
+                returned: &self.returned_tx,
             };
             if let Some(c) = self.conns.get_mut(&key) {
                 if c.gen == gen && matches!(c.phase, Phase::Resolving) {
@@ -376,6 +395,27 @@ impl Loop {
                         Err(e) => c.connect_failed(&cx, format!("cannot resolve {}: {e}", c.host.hostname)),
                     }
                 }
+            }
+        }
+    }
+
+    /// Takes back the sessions that parsubs have finished with.
+    fn take_returned(&mut self) {
+        while let Ok(r) = self.returned_rx.try_recv() {
+            let cx = Cx {
+                events: &self.events,
+                registry: self.poll.registry(),
+                waker: &self.waker,
+                resolved: &self.resolved_tx,
+                returned: &self.returned_tx,
+            };
+            match self.conns.get_mut(&r.key) {
+                Some(c) if matches!(c.phase, Phase::Lent { token, .. } if token == r.token) => {
+                    c.returned(&cx, r.outcome);
+                    c.step(&cx);
+                }
+                // Abandoned after its timeout: the task was answered then.
+                _ => {}
             }
         }
     }
@@ -438,6 +478,13 @@ enum Phase {
     Auth(Box<Auth>),
     Idle,
     Running(Box<Task>),
+    /// A parsub has the session (in blocking mode) on its own thread. If it is
+    /// abandoned, the socket goes into `slot` so that its descriptor stays
+    /// valid (though shut down) until the parsub lets go of the session.
+    Lent {
+        token: Token,
+        slot: Arc<Mutex<Option<TcpStream>>>,
+    },
     /// A cancelled task's channel is being closed (`None`: its channel was
     /// still being opened, so finish opening it first).
     Cancelling(Option<ssh2::Channel>),
@@ -516,7 +563,10 @@ impl Conn {
 
     /// Whether the fallback tick should step this connection.
     fn is_busy(&self) -> bool {
-        !matches!(self.phase, Phase::Idle | Phase::Broken | Phase::Done | Phase::Resolving)
+        !matches!(
+            self.phase,
+            Phase::Idle | Phase::Broken | Phase::Done | Phase::Resolving | Phase::Lent { .. }
+        )
     }
 
     /// Starts (or restarts) connecting, with the connect deadline.
@@ -557,7 +607,7 @@ impl Conn {
     fn step(&mut self, cx: &Cx<'_>) {
         loop {
             let r = match self.phase {
-                Phase::Resolving | Phase::Idle | Phase::Broken | Phase::Done => return,
+                Phase::Resolving | Phase::Idle | Phase::Broken | Phase::Done | Phase::Lent { .. } => return,
                 Phase::Connecting { .. } => self.step_tcp(cx),
                 Phase::Handshake => self.step_handshake(),
                 Phase::Auth(_) => self.step_auth(),
@@ -912,14 +962,103 @@ impl Conn {
                 "{}: not implemented over SSH yet (this build runs only commands over SSH)",
                 job.action.describe()
             ))),
-            Action::Parsub(_) => answer(TransportError::local(
-                "parsub with an SSH session is not implemented yet (use Parsub::no_ssh or a local host)",
-            )),
+            Action::Parsub(_) => self.lend(cx, job, started),
             other => answer(TransportError::local(format!(
                 "{} is not a remote task (scheduler bug)",
                 other.describe()
             ))),
         }
+    }
+
+    /// Lends the session to a parsub on its own thread, in blocking mode; the
+    /// loop leaves it alone until [`Conn::returned`].
+    fn lend(&mut self, cx: &Cx<'_>, job: Job, started: SystemTime) {
+        let (Some(sess), Some(stream)) = (&self.sess, &self.stream) else {
+            finish(
+                cx.events,
+                job.label,
+                job.token,
+                Outcome::new(
+                    Err(TransportError::ConnectionLost("no session to lend".into())),
+                    started,
+                ),
+            );
+            return;
+        };
+        sess.set_blocking(true);
+        let lent = Lent {
+            sess: sess.clone(),
+            fd: stream.as_raw_fd(),
+            target: self.target(),
+        };
+        let slot: Arc<Mutex<Option<TcpStream>>> = Arc::default();
+        let (key, token, label) = (self.key, job.token, job.label);
+        let (tx, waker, keep) = (cx.returned.clone(), cx.waker.clone(), slot.clone());
+        let spawned = std::thread::Builder::new()
+            .name("ssh-parallel-parsub".into())
+            .spawn(move || {
+                let outcome = match &*job.action {
+                    Action::Parsub(p) => super::local::run_parsub_with(&job, p, SessionKind::Ssh(lent), started),
+                    _ => Outcome::new(Err(TransportError::local("not a parsub (transport bug)")), started),
+                };
+                // The session is gone by now; only then may an abandoned socket close.
+                drop(keep);
+                let _ = tx.send(Returned { key, token, outcome });
+                let _ = waker.wake();
+            });
+        match spawned {
+            Ok(_) => self.phase = Phase::Lent { token, slot },
+            Err(e) => {
+                sess.set_blocking(false);
+                finish(
+                    cx.events,
+                    label,
+                    token,
+                    Outcome::new(
+                        Err(TransportError::local(format!("cannot start a parsub thread: {e}"))),
+                        started,
+                    ),
+                );
+            }
+        }
+    }
+
+    /// A parsub gave the session back.
+    fn returned(&mut self, cx: &Cx<'_>, outcome: Outcome) {
+        if let Some(sess) = &self.sess {
+            sess.set_blocking(false);
+        }
+        let _ = cx.events.send(Event::Finished {
+            label: self.label,
+            token: match self.phase {
+                Phase::Lent { token, .. } => token,
+                _ => return,
+            },
+            outcome,
+        });
+        self.become_idle(cx);
+    }
+
+    /// Gives up on a lent session: the socket is shut down so the parsub's
+    /// blocking calls fail, the task is answered with `error`, and the
+    /// connection is left `Broken`.
+    fn abandon_lent(&mut self, cx: &Cx<'_>, error: TransportError) {
+        let Phase::Lent { token, slot } = std::mem::replace(&mut self.phase, Phase::Broken) else {
+            return;
+        };
+        finish(
+            cx.events,
+            self.label,
+            token,
+            Outcome::new(Err(error), SystemTime::now()),
+        );
+        if let Some(mut s) = self.stream.take() {
+            let _ = s.shutdown(Shutdown::Both);
+            let _ = cx.registry.deregister(&mut s);
+            *slot.lock() = Some(s);
+        }
+        self.sess = None;
+        self.deadline = None;
     }
 
     /// Runs a command's channel: open, env, pty, exec, stdin, EOF, drain, close.
@@ -1075,6 +1214,16 @@ impl Conn {
                 self.abort_task(cx, Err(TransportError::local("cancelled after its timeout")));
                 true
             }
+            Phase::Lent { token: t, .. } if *t == token => {
+                self.abandon_lent(
+                    cx,
+                    TransportError::local("abandoned after its timeout; its connection was shut down to interrupt it"),
+                );
+                if !self.pending.is_empty() {
+                    self.start_connect(cx);
+                }
+                true
+            }
             _ => false,
         }
     }
@@ -1130,6 +1279,10 @@ impl Conn {
             Phase::Idle => {
                 self.phase = Phase::Disconnecting;
                 self.deadline = Some(Instant::now() + CLOSE_TIMEOUT);
+            }
+            Phase::Lent { .. } => {
+                self.abandon_lent(cx, TransportError::ConnectionLost("the connection was closed".into()));
+                self.closed(cx);
             }
             _ => {
                 let old = std::mem::replace(&mut self.phase, Phase::Done);
@@ -2201,26 +2354,6 @@ fn base64(data: &[u8], pad: bool) -> String {
         STANDARD.encode(data)
     } else {
         STANDARD_NO_PAD.encode(data)
-    }
-}
-
-/// A signal name from an SSH exit-signal message (without `SIG`) as a number.
-fn signal_number(name: &str) -> i32 {
-    match name.trim_start_matches("SIG") {
-        "HUP" => libc::SIGHUP,
-        "INT" => libc::SIGINT,
-        "QUIT" => libc::SIGQUIT,
-        "ILL" => libc::SIGILL,
-        "ABRT" => libc::SIGABRT,
-        "FPE" => libc::SIGFPE,
-        "KILL" => libc::SIGKILL,
-        "SEGV" => libc::SIGSEGV,
-        "PIPE" => libc::SIGPIPE,
-        "ALRM" => libc::SIGALRM,
-        "TERM" => libc::SIGTERM,
-        "USR1" => libc::SIGUSR1,
-        "USR2" => libc::SIGUSR2,
-        _ => -1,
     }
 }
 

@@ -1,0 +1,269 @@
+//! Work that borrows a label's SSH session, on both servers: `Parsub` with a
+//! blocking session handle (exec, stdin, scp, sftp; the session goes back to
+//! the event loop afterwards) and `RsyncPut` / `RsyncGet` carried over the
+//! label's existing connection.
+
+use std::fs;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ssh_parallel::{Command, ErrorKind, Host, HostKeyCheck, Parallel, Parsub, RsyncGet, RsyncPut};
+use testbed::{ClientKey, EmbeddedServer, OpenSshServer};
+
+const USER: &str = "alice";
+const PASSWORD: &str = "wonderland";
+
+/// A server under test and how to log in to it.
+enum Server {
+    Embedded(EmbeddedServer),
+    OpenSsh(OpenSshServer, ClientKey),
+}
+
+impl Server {
+    fn embedded() -> Server {
+        Server::Embedded(
+            EmbeddedServer::builder()
+                .password(USER, PASSWORD)
+                .start()
+                .expect("start the embedded server"),
+        )
+    }
+
+    /// `None` (the test is skipped) only when sshd cannot run here and CI is unset.
+    fn openssh() -> Option<Server> {
+        if let Err(e) = OpenSshServer::check_available() {
+            assert!(
+                std::env::var_os("CI").is_none() && std::env::var_os("TESTBED_REQUIRE_SSHD").is_none(),
+                "CI must be able to run sshd: {e}"
+            );
+            eprintln!("skipping: {e}");
+            return None;
+        }
+        let key = ClientKey::ed25519().expect("generate a client key");
+        let sshd = OpenSshServer::builder().authorize(&key).start().expect("start sshd");
+        Some(Server::OpenSsh(sshd, key))
+    }
+
+    fn host(&self) -> Host {
+        match self {
+            Server::Embedded(s) => Host::new("127.0.0.1")
+                .port(s.port())
+                .user(USER)
+                .password(PASSWORD)
+                .host_key_check(HostKeyCheck::Off)
+                .connect_timeout(Duration::from_secs(5)),
+            Server::OpenSsh(s, key) => Host::new("127.0.0.1")
+                .port(s.port)
+                .user(testbed::current_user())
+                .key_file(key.private_path())
+                .host_key_check(HostKeyCheck::Off)
+                .connect_timeout(Duration::from_secs(10)),
+        }
+    }
+
+    /// Logins so far (both servers count one per SSH connection).
+    fn logins(&self) -> usize {
+        match self {
+            Server::Embedded(s) => s.stats().connections as usize,
+            Server::OpenSsh(s, _) => s.log().matches("Accepted publickey").count(),
+        }
+    }
+}
+
+/// One `#[test]` per server for a scenario `fn(&Server)`.
+macro_rules! on_both {
+    ($($name:ident),* $(,)?) => {
+        mod embedded {
+            $(#[test] fn $name() { super::$name(&super::Server::embedded()) })*
+        }
+        mod openssh {
+            $(#[test] fn $name() { if let Some(s) = super::Server::openssh() { super::$name(&s) } })*
+        }
+    };
+}
+
+on_both!(
+    parsub_runs_commands_with_stdin_on_the_labels_own_connection,
+    parsub_scp_and_sftp_move_files_on_the_session,
+    parsub_failures_and_panics_are_local_errors_and_the_session_survives,
+    parsub_timeout_abandons_it_and_the_label_reconnects,
+);
+
+fn parsub_runs_commands_with_stdin_on_the_labels_own_connection(server: &Server) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let mut pssh = Parallel::new();
+    for l in ["a", "b", "c"] {
+        pssh.add_host(l, server.host()).unwrap();
+    }
+    pssh.all(Command::new("echo before")).unwrap();
+    let s = seen.clone();
+    pssh.all(Parsub::new(move |label, session| {
+        assert!(session.is_connected());
+        assert!(session.ssh2().is_some(), "an SSH host lends its libssh2 session");
+        // sudo -S style: the secret goes in on stdin, never on the command line.
+        let out = session.exec_with_stdin(
+            "read pw; [ \"$pw\" = secret ] && echo granted for $pw; echo oops >&2; exit 3",
+            b"secret\n",
+        )?;
+        let big = session.exec("head -c 3000000 /dev/zero | tr '\\0' x; head -c 100000 /dev/zero >&2")?;
+        s.lock().unwrap().push((
+            label.to_owned(),
+            out.stdout_str(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+            out.exit_code,
+            big.stdout.len(),
+            big.stderr.len(),
+        ));
+        Ok(())
+    }))
+    .unwrap();
+    pssh.all(Command::new("echo after")).unwrap();
+    let report = pssh.run();
+    assert!(report.success(), "{report}");
+    let mut seen = seen.lock().unwrap().clone();
+    seen.sort();
+    assert_eq!(seen.len(), 3);
+    for (i, l) in ["a", "b", "c"].iter().enumerate() {
+        assert_eq!(seen[i].0, *l);
+        assert_eq!(seen[i].1, "granted for secret\n");
+        assert_eq!(seen[i].2, "oops\n");
+        assert_eq!(seen[i].3, Some(3));
+        assert_eq!(seen[i].4, 3_000_000, "stdout drained in full");
+        assert_eq!(seen[i].5, 100_000, "stderr drained in full");
+        let tasks = report.label(l).unwrap().tasks();
+        assert_eq!(
+            tasks[2].stdout_str(),
+            "after\n",
+            "the session went back to the event loop"
+        );
+    }
+    // One login per label: the parsub used the label's connection, and the
+    // command after it ran on the same one.
+    assert_eq!(server.logins(), 3);
+}
+
+fn parsub_scp_and_sftp_move_files_on_the_session(server: &Server) {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src.bin");
+    let data: Vec<u8> = (0..1_500_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    fs::write(&src, &data).unwrap();
+    fs::set_permissions(&src, std::os::unix::fs::PermissionsExt::from_mode(0o640)).unwrap();
+    let base = dir.path().to_owned();
+    let mut pssh = Parallel::new();
+    pssh.add_host("x", server.host()).unwrap();
+    pssh.add_host("y", server.host()).unwrap();
+    pssh.all(Parsub::new(move |label, session| {
+        let up = base.join(format!("up-{label}"));
+        session.scp_put(base.join("src.bin"), &up)?;
+        let back = base.join(format!("back-{label}"));
+        session.scp_get(&up, &back)?;
+        let sftp = session.sftp()?;
+        let mut f = sftp.create(&base.join(format!("sftp-{label}")))?;
+        std::io::Write::write_all(&mut f, format!("written by {label} over sftp").as_bytes())?;
+        drop(f);
+        let listed = sftp.readdir(&base)?.len();
+        drop(sftp);
+        let out = session.exec(&format!(
+            "ls {} | wc -l",
+            shlex::try_quote(&base.display().to_string())?
+        ))?;
+        if out.stdout_str().trim().parse::<usize>()? != listed {
+            return Err(format!("ls and sftp disagree: {} vs {listed}", out.stdout_str()).into());
+        }
+        Ok(())
+    }))
+    .unwrap();
+    let report = pssh.run();
+    assert!(report.success(), "{report}");
+    for l in ["x", "y"] {
+        let up = dir.path().join(format!("up-{l}"));
+        assert_eq!(fs::read(&up).unwrap(), data, "scp_put content");
+        assert_eq!(mode(&up), 0o640, "scp_put keeps the mode");
+        assert_eq!(
+            fs::read(dir.path().join(format!("back-{l}"))).unwrap(),
+            data,
+            "scp_get content"
+        );
+        assert_eq!(
+            fs::read_to_string(dir.path().join(format!("sftp-{l}"))).unwrap(),
+            format!("written by {l} over sftp")
+        );
+    }
+}
+
+fn parsub_failures_and_panics_are_local_errors_and_the_session_survives(server: &Server) {
+    let mut pssh = Parallel::new();
+    pssh.add_host("err", server.host()).unwrap();
+    pssh.add_host("panic", server.host()).unwrap();
+    pssh.add_host("scp", server.host()).unwrap();
+    let ignore = ssh_parallel::OnError::Ignore;
+    pssh.push(
+        "err",
+        Parsub::new(|_, _| Err("the closure said no".into())).on_error(ignore.clone()),
+    )
+    .unwrap();
+    pssh.push(
+        "panic",
+        Parsub::new(|_, _| panic!("boom in parsub")).on_error(ignore.clone()),
+    )
+    .unwrap();
+    pssh.push(
+        "scp",
+        Parsub::new(|_, s| {
+            s.scp_get("/nonexistent/dir/file", "/tmp/never")?;
+            Ok(())
+        })
+        .on_error(ignore),
+    )
+    .unwrap();
+    pssh.all(Command::new("echo still %LABEL%")).unwrap();
+    let report = pssh.run();
+    let first = |l: &str| report.label(l).unwrap().tasks()[0].error().cloned().expect("an error");
+    let e = first("err");
+    assert_eq!(e.kind(), ErrorKind::Local);
+    assert!(e.to_string().contains("the closure said no"), "{e}");
+    let e = first("panic");
+    assert_eq!(e.kind(), ErrorKind::Local);
+    assert!(e.to_string().contains("boom in parsub"), "{e}");
+    let e = first("scp");
+    assert_eq!(e.kind(), ErrorKind::Local, "a parsub's own error is Local");
+    assert!(e.to_string().contains("/nonexistent/dir/file"), "names the path: {e}");
+    for l in ["err", "panic", "scp"] {
+        assert_eq!(report.label(l).unwrap().tasks()[1].stdout_str(), format!("still {l}\n"));
+    }
+    assert_eq!(server.logins(), 3, "no reconnection was needed");
+}
+
+fn parsub_timeout_abandons_it_and_the_label_reconnects(server: &Server) {
+    let mut pssh = Parallel::new();
+    pssh.add_host("slow", server.host().reconnections(1)).unwrap();
+    pssh.push(
+        "slow",
+        Parsub::new(|_, s| {
+            s.exec("sleep 30")?;
+            Ok(())
+        })
+        .timeout(Duration::from_millis(500))
+        .on_error(ssh_parallel::OnError::Ignore),
+    )
+    .unwrap();
+    pssh.push("slow", Command::new("echo alive")).unwrap();
+    let t0 = Instant::now();
+    let report = pssh.run();
+    // No-hang bound: the abandoned parsub's blocking exec is interrupted by
+    // shutting its socket down, far sooner than `sleep 30`.
+    assert!(t0.elapsed() < Duration::from_secs(20), "took {:?}", t0.elapsed());
+    let tasks = report.label("slow").unwrap().tasks();
+    assert_eq!(tasks[0].error().map(|e| e.kind()), Some(ErrorKind::Timeout), "{report}");
+    assert_eq!(tasks[1].stdout_str(), "alive\n", "{report}");
+    assert_eq!(server.logins(), 2, "the abandoned session is replaced by a new login");
+}
+
+fn mode(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    fs::metadata(p).unwrap().permissions().mode() & 0o7777
+}
+
+#[allow(dead_code)]
+fn unused(_: RsyncGet, _: RsyncPut) {}
