@@ -277,7 +277,7 @@ fn ssh_exec_nb(l: &Lent, cmd: &str, stdin: &[u8]) -> std::result::Result<ExecOut
                 }
             }
         }
-        if !progress && !(eofs[0] && eofs[1]) {
+        if !(progress || eofs[0] && eofs[1]) {
             wait_socket(l);
         }
     }
