@@ -88,6 +88,10 @@ on_both!(
     parsub_scp_and_sftp_move_files_on_the_session,
     parsub_failures_and_panics_are_local_errors_and_the_session_survives,
     parsub_timeout_abandons_it_and_the_label_reconnects,
+    rsync_put_and_get_trees_over_the_labels_own_session,
+    rsync_passes_extra_arguments_through,
+    rsync_errors_are_transfer_errors_and_the_session_stays_usable,
+    rsync_timeout_stops_the_transfer_and_the_label_goes_on,
 );
 
 fn parsub_runs_commands_with_stdin_on_the_labels_own_connection(server: &Server) {
@@ -265,5 +269,157 @@ fn mode(p: &Path) -> u32 {
     fs::metadata(p).unwrap().permissions().mode() & 0o7777
 }
 
-#[allow(dead_code)]
-fn unused(_: RsyncGet, _: RsyncPut) {}
+/// A tree with nested directories, several sizes and modes.
+fn make_tree(root: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    for (i, rel) in ["a.txt", "sub/b.bin", "sub/deeper/c.sh", "sub/deeper/empty", "z/big.bin"]
+        .iter()
+        .enumerate()
+    {
+        let p = root.join(rel);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        let len = if rel.ends_with("big.bin") { 2_500_000 } else { i * 1000 };
+        let data: Vec<u8> = (0..len).map(|j| ((j * 31 + i) % 256) as u8).collect();
+        fs::write(&p, data).unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode([0o644, 0o600, 0o755, 0o640, 0o444][i])).unwrap();
+    }
+}
+
+/// relative path -> (sha256, mode) of every file under `root`.
+fn digest(root: &Path) -> std::collections::BTreeMap<String, (String, u32)> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![root.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for e in fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let sum = std::process::Command::new("sha256sum").arg(&p).output().unwrap();
+                let sum = String::from_utf8_lossy(&sum.stdout)
+                    .split_whitespace()
+                    .next()
+                    .unwrap()
+                    .to_owned();
+                let rel = p.strip_prefix(root).unwrap().display().to_string();
+                out.insert(rel, (sum, mode(&p)));
+            }
+        }
+    }
+    out
+}
+
+fn rsync_put_and_get_trees_over_the_labels_own_session(server: &Server) {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    make_tree(&src);
+    let d = dir.path().display().to_string();
+    let mut pssh = Parallel::new();
+    for l in ["r1", "r2"] {
+        pssh.add_host(l, server.host()).unwrap();
+    }
+    pssh.all(Command::new("echo first")).unwrap();
+    pssh.all(RsyncPut::new(format!("{d}/src/"), format!("{d}/remote-%LABEL%/")))
+        .unwrap();
+    pssh.all(RsyncGet::new(
+        format!("{d}/remote-%LABEL%/"),
+        format!("{d}/back-%LABEL%"),
+    ))
+    .unwrap();
+    let report = pssh.run();
+    assert!(report.success(), "{report}");
+    let want = digest(&src);
+    assert_eq!(want.len(), 5);
+    for l in ["r1", "r2"] {
+        assert_eq!(digest(&dir.path().join(format!("remote-{l}"))), want, "put {l}");
+        assert_eq!(digest(&dir.path().join(format!("back-{l}"))), want, "get {l}");
+    }
+    // No second login: both rsyncs ran on the connection of the first command.
+    assert_eq!(server.logins(), 2);
+    if let Server::Embedded(s) = server {
+        let rsyncs = s.commands().iter().filter(|c| c.starts_with("rsync --server")).count();
+        assert_eq!(rsyncs, 4, "{:?}", s.commands());
+    }
+}
+
+fn rsync_passes_extra_arguments_through(server: &Server) {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    make_tree(&src);
+    fs::write(src.join("skip.tmp"), "not copied").unwrap();
+    let dst = dir.path().join("dst");
+    fs::create_dir_all(&dst).unwrap();
+    fs::write(dst.join("stale"), "deleted by --delete").unwrap();
+    let mut pssh = Parallel::new();
+    pssh.add_host("r", server.host()).unwrap();
+    pssh.push(
+        "r",
+        RsyncPut::new(format!("{}/", src.display()), format!("{}/", dst.display())).args([
+            "--delete",
+            "--exclude=*.tmp",
+            "--stats",
+        ]),
+    )
+    .unwrap();
+    let report = pssh.run();
+    assert!(report.success(), "{report}");
+    assert!(!dst.join("stale").exists(), "--delete reached the remote rsync");
+    assert!(!dst.join("skip.tmp").exists(), "--exclude applied");
+    assert!(dst.join("sub/deeper/c.sh").exists());
+    let out = report.label("r").unwrap().tasks()[0].stdout_str();
+    assert!(out.contains("Number of files"), "--stats output is captured: {out}");
+}
+
+fn rsync_errors_are_transfer_errors_and_the_session_stays_usable(server: &Server) {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    let mut pssh = Parallel::new();
+    pssh.add_host("r", server.host()).unwrap();
+    pssh.push(
+        "r",
+        RsyncGet::new("/nonexistent/ssh-parallel/source", format!("{d}/x")).on_error(ssh_parallel::OnError::Ignore),
+    )
+    .unwrap();
+    pssh.push(
+        "r",
+        RsyncPut::new(format!("{d}/missing-local"), format!("{d}/y")).on_error(ssh_parallel::OnError::Ignore),
+    )
+    .unwrap();
+    pssh.push("r", Command::new("echo still here")).unwrap();
+    let report = pssh.run();
+    let tasks = report.label("r").unwrap().tasks();
+    for (i, path) in [(0, "/nonexistent/ssh-parallel/source"), (1, "missing-local")] {
+        let e = tasks[i].error().expect("the transfer failed");
+        assert_eq!(e.kind(), ErrorKind::Transfer, "{e}");
+        assert!(e.to_string().contains(path), "names the path: {e}");
+    }
+    assert_eq!(
+        tasks[2].stdout_str(),
+        "still here
+"
+    );
+    assert_eq!(server.logins(), 1);
+}
+
+fn rsync_timeout_stops_the_transfer_and_the_label_goes_on(server: &Server) {
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("big");
+    fs::write(&big, vec![7u8; 8_000_000]).unwrap();
+    let mut pssh = Parallel::new();
+    pssh.add_host("r", server.host().reconnections(1)).unwrap();
+    pssh.push(
+        "r",
+        RsyncPut::new(big.display().to_string(), format!("{}/copy", dir.path().display()))
+            .args(["--bwlimit=200"])
+            .timeout(Duration::from_millis(800))
+            .on_error(ssh_parallel::OnError::Ignore),
+    )
+    .unwrap();
+    pssh.push("r", Command::new("echo after")).unwrap();
+    let t0 = Instant::now();
+    let report = pssh.run();
+    assert!(t0.elapsed() < Duration::from_secs(30), "no hang: {:?}", t0.elapsed());
+    let tasks = report.label("r").unwrap().tasks();
+    assert_eq!(tasks[0].error().map(|e| e.kind()), Some(ErrorKind::Timeout), "{report}");
+    assert_eq!(tasks[1].stdout_str(), "after\n");
+}

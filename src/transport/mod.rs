@@ -4,6 +4,7 @@
 //! (fault injection) without the scheduler knowing which.
 
 pub(crate) mod local;
+mod rsync;
 pub(crate) mod ssh;
 
 use std::sync::Arc;

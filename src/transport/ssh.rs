@@ -40,8 +40,9 @@ use mio::{Events, Interest, Poll, Registry, Waker};
 use parking_lot::Mutex;
 use ssh2::{BlockDirections, CheckResult, ErrorCode, HashType, KnownHostFileKind, Session};
 
+use super::rsync::{Bridge, Pump, Stage as RsyncStage};
 use super::{signal_number, ConnId, Event, Exit, Job, Outcome, Request, Token, TransportError};
-use crate::action::{Action, Command, ScpGet, ScpPut, Transfer};
+use crate::action::{Action, Command, RsyncGet, RsyncPut, ScpGet, ScpPut, Transfer};
 use crate::host::{Host, HostKeyCheck};
 use crate::output::{Output, Sink, StdinKind, Stream};
 use crate::plan::LabelId;
@@ -49,6 +50,9 @@ use crate::session::{Lent, SessionKind};
 
 /// The poll token of the waker; connections use their key.
 const WAKER: mio::Token = mio::Token(usize::MAX);
+/// Set in the poll token of a connection's second socket (an rsync bridge);
+/// the rest of the token is the connection's key.
+const AUX: usize = 1 << (usize::BITS - 2);
 /// Connecting and authenticating, when the host sets no `connect_timeout`.
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long closing a channel or disconnecting a session may take.
@@ -99,6 +103,7 @@ pub(crate) fn spawn(events: Sender<Event>) -> io::Result<(Handle, JoinHandle<()>
     let (tx, rx) = crossbeam_channel::unbounded::<Request>();
     let (resolved_tx, resolved_rx) = crossbeam_channel::unbounded();
     let (returned_tx, returned_rx) = crossbeam_channel::unbounded();
+    let (kick_tx, kick_rx) = crossbeam_channel::unbounded();
     let lp = Loop {
         poll,
         waker: waker.clone(),
@@ -112,6 +117,8 @@ pub(crate) fn spawn(events: Sender<Event>) -> io::Result<(Handle, JoinHandle<()>
         detached: Arc::default(),
         returned_tx,
         returned_rx,
+        kick_tx,
+        kick_rx,
         closing_all: false,
     };
     let handle = std::thread::Builder::new()
@@ -146,6 +153,10 @@ struct Loop {
     detached: Arc<Mutex<HashMap<Token, LabelId>>>,
     returned_tx: Sender<Returned>,
     returned_rx: Receiver<Returned>,
+    /// Connections to step because something outside the loop happened (a
+    /// local rsync exited).
+    kick_tx: Sender<usize>,
+    kick_rx: Receiver<usize>,
     /// The scheduler hung up: close everything and exit.
     closing_all: bool,
 }
@@ -157,6 +168,7 @@ struct Cx<'a> {
     waker: &'a Arc<Waker>,
     resolved: &'a Sender<Resolved>,
     returned: &'a Sender<Returned>,
+    kicks: &'a Sender<usize>,
 }
 
 impl Loop {
@@ -173,11 +185,12 @@ impl Loop {
                 }
                 continue;
             }
-            let ready: Vec<(usize, bool)> = events
+            let mut ready: Vec<(usize, bool)> = events
                 .iter()
                 .filter(|ev| ev.token() != WAKER)
-                .map(|ev| (ev.token().0, ev.is_read_closed() || ev.is_error()))
+                .map(|ev| (ev.token().0 & !AUX, ev.is_read_closed() || ev.is_error()))
                 .collect();
+            ready.extend(self.kick_rx.try_iter().map(|k| (k, false)));
             self.take_requests();
             self.take_resolved();
             self.take_returned();
@@ -188,6 +201,7 @@ impl Loop {
                     waker: &self.waker,
                     resolved: &self.resolved_tx,
                     returned: &self.returned_tx,
+                    kicks: &self.kick_tx,
                 };
                 for (key, closed) in ready {
                     if let Some(c) = self.conns.get_mut(&key) {
@@ -251,6 +265,7 @@ impl Loop {
                             waker: &self.waker,
                             resolved: &self.resolved_tx,
                             returned: &self.returned_tx,
+                            kicks: &self.kick_tx,
                         };
                         for c in self.conns.values_mut() {
                             c.disconnect(&cx);
@@ -270,6 +285,7 @@ impl Loop {
             waker: &self.waker,
             resolved: &self.resolved_tx,
             returned: &self.returned_tx,
+            kicks: &self.kick_tx,
         };
         match req {
             Request::Connect {
@@ -379,6 +395,7 @@ impl Loop {
                 waker: &self.waker,
                 resolved: &self.resolved_tx,
                 returned: &self.returned_tx,
+                kicks: &self.kick_tx,
             };
             if let Some(c) = self.conns.get_mut(&key) {
                 if c.gen == gen && matches!(c.phase, Phase::Resolving) {
@@ -408,6 +425,7 @@ impl Loop {
                 waker: &self.waker,
                 resolved: &self.resolved_tx,
                 returned: &self.returned_tx,
+                kicks: &self.kick_tx,
             };
             match self.conns.get_mut(&r.key) {
                 Some(c) if matches!(c.phase, Phase::Lent { token, .. } if token == r.token) => {
@@ -958,10 +976,10 @@ impl Conn {
                 Ok(t) => self.phase = Phase::Running(Box::new(t)),
                 Err(e) => answer(e),
             },
-            Action::RsyncGet(_) | Action::RsyncPut(_) => answer(TransportError::Transfer(format!(
-                "{}: not implemented over SSH yet (this build runs only commands over SSH)",
-                job.action.describe()
-            ))),
+            Action::RsyncGet(_) | Action::RsyncPut(_) => match Task::new_rsync(&job, cx, self.key, started) {
+                Ok(t) => self.phase = Phase::Running(Box::new(t)),
+                Err(e) => answer(e),
+            },
             Action::Parsub(_) => self.lend(cx, job, started),
             other => answer(TransportError::local(format!(
                 "{} is not a remote task (scheduler bug)",
@@ -1068,6 +1086,9 @@ impl Conn {
             return Ok(Flow::Again);
         };
         let lost = |what: &str, e: &dyn std::fmt::Display| TaskFail::Lost(format!("{what}: {e}"));
+        if t.rsync.is_some() {
+            return step_rsync(sess, t);
+        }
         loop {
             if t.stage == TaskStage::Open {
                 match sess.channel_session() {
@@ -1184,7 +1205,7 @@ impl Conn {
             return;
         };
         let channel = t.channel.take();
-        let opening = t.stage == TaskStage::Open;
+        let opening = t.opening();
         t.finish(cx.events, result);
         if channel.is_none() && !opening {
             self.become_idle(cx);
@@ -1341,6 +1362,73 @@ impl Conn {
         };
         let msg = format!("{}: timed out after {timeout:?} {what}", self.target());
         self.connect_failed(cx, msg);
+    }
+}
+
+/// Runs an rsync task: read the remote command from the bridge, run it on a
+/// channel, pump both ways, close, then wait for the local rsync.
+fn step_rsync(sess: &Session, t: &mut Task) -> Result<Flow, TaskFail> {
+    let b = t.rsync.as_mut().expect("an rsync task");
+    let lost = |what: &str, e: &dyn std::fmt::Display| TaskFail::Lost(format!("{what}: {e}"));
+    loop {
+        match b.stage {
+            RsyncStage::Command => match b.read_command() {
+                Ok(true) => b.stage = RsyncStage::Open,
+                Ok(false) if b.poll_local() => b.stage = RsyncStage::Local,
+                Ok(false) => return Ok(Flow::Wait),
+                // The local rsync ended early; its exit says why.
+                Err(_) => b.stage = RsyncStage::Local,
+            },
+            RsyncStage::Open => match sess.channel_session() {
+                Ok(ch) => {
+                    t.channel = Some(ch);
+                    b.stage = RsyncStage::Exec;
+                }
+                Err(e) if would_block(&e) => return Ok(Flow::Wait),
+                Err(e) => return Err(lost("opening a channel", &e)),
+            },
+            RsyncStage::Exec => {
+                let ch = t.channel.as_mut().expect("channel after open");
+                let cmd = String::from_utf8_lossy(&b.command).into_owned();
+                match ch.exec(&cmd) {
+                    Ok(()) => b.stage = RsyncStage::Pump,
+                    Err(e) if would_block(&e) => return Ok(Flow::Wait),
+                    Err(e) if code(&e) == LIBSSH2_ERROR_CHANNEL_REQUEST_DENIED => {
+                        return Err(TaskFail::Task(TransportError::Transfer(format!(
+                            "the server refused to run the remote rsync: {e}"
+                        ))))
+                    }
+                    Err(e) => return Err(lost("starting the remote rsync", &e)),
+                }
+            }
+            RsyncStage::Pump => {
+                let ch = t.channel.as_mut().expect("channel while pumping");
+                match b.pump(sess, ch, &mut t.err) {
+                    Ok(true) => b.stage = RsyncStage::Close,
+                    Ok(false) => return Ok(Flow::Wait),
+                    Err(Pump::Lost(m)) => return Err(TaskFail::Lost(m)),
+                    Err(Pump::Local(m)) => return Err(TaskFail::Task(TransportError::local(m))),
+                }
+            }
+            RsyncStage::Close => {
+                let ch = t.channel.as_mut().expect("channel while closing");
+                match close_channel(ch)? {
+                    Flow::TaskDone(exit) => {
+                        b.remote_exit = Some(exit);
+                        t.channel = None;
+                        b.stage = RsyncStage::Local;
+                    }
+                    _ => return Ok(Flow::Wait),
+                }
+            }
+            RsyncStage::Local => {
+                return Ok(if b.poll_local() {
+                    Flow::TaskDone(Exit::OK)
+                } else {
+                    Flow::Wait
+                })
+            }
+        }
     }
 }
 
@@ -2083,6 +2171,8 @@ struct Task {
     started: SystemTime,
     /// Set for `ScpPut` / `ScpGet`.
     scp: Option<Box<Scp>>,
+    /// Set for `RsyncPut` / `RsyncGet`.
+    rsync: Option<Box<Bridge>>,
 }
 
 impl Task {
@@ -2113,6 +2203,61 @@ impl Task {
             err,
             started,
             scp: None,
+            rsync: None,
+        })
+    }
+
+    /// Whether a `channel_session` call may be in flight (it must be finished
+    /// before anything else is done on the session).
+    fn opening(&self) -> bool {
+        match &self.rsync {
+            Some(b) => b.stage == RsyncStage::Open,
+            None => self.stage == TaskStage::Open,
+        }
+    }
+
+    /// A transfer with the local rsync over a bridge; its socket is polled
+    /// under the connection's auxiliary token.
+    fn new_rsync(job: &Job, cx: &Cx<'_>, key: usize, started: SystemTime) -> Result<Task, TransportError> {
+        let (t, put) = match &*job.action {
+            Action::RsyncPut(RsyncPut(t)) => (t, true),
+            Action::RsyncGet(RsyncGet(t)) => (t, false),
+            other => {
+                return Err(TransportError::local(format!(
+                    "{} is not an rsync transfer (transport bug)",
+                    other.describe()
+                )))
+            }
+        };
+        let (kicks, waker) = (cx.kicks.clone(), cx.waker.clone());
+        let mut bridge = Bridge::start(t, put, move || {
+            let _ = kicks.send(key);
+            let _ = waker.wake();
+        })
+        .map_err(TransportError::Transfer)?;
+        cx.registry
+            .register(
+                &mut bridge.sock,
+                mio::Token(key | AUX),
+                Interest::READABLE | Interest::WRITABLE,
+            )
+            .map_err(|e| TransportError::local(format!("cannot poll the rsync bridge: {e}")))?;
+        let capture = Output::capture();
+        Ok(Task {
+            label: job.label,
+            token: job.token,
+            action: job.action.clone(),
+            stage: TaskStage::Open,
+            channel: None,
+            env_next: 0,
+            env_fallback: Vec::new(),
+            stdin: None,
+            stdin_off: 0,
+            out: Sink::open(job.name.clone(), Stream::Stdout, &capture).map_err(TransportError::local)?,
+            err: Sink::open(job.name.clone(), Stream::Stderr, &capture).map_err(TransportError::local)?,
+            started,
+            scp: None,
+            rsync: Some(Box::new(bridge)),
         })
     }
 
@@ -2143,11 +2288,41 @@ impl Task {
             err: Sink::open(job.name.clone(), Stream::Stderr, &null).map_err(TransportError::local)?,
             started,
             scp: Some(Box::new(scp)),
+            rsync: None,
         })
     }
 
     /// Answers the scheduler with `result` and what the sinks kept.
-    fn finish(self, events: &Sender<Event>, result: Result<Exit, TransportError>) {
+    fn finish(mut self, events: &Sender<Event>, result: Result<Exit, TransportError>) {
+        if let Some(b) = self.rsync.as_mut() {
+            let result = match result {
+                Ok(_) => match &*self.action {
+                    Action::RsyncPut(RsyncPut(t)) | Action::RsyncGet(RsyncGet(t)) => {
+                        b.result(t).map(|()| Exit::OK).map_err(TransportError::Transfer)
+                    }
+                    _ => Err(TransportError::local("not an rsync transfer (transport bug)")),
+                },
+                Err(e) => Err(e),
+            };
+            if let Some(local) = &b.local {
+                let _ = self.out.write(&local.stdout);
+                let _ = self.err.write(&local.stderr);
+            }
+            let stdout = self.out.finish().unwrap_or_default();
+            let stderr = self.err.finish().unwrap_or_default();
+            finish(
+                events,
+                self.label,
+                self.token,
+                Outcome {
+                    result,
+                    stdout,
+                    stderr,
+                    started: self.started,
+                },
+            );
+            return;
+        }
         if let Some(scp) = &self.scp {
             let result = match result {
                 Ok(exit) if exit.code == Some(0) && !scp.ended_early => Ok(Exit::OK),
@@ -2224,7 +2399,7 @@ fn code(e: &ssh2::Error) -> i32 {
 }
 
 /// libssh2's EAGAIN: repeat the same call when the socket is ready.
-fn would_block(e: &ssh2::Error) -> bool {
+pub(super) fn would_block(e: &ssh2::Error) -> bool {
     matches!(e.code(), ErrorCode::Session(LIBSSH2_ERROR_EAGAIN))
 }
 
