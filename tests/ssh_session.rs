@@ -166,12 +166,18 @@ fn parsub_scp_and_sftp_move_files_on_the_session(server: &Server) {
         let mut f = sftp.create(&base.join(format!("sftp-{label}")))?;
         std::io::Write::write_all(&mut f, format!("written by {label} over sftp").as_bytes())?;
         drop(f);
-        let listed = sftp.readdir(&base)?.len();
+        // A directory of this label's own: the other label writes to `base` meanwhile.
+        let own = base.join(format!("own-{label}"));
+        sftp.mkdir(&own, 0o755)?;
+        for i in 0..3 {
+            drop(sftp.create(&own.join(format!("f{i}")))?);
+        }
+        let listed = sftp.readdir(&own)?.len();
         drop(sftp);
-        let out = session.exec(&format!(
-            "ls {} | wc -l",
-            shlex::try_quote(&base.display().to_string())?
-        ))?;
+        if listed != 3 {
+            return Err(format!("sftp lists {listed} files, not 3").into());
+        }
+        let out = session.exec(&format!("ls {} | wc -l", shlex::try_quote(&own.display().to_string())?))?;
         if out.stdout_str().trim().parse::<usize>()? != listed {
             return Err(format!("ls and sftp disagree: {} vs {listed}", out.stdout_str()).into());
         }

@@ -97,7 +97,13 @@ impl Bridge {
         ours.set_nonblocking(true).map_err(|e| format!("socketpair: {e}"))?;
         let remote = |p: &str| format!("{BRIDGE_HOST}:{p}");
         let mut cmd = std::process::Command::new("rsync");
-        cmd.arg("-a").args(&t.args).arg("--rsh").arg(BRIDGE_SCRIPT);
+        // `cat` cannot cope with a non-blocking stdout, which rsync gives remote
+        // shells other than rsh unless told otherwise.
+        cmd.arg("-a")
+            .arg("--blocking-io")
+            .args(&t.args)
+            .arg("--rsh")
+            .arg(BRIDGE_SCRIPT);
         if put {
             cmd.args(t.sources.iter().map(|s| local_arg(s))).arg(remote(&t.target));
         } else {

@@ -188,7 +188,11 @@ impl Loop {
             let mut ready: Vec<(usize, bool)> = events
                 .iter()
                 .filter(|ev| ev.token() != WAKER)
-                .map(|ev| (ev.token().0 & !AUX, ev.is_read_closed() || ev.is_error()))
+                .map(|ev| {
+                    // A bridge socket's hang-up says nothing about the session.
+                    let aux = ev.token().0 & AUX != 0;
+                    (ev.token().0 & !AUX, !aux && (ev.is_read_closed() || ev.is_error()))
+                })
                 .collect();
             ready.extend(self.kick_rx.try_iter().map(|k| (k, false)));
             self.take_requests();
