@@ -8,6 +8,11 @@ use std::time::Duration;
 use crate::error::{Error, ErrorKind, Result};
 use crate::policy::OnError;
 
+/// Keepalive interval when none is set (see [`Host::keepalive`]).
+pub(crate) const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(15);
+/// Unanswered keepalives before a connection is declared lost.
+pub(crate) const DEFAULT_KEEPALIVE_COUNT_MAX: u32 = 3;
+
 /// How the SSH server's host key is checked against `~/.ssh/known_hosts`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum HostKeyCheck {
@@ -50,9 +55,15 @@ pub struct Host {
     pub(crate) port: Option<u16>,
     pub(crate) password: Option<String>,
     pub(crate) key_files: Vec<PathBuf>,
+    pub(crate) key_data: Vec<String>,
     pub(crate) passphrase: Option<String>,
+    pub(crate) agent: bool,
+    pub(crate) agent_socket: Option<PathBuf>,
     pub(crate) host_key_check: HostKeyCheck,
     pub(crate) connect_timeout: Option<Duration>,
+    pub(crate) auth_timeout: Option<Duration>,
+    pub(crate) keepalive: Duration,
+    pub(crate) keepalive_count_max: u32,
     pub(crate) on_error: Option<OnError>,
     pub(crate) reconnections: Option<u32>,
     pub(crate) vars: BTreeMap<String, String>,
@@ -68,9 +79,15 @@ impl Host {
             port: None,
             password: None,
             key_files: Vec::new(),
+            key_data: Vec::new(),
             passphrase: None,
+            agent: true,
+            agent_socket: None,
             host_key_check: HostKeyCheck::Strict,
             connect_timeout: None,
+            auth_timeout: None,
+            keepalive: DEFAULT_KEEPALIVE,
+            keepalive_count_max: DEFAULT_KEEPALIVE_COUNT_MAX,
             on_error: None,
             reconnections: None,
             vars: BTreeMap::new(),
@@ -160,13 +177,36 @@ impl Host {
         self
     }
 
-    /// A private key file to try; may be given several times.
+    /// A private key file to try; may be given several times. Keys given
+    /// here (or with [`key_data`](Self::key_data)) are tried before the
+    /// agent's, and replace the default `~/.ssh/id_*` files.
     pub fn key_file(mut self, path: impl Into<PathBuf>) -> Self {
         self.key_files.push(path.into());
         self
     }
 
-    /// The passphrase for the key files.
+    /// A private key held in memory (PEM or OpenSSH format, the text of a key
+    /// file); may be given several times. Tried before key files.
+    pub fn key_data(mut self, private_key: impl Into<String>) -> Self {
+        self.key_data.push(private_key.into());
+        self
+    }
+
+    /// Whether to try the identities of the ssh-agent at `$SSH_AUTH_SOCK`
+    /// (default on; every identity is tried, not only the first).
+    pub fn agent(mut self, on: bool) -> Self {
+        self.agent = on;
+        self
+    }
+
+    /// Uses the ssh-agent listening on this socket instead of `$SSH_AUTH_SOCK`.
+    pub fn agent_socket(mut self, path: impl Into<PathBuf>) -> Self {
+        self.agent = true;
+        self.agent_socket = Some(path.into());
+        self
+    }
+
+    /// The passphrase for the key files and in-memory keys.
     pub fn passphrase(mut self, passphrase: impl Into<String>) -> Self {
         self.passphrase = Some(passphrase.into());
         self
@@ -178,9 +218,34 @@ impl Host {
         self
     }
 
-    /// How long connecting and authenticating may take.
+    /// How long resolving the name, the TCP connect and the SSH handshake
+    /// (with the host-key check) may take together (default 10 s).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = Some(timeout);
+        self
+    }
+
+    /// How long authentication may take once the handshake is done (default 20 s).
+    pub fn auth_timeout(mut self, timeout: Duration) -> Self {
+        self.auth_timeout = Some(timeout);
+        self
+    }
+
+    /// Dead-peer detection, like OpenSSH's `ServerAliveInterval`: while a
+    /// connection is idle or a command is only producing output, a keepalive
+    /// asking for a reply is sent after every `interval` without traffic
+    /// (whole seconds, at least 1); after [`keepalive_count_max`]
+    /// (Self::keepalive_count_max) unanswered ones the connection is
+    /// declared lost (a running task fails with a Connect error and may be
+    /// re-run). `Duration::ZERO` turns it off. Default 15 s.
+    pub fn keepalive(mut self, interval: Duration) -> Self {
+        self.keepalive = interval;
+        self
+    }
+
+    /// Unanswered keepalives before the connection is declared lost (default 3).
+    pub fn keepalive_count_max(mut self, n: u32) -> Self {
+        self.keepalive_count_max = n.max(1);
         self
     }
 
@@ -262,6 +327,9 @@ impl fmt::Debug for Host {
             .field("port", &self.port)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("key_files", &self.key_files)
+            .field("key_data", &format_args!("<{} redacted>", self.key_data.len()))
+            .field("agent", &self.agent)
+            .field("agent_socket", &self.agent_socket)
             .field("host_key_check", &self.host_key_check)
             .field("reconnections", &self.reconnections)
             .field("vars", &self.vars)
@@ -300,7 +368,11 @@ mod tests {
 
     #[test]
     fn debug_hides_password() {
-        let h = Host::new("x").password("hunter2");
-        assert!(!format!("{h:?}").contains("hunter2"));
+        let h = Host::new("x")
+            .password("hunter2")
+            .key_data("-----BEGIN SECRET KEY-----");
+        let shown = format!("{h:?}");
+        assert!(!shown.contains("hunter2"));
+        assert!(!shown.contains("SECRET"));
     }
 }

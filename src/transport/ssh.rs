@@ -55,6 +55,8 @@ const WAKER: mio::Token = mio::Token(usize::MAX);
 const AUX: usize = 1 << (usize::BITS - 2);
 /// Connecting and authenticating, when the host sets no `connect_timeout`.
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Authentication deadline when the host sets none.
+const DEFAULT_AUTH_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long closing a channel or disconnecting a session may take.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Busy sessions are stepped at least this often, in case libssh2 buffered
@@ -185,15 +187,19 @@ impl Loop {
                 }
                 continue;
             }
-            let mut ready: Vec<(usize, bool)> = events
-                .iter()
-                .filter(|ev| ev.token() != WAKER)
-                .map(|ev| {
-                    // A bridge socket's hang-up says nothing about the session.
-                    let aux = ev.token().0 & AUX != 0;
-                    (ev.token().0 & !AUX, !aux && (ev.is_read_closed() || ev.is_error()))
-                })
-                .collect();
+            let now = Instant::now();
+            let mut ready: Vec<(usize, bool)> = Vec::with_capacity(events.iter().count());
+            for ev in events.iter().filter(|ev| ev.token() != WAKER) {
+                // A bridge socket's hang-up says nothing about the session.
+                let aux = ev.token().0 & AUX != 0;
+                let key = ev.token().0 & !AUX;
+                if !aux && ev.is_readable() {
+                    if let Some(c) = self.conns.get_mut(&key) {
+                        c.heard_from(now);
+                    }
+                }
+                ready.push((key, !aux && (ev.is_read_closed() || ev.is_error())));
+            }
             ready.extend(self.kick_rx.try_iter().map(|k| (k, false)));
             self.take_requests();
             self.take_resolved();
@@ -229,6 +235,7 @@ impl Loop {
                     if c.deadline.is_some_and(|d| d <= now) {
                         c.deadline_passed(&cx);
                     }
+                    c.keepalive(&cx, now);
                 }
             }
             self.reap();
@@ -246,7 +253,7 @@ impl Loop {
             if c.is_busy() {
                 t = Some(t.map_or(FALLBACK_TICK, |t| t.min(FALLBACK_TICK)));
             }
-            if let Some(d) = c.deadline {
+            for d in [c.deadline, c.ka_next].into_iter().flatten() {
                 let left = d.saturating_duration_since(now);
                 t = Some(t.map_or(left, |t| t.min(left)));
             }
@@ -556,6 +563,10 @@ struct Conn {
     pending: VecDeque<Job>,
     /// Connection attempt number (stale resolver answers are dropped).
     gen: u64,
+    /// When the next keepalive is due (`None`: not being watched now).
+    ka_next: Option<Instant>,
+    /// Keepalives sent since the server was last heard from.
+    ka_unanswered: u32,
 }
 
 impl Conn {
@@ -575,6 +586,8 @@ impl Conn {
             deadline: None,
             pending: VecDeque::new(),
             gen: 0,
+            ka_next: None,
+            ka_unanswered: 0,
         }
     }
 
@@ -737,18 +750,24 @@ impl Conn {
             Err(e) => return Err(handshake_error(&target, &e)),
         }
         check_host_key(sess, &self.host, self.port)?;
-        let keys = if self.host.key_files.is_empty() {
-            default_keys()
-        } else {
-            self.host.key_files.clone()
-        };
+        // Keys the host names replace the default files (as `ssh -i` with
+        // IdentitiesOnly would), and go before the agent's so that a server's
+        // MaxAuthTries is not spent on agent keys first.
+        let explicit = !self.host.key_files.is_empty() || !self.host.key_data.is_empty();
         self.phase = Phase::Auth(Box::new(Auth {
             stage: AuthStage::Methods,
             methods: String::new(),
-            keys,
+            keys: self.host.key_files.clone(),
             next_key: 0,
+            next_data: 0,
+            agent: None,
+            agent_ids: Vec::new(),
+            next_agent: 0,
+            default_keys: if explicit { Vec::new() } else { default_keys() },
+            next_default: 0,
             tried: Vec::new(),
         }));
+        self.deadline = Some(Instant::now() + self.host.auth_timeout.unwrap_or(DEFAULT_AUTH_TIMEOUT));
         Ok(Flow::Again)
     }
 
@@ -774,13 +793,57 @@ impl Conn {
                 AuthStage::Methods => match sess.auth_methods(user) {
                     Ok(m) => {
                         a.methods = m.to_owned();
-                        a.stage = AuthStage::Key;
+                        a.stage = AuthStage::Data;
                         continue;
                     }
                     Err(e) => Err(e),
                 },
+                AuthStage::Data => {
+                    let Some(pem) = host.key_data.get(a.next_data).filter(|_| a.allows("publickey")) else {
+                        a.stage = AuthStage::Key;
+                        continue;
+                    };
+                    sess.userauth_pubkey_memory(user, None, pem, host.passphrase.as_deref())
+                }
                 AuthStage::Key => {
                     let Some(key) = a.keys.get(a.next_key).filter(|_| a.allows("publickey")) else {
+                        a.stage = AuthStage::Agent;
+                        continue;
+                    };
+                    sess.userauth_pubkey_file(user, None, key, host.passphrase.as_deref())
+                }
+                AuthStage::Agent => {
+                    if !host.agent || !a.allows("publickey") {
+                        a.stage = AuthStage::DefaultKey;
+                        continue;
+                    }
+                    if a.agent.is_none() {
+                        match open_agent(sess, host) {
+                            Ok(Some((agent, ids))) => {
+                                a.agent = Some(agent);
+                                a.agent_ids = ids;
+                            }
+                            Ok(None) => {
+                                a.stage = AuthStage::DefaultKey;
+                                continue;
+                            }
+                            Err(m) => {
+                                a.tried.push(format!("agent ({m})"));
+                                a.stage = AuthStage::DefaultKey;
+                                continue;
+                            }
+                        }
+                    }
+                    match (a.agent.as_ref(), a.agent_ids.get(a.next_agent)) {
+                        (Some(agent), Some(id)) => agent.userauth(user, id),
+                        _ => {
+                            a.stage = AuthStage::DefaultKey;
+                            continue;
+                        }
+                    }
+                }
+                AuthStage::DefaultKey => {
+                    let Some(key) = a.default_keys.get(a.next_default).filter(|_| a.allows("publickey")) else {
                         a.stage = AuthStage::Password;
                         continue;
                     };
@@ -831,10 +894,31 @@ impl Conn {
                         }
                         return Err(format!("{target}: cannot list authentication methods: {e}"));
                     }
+                    AuthStage::Data => {
+                        a.tried.push(format!(
+                            "publickey in-memory key #{} ({})",
+                            a.next_data + 1,
+                            e.message()
+                        ));
+                        a.next_data += 1;
+                    }
                     AuthStage::Key => {
                         a.tried
                             .push(format!("publickey {} ({})", a.keys[a.next_key].display(), e.message()));
                         a.next_key += 1;
+                    }
+                    AuthStage::Agent => {
+                        let comment = a.agent_ids[a.next_agent].comment().to_owned();
+                        a.tried.push(format!("agent key {comment:?} ({})", e.message()));
+                        a.next_agent += 1;
+                    }
+                    AuthStage::DefaultKey => {
+                        a.tried.push(format!(
+                            "publickey {} ({})",
+                            a.default_keys[a.next_default].display(),
+                            e.message()
+                        ));
+                        a.next_default += 1;
                     }
                     AuthStage::Password => {
                         a.tried.push("password".to_owned());
@@ -854,6 +938,12 @@ impl Conn {
     fn up(&mut self, cx: &Cx<'_>) {
         self.deadline = None;
         self.phase = Phase::Idle;
+        if let Some(sess) = &self.sess {
+            // libssh2 only throttles keepalives to this interval; when to send
+            // them is decided by `keepalive`, so the shortest one will do.
+            sess.set_keepalive(true, 1);
+        }
+        self.heard_from(Instant::now());
         log::debug!(target: "ssh_parallel", "[{}] ssh session up ({})", self.name, self.target());
         if self.pending.is_empty() {
             let _ = cx.events.send(Event::Connected {
@@ -918,6 +1008,63 @@ impl Conn {
                 error: TransportError::ConnectionLost(msg),
             });
         }
+    }
+
+    /// The server sent something: it is alive.
+    fn heard_from(&mut self, now: Instant) {
+        self.ka_unanswered = 0;
+        if self.ka_next.is_some() {
+            self.ka_next = Some(now + self.host.keepalive);
+        }
+    }
+
+    /// Dead-peer detection by deadline (libssh2 never notices by itself):
+    /// while the session is idle or a command only produces output, send a
+    /// keepalive that asks for a reply after every interval without traffic,
+    /// and give the connection up after `keepalive_count_max` unanswered ones.
+    /// Other stages are left alone: they may have a half-sent packet, which
+    /// a keepalive must not interleave with, and their own data shows life.
+    fn keepalive(&mut self, cx: &Cx<'_>, now: Instant) {
+        let interval = self.host.keepalive;
+        let watched = !interval.is_zero()
+            && match &self.phase {
+                Phase::Idle => true,
+                Phase::Running(t) => t.scp.is_none() && t.rsync.is_none() && t.stage == TaskStage::Drain,
+                _ => false,
+            };
+        if !watched {
+            self.ka_next = None;
+            self.ka_unanswered = 0;
+            return;
+        }
+        let due = *self.ka_next.get_or_insert(now + interval);
+        if now < due {
+            return;
+        }
+        if self.ka_unanswered >= self.host.keepalive_count_max {
+            let msg = format!(
+                "{}: no answer to {} keepalives sent {interval:?} apart; the peer is presumed dead",
+                self.target(),
+                self.ka_unanswered
+            );
+            self.ka_next = None;
+            self.lose(cx, msg);
+            return;
+        }
+        if let Some(sess) = &self.sess {
+            match sess.keepalive_send() {
+                Err(e) if is_socket_error(&e) => {
+                    let msg = format!("{}: sending a keepalive: {e}", self.target());
+                    self.ka_next = None;
+                    self.lose(cx, msg);
+                    return;
+                }
+                // Sent, or queued (a would-block send completes with the next call).
+                _ => {}
+            }
+        }
+        self.ka_unanswered += 1;
+        self.ka_next = Some(now + interval);
     }
 
     /// An event on an idle session: only a closed or failed socket matters.
@@ -1348,12 +1495,15 @@ impl Conn {
     /// A connect, cancel or disconnect deadline passed.
     fn deadline_passed(&mut self, cx: &Cx<'_>) {
         self.deadline = None;
-        let timeout = self.host.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+        let mut timeout = self.host.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT);
         let what = match self.phase {
             Phase::Resolving => "resolving the name",
             Phase::Connecting { .. } => "connecting",
             Phase::Handshake => "in the SSH handshake",
-            Phase::Auth(_) => "authenticating",
+            Phase::Auth(_) => {
+                timeout = self.host.auth_timeout.unwrap_or(DEFAULT_AUTH_TIMEOUT);
+                "authenticating"
+            }
             Phase::Cancelling(_) => {
                 self.broken(cx, "closing a cancelled channel timed out".into());
                 return;
@@ -2361,7 +2511,14 @@ impl Task {
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum AuthStage {
     Methods,
+    /// In-memory keys.
+    Data,
+    /// Key files the host names.
     Key,
+    /// Every identity of the ssh-agent.
+    Agent,
+    /// `~/.ssh/id_ed25519`, `id_ecdsa`, `id_rsa` (when the host names no key).
+    DefaultKey,
     Password,
     Keyboard,
     Failed,
@@ -2374,6 +2531,12 @@ struct Auth {
     methods: String,
     keys: Vec<PathBuf>,
     next_key: usize,
+    next_data: usize,
+    agent: Option<ssh2::Agent>,
+    agent_ids: Vec<ssh2::PublicKey>,
+    next_agent: usize,
+    default_keys: Vec<PathBuf>,
+    next_default: usize,
     /// What was tried and why it failed, for the error message.
     tried: Vec<String>,
 }
@@ -2383,6 +2546,34 @@ impl Auth {
     fn allows(&self, method: &str) -> bool {
         self.methods.split(',').any(|m| m == method)
     }
+}
+
+/// Connects to the ssh-agent and lists its identities. `Ok(None)` when no
+/// agent is configured (`$SSH_AUTH_SOCK` unset and no socket given); the
+/// agent socket is local, so its blocking calls are brief.
+fn open_agent(sess: &Session, host: &Host) -> Result<Option<(ssh2::Agent, Vec<ssh2::PublicKey>)>, String> {
+    if host.agent_socket.is_none() && std::env::var_os("SSH_AUTH_SOCK").map_or(true, |s| s.is_empty()) {
+        return Ok(None);
+    }
+    let mut agent = sess.agent().map_err(|e| e.to_string())?;
+    if let Some(path) = &host.agent_socket {
+        agent.set_identity_path(path).map_err(|e| e.to_string())?;
+    }
+    let where_ = host
+        .agent_socket
+        .as_ref()
+        .map_or_else(|| "$SSH_AUTH_SOCK".to_owned(), |p| p.display().to_string());
+    agent
+        .connect()
+        .map_err(|e| format!("cannot connect to the agent at {where_}: {e}"))?;
+    agent
+        .list_identities()
+        .map_err(|e| format!("cannot list the agent's identities: {e}"))?;
+    let ids = agent.identities().map_err(|e| e.to_string())?;
+    if ids.is_empty() {
+        return Err(format!("the agent at {where_} has no identities"));
+    }
+    Ok(Some((agent, ids)))
 }
 
 /// Answers every keyboard-interactive prompt with the password.
