@@ -175,6 +175,7 @@ pub struct ParallelBuilder {
     reconnections: u32,
     reconnect_delay: Duration,
     on_error: Option<OnError>,
+    io_threads: Option<usize>,
 }
 
 impl ParallelBuilder {
@@ -209,9 +210,26 @@ impl ParallelBuilder {
         self
     }
 
-    /// Checks the settings: `connections` below `workers` is an
-    /// [`ErrorKind::InvalidConfig`] error naming both.
+    /// Event-loop threads driving the SSH sessions (default 1). Each runs a
+    /// mio poll over its share of the labels (a label's connections always
+    /// live on one thread); the count never grows with the number of hosts.
+    /// One thread drives thousands of sessions; more help only when the
+    /// client's own CPU (encryption, key exchange) is the bottleneck.
+    pub fn io_threads(mut self, n: usize) -> Self {
+        self.io_threads = Some(n);
+        self
+    }
+
+    /// Checks the settings: `connections` below `workers`, or `io_threads`
+    /// of 0, is an [`ErrorKind::InvalidConfig`] error naming the options.
     pub fn build(self) -> Result<Parallel> {
+        let io_threads = self.io_threads.unwrap_or(1);
+        if io_threads == 0 {
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                "option io_threads must be at least 1 (got 0)",
+            ));
+        }
         let connections = self.connections.unwrap_or(0);
         let workers = match (self.workers, self.connections) {
             (Some(w), _) => w,
@@ -236,6 +254,7 @@ impl ParallelBuilder {
                 reconnections: self.reconnections,
                 reconnect_delay: self.reconnect_delay,
                 on_error: self.on_error,
+                io_threads,
             },
             plan: Plan::default(),
             errors: BTreeMap::new(),

@@ -31,6 +31,8 @@ pub(crate) struct Config {
     pub(crate) reconnections: u32,
     pub(crate) reconnect_delay: Duration,
     pub(crate) on_error: Option<OnError>,
+    /// Event-loop threads of the SSH transport (at least 1).
+    pub(crate) io_threads: usize,
 }
 
 /// What a [`Sub`](crate::Sub) closure can see and do.
@@ -253,7 +255,7 @@ impl<'p> Scheduler<'p> {
             outstanding: 0,
             abort_all: None,
             touched: Vec::new(),
-            transports: Transports::new(tx),
+            transports: Transports::new(tx, cfg.io_threads),
             events: rx,
         }
     }

@@ -191,6 +191,7 @@ fn kind_of(host: &Host) -> Kind {
 /// The transports of one run, started the first time a host needs them.
 pub(crate) struct Transports {
     events: Sender<Event>,
+    io_threads: usize,
     local: Option<Sender<Request>>,
     ssh: Option<ssh::Handle>,
     #[cfg(feature = "fault-injection")]
@@ -199,9 +200,10 @@ pub(crate) struct Transports {
 }
 
 impl Transports {
-    pub(crate) fn new(events: Sender<Event>) -> Transports {
+    pub(crate) fn new(events: Sender<Event>, io_threads: usize) -> Transports {
         Transports {
             events,
+            io_threads,
             local: None,
             ssh: None,
             #[cfg(feature = "fault-injection")]
@@ -234,9 +236,9 @@ impl Transports {
             }
             Kind::Ssh => {
                 if self.ssh.is_none() {
-                    match ssh::spawn(self.events.clone()) {
+                    match ssh::spawn(self.events.clone(), self.io_threads) {
                         Ok((tx, h)) => {
-                            self.handles.push(h);
+                            self.handles.extend(h);
                             self.ssh = Some(tx);
                         }
                         Err(e) => {

@@ -73,33 +73,65 @@ const LIBSSH2_ERROR_SOCKET_DISCONNECT: i32 = -13;
 const LIBSSH2_ERROR_CHANNEL_REQUEST_DENIED: i32 = -22;
 const LIBSSH2_ERROR_SOCKET_RECV: i32 = -43;
 
-/// The scheduler's end of the SSH transport: the request channel plus the
-/// waker of the I/O thread's poll.
+/// The scheduler's end of the SSH transport: per I/O thread, the request
+/// channel and the waker of its poll.
 pub(crate) struct Handle {
-    tx: Option<Sender<Request>>,
-    waker: Arc<Waker>,
+    threads: Vec<(Option<Sender<Request>>, Arc<Waker>)>,
 }
 
 impl Handle {
-    /// Sends a request and wakes the I/O thread; false if the thread has died.
+    /// Sends a request to the thread that owns its label (a cancel, which
+    /// names only a token, to every thread) and wakes it; false if a thread
+    /// has died.
     pub(crate) fn send(&self, req: Request) -> bool {
-        let ok = self.tx.as_ref().is_some_and(|tx| tx.send(req).is_ok());
-        let _ = self.waker.wake();
+        let n = self.threads.len();
+        let label = match &req {
+            Request::Connect { label, .. } | Request::Disconnect { label, .. } => *label,
+            Request::Run(job) => job.label,
+            Request::Cancel { token } => {
+                let mut ok = true;
+                for (tx, waker) in &self.threads {
+                    ok &= tx
+                        .as_ref()
+                        .is_some_and(|tx| tx.send(Request::Cancel { token: *token }).is_ok());
+                    let _ = waker.wake();
+                }
+                return ok;
+            }
+        };
+        let (tx, waker) = &self.threads[label % n];
+        let ok = tx.as_ref().is_some_and(|tx| tx.send(req).is_ok());
+        let _ = waker.wake();
         ok
     }
 }
 
 impl Drop for Handle {
-    /// Disconnects the request channel and wakes the thread, which then closes
-    /// every session (bounded by [`CLOSE_TIMEOUT`]) and exits.
+    /// Disconnects the request channels and wakes the threads, which then
+    /// close every session (bounded by [`CLOSE_TIMEOUT`]) and exit.
     fn drop(&mut self) {
-        self.tx = None;
-        let _ = self.waker.wake();
+        for (tx, waker) in &mut self.threads {
+            *tx = None;
+            let _ = waker.wake();
+        }
     }
 }
 
-/// Starts the SSH transport's I/O thread; returns its handle and thread.
-pub(crate) fn spawn(events: Sender<Event>) -> io::Result<(Handle, JoinHandle<()>)> {
+/// Starts `threads` I/O threads (at least one); returns their handle and threads.
+pub(crate) fn spawn(events: Sender<Event>, threads: usize) -> io::Result<(Handle, Vec<JoinHandle<()>>)> {
+    let mut handle = Handle { threads: Vec::new() };
+    let mut joins = Vec::new();
+    for i in 0..threads.max(1) {
+        // On failure, dropping `handle` stops the threads already started.
+        let (tx, waker, join) = spawn_one(events.clone(), i)?;
+        handle.threads.push((Some(tx), waker));
+        joins.push(join);
+    }
+    Ok((handle, joins))
+}
+
+/// Starts one I/O thread.
+fn spawn_one(events: Sender<Event>, index: usize) -> io::Result<(Sender<Request>, Arc<Waker>, JoinHandle<()>)> {
     let poll = Poll::new()?;
     let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
     let (tx, rx) = crossbeam_channel::unbounded::<Request>();
@@ -124,9 +156,9 @@ pub(crate) fn spawn(events: Sender<Event>) -> io::Result<(Handle, JoinHandle<()>
         closing_all: false,
     };
     let handle = std::thread::Builder::new()
-        .name("ssh-parallel-ssh".into())
+        .name(format!("ssh-parallel-io{index}"))
         .spawn(move || lp.run())?;
-    Ok((Handle { tx: Some(tx), waker }, handle))
+    Ok((tx, waker, handle))
 }
 
 /// A resolver thread's answer: connection key, attempt generation, addresses.
