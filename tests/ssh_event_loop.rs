@@ -15,6 +15,10 @@ const PASSWORD: &str = "wonderland";
 /// Thread counts are per process: tests that start I/O threads take turns.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+fn turn() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn server() -> EmbeddedServer {
     testbed::raise_fd_limit();
     EmbeddedServer::builder()
@@ -81,7 +85,7 @@ fn io_threads_seen(server: &EmbeddedServer, labels: usize, io_threads: Option<us
 
 #[test]
 fn io_thread_count_is_fixed_whatever_the_number_of_hosts() {
-    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let _turn = turn();
     let server = server();
     assert_eq!(io_threads_seen(&server, 5, None), 1, "default: one I/O thread");
     assert_eq!(io_threads_seen(&server, 80, None), 1, "still one for 80 hosts");
@@ -102,7 +106,7 @@ fn zero_io_threads_is_a_config_error_naming_the_option() {
 
 #[test]
 fn tasks_spread_over_io_threads_keep_per_label_order_and_connections() {
-    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let _turn = turn();
     let server = server();
     let mut pssh = Parallel::builder().io_threads(4).build().unwrap();
     for i in 0..40 {
@@ -119,4 +123,138 @@ fn tasks_spread_over_io_threads_keep_per_label_order_and_connections() {
         assert_eq!(outs, want);
     }
     assert_eq!(server.stats().connections, 40, "one connection per label");
+}
+
+/// The servers every dead-peer scenario runs against: the embedded one, and
+/// OpenSSH's sshd when it can run here (always in CI).
+enum Target {
+    Embedded(Box<EmbeddedServer>),
+    OpenSsh(testbed::OpenSshServer, testbed::ClientKey),
+}
+
+fn targets() -> Vec<Target> {
+    let mut v = vec![Target::Embedded(Box::new(server()))];
+    match testbed::OpenSshServer::check_available() {
+        Ok(()) => {
+            let key = testbed::ClientKey::ed25519().unwrap();
+            let sshd = testbed::OpenSshServer::builder().authorize(&key).start().unwrap();
+            v.push(Target::OpenSsh(sshd, key));
+        }
+        Err(e) => {
+            assert!(
+                std::env::var_os("CI").is_none() && std::env::var_os("TESTBED_REQUIRE_SSHD").is_none(),
+                "CI must be able to run sshd: {e}"
+            );
+            eprintln!("OpenSSH tier skipped: {e}");
+        }
+    }
+    v
+}
+
+impl Target {
+    fn addr(&self) -> std::net::SocketAddr {
+        match self {
+            Target::Embedded(s) => s.addr(),
+            Target::OpenSsh(s, _) => std::net::SocketAddr::from(([127, 0, 0, 1], s.port)),
+        }
+    }
+
+    /// A host reached through `proxy`, with fast dead-peer detection.
+    fn watched_host(&self, proxy: &testbed::Proxy) -> Host {
+        let h = match self {
+            Target::Embedded(_) => host(proxy.port()),
+            Target::OpenSsh(_, key) => Host::new("127.0.0.1")
+                .port(proxy.port())
+                .user(testbed::current_user())
+                .key_file(key.private_path())
+                .agent(false)
+                .host_key_check(HostKeyCheck::Off),
+        };
+        h.keepalive(Duration::from_secs(1)).keepalive_count_max(2)
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Target::Embedded(_) => "embedded",
+            Target::OpenSsh(..) => "openssh",
+        }
+    }
+}
+
+#[test]
+fn idle_connection_to_a_silent_peer_is_declared_lost_and_replaced() {
+    let _turn = turn();
+    for target in targets() {
+        let proxy = Arc::new(testbed::Proxy::start(target.addr()).unwrap());
+        let mut pssh = Parallel::builder().reconnections(1).build().unwrap();
+        pssh.add_host("h", target.watched_host(&proxy)).unwrap();
+        pssh.push("h", Command::new("echo one")).unwrap();
+        let p = proxy.clone();
+        // The peer goes silent while the label holds an idle connection.
+        pssh.push(
+            "h",
+            ssh_parallel::Sub::new(move |_| {
+                p.freeze();
+                std::thread::sleep(Duration::from_secs(4));
+                Ok(())
+            }),
+        )
+        .unwrap();
+        // Bounded so that a regression fails instead of hanging: sent to the
+        // frozen connection, this would time out.
+        pssh.push("h", Command::new("echo two").timeout(Duration::from_secs(20)))
+            .unwrap();
+        let report = pssh.run();
+        assert!(report.success(), "{}: {report}", target.name());
+        assert_eq!(report.label("h").unwrap().tasks()[2].stdout_str(), "two\n");
+        assert_eq!(
+            proxy.connections(),
+            2,
+            "{}: the lost connection was replaced",
+            target.name()
+        );
+    }
+}
+
+#[test]
+fn running_command_on_a_silent_peer_fails_by_deadline_not_never() {
+    let _turn = turn();
+    for target in targets() {
+        let proxy = Arc::new(testbed::Proxy::start(target.addr()).unwrap());
+        let p = proxy.clone();
+        let freezer = std::thread::spawn(move || {
+            assert!(p.wait_open_connections(1, Duration::from_secs(10)));
+            std::thread::sleep(Duration::from_millis(700));
+            p.freeze();
+        });
+        let mut pssh = Parallel::new();
+        pssh.add_host("h", target.watched_host(&proxy)).unwrap();
+        // No output and no timeout of its own: only dead-peer detection ends it.
+        pssh.push("h", Command::new("sleep 60")).unwrap();
+        let t0 = Instant::now();
+        let report = pssh.run();
+        freezer.join().unwrap();
+        let e = report.label("h").unwrap().error().expect("the connection was lost");
+        assert_eq!(e.kind(), ErrorKind::Connect, "{}: {e}", target.name());
+        assert!(e.to_string().contains("keepalive"), "says why: {e}");
+        assert!(t0.elapsed() < Duration::from_secs(30), "took {:?}", t0.elapsed());
+    }
+}
+
+#[test]
+fn quiet_but_alive_peers_are_not_declared_lost() {
+    let _turn = turn();
+    for target in targets() {
+        let proxy = testbed::Proxy::start(target.addr()).unwrap();
+        let mut pssh = Parallel::new();
+        pssh.add_host("h", target.watched_host(&proxy)).unwrap();
+        // Four keepalive intervals of silence from the command: the server
+        // answers the keepalives, so the connection stays.
+        pssh.push("h", Command::new("sleep 4; echo woke")).unwrap();
+        pssh.push("h", Command::new("echo again")).unwrap();
+        let report = pssh.run();
+        assert!(report.success(), "{}: {report}", target.name());
+        assert_eq!(report.label("h").unwrap().tasks()[0].stdout_str(), "woke\n");
+        assert_eq!(proxy.connections(), 1, "{}", target.name());
+    }
 }
