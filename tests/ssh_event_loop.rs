@@ -128,17 +128,17 @@ fn tasks_spread_over_io_threads_keep_per_label_order_and_connections() {
 /// The servers every dead-peer scenario runs against: the embedded one, and
 /// OpenSSH's sshd when it can run here (always in CI).
 enum Target {
-    Embedded(Box<EmbeddedServer>),
-    OpenSsh(testbed::OpenSshServer, testbed::ClientKey),
+    Embedded(EmbeddedServer),
+    OpenSsh(Box<(testbed::OpenSshServer, testbed::ClientKey)>),
 }
 
 fn targets() -> Vec<Target> {
-    let mut v = vec![Target::Embedded(Box::new(server()))];
+    let mut v = vec![Target::Embedded(server())];
     match testbed::OpenSshServer::check_available() {
         Ok(()) => {
             let key = testbed::ClientKey::ed25519().unwrap();
             let sshd = testbed::OpenSshServer::builder().authorize(&key).start().unwrap();
-            v.push(Target::OpenSsh(sshd, key));
+            v.push(Target::OpenSsh(Box::new((sshd, key))));
         }
         Err(e) => {
             assert!(
@@ -155,7 +155,7 @@ impl Target {
     fn addr(&self) -> std::net::SocketAddr {
         match self {
             Target::Embedded(s) => s.addr(),
-            Target::OpenSsh(s, _) => std::net::SocketAddr::from(([127, 0, 0, 1], s.port)),
+            Target::OpenSsh(b) => std::net::SocketAddr::from(([127, 0, 0, 1], b.0.port)),
         }
     }
 
@@ -163,10 +163,10 @@ impl Target {
     fn watched_host(&self, proxy: &testbed::Proxy) -> Host {
         let h = match self {
             Target::Embedded(_) => host(proxy.port()),
-            Target::OpenSsh(_, key) => Host::new("127.0.0.1")
+            Target::OpenSsh(b) => Host::new("127.0.0.1")
                 .port(proxy.port())
                 .user(testbed::current_user())
-                .key_file(key.private_path())
+                .key_file(b.1.private_path())
                 .agent(false)
                 .host_key_check(HostKeyCheck::Off),
         };
