@@ -128,12 +128,12 @@ fn tasks_spread_over_io_threads_keep_per_label_order_and_connections() {
 /// The servers every dead-peer scenario runs against: the embedded one, and
 /// OpenSSH's sshd when it can run here (always in CI).
 enum Target {
-    Embedded(EmbeddedServer),
+    Embedded(Box<EmbeddedServer>),
     OpenSsh(Box<(testbed::OpenSshServer, testbed::ClientKey)>),
 }
 
 fn targets() -> Vec<Target> {
-    let mut v = vec![Target::Embedded(server())];
+    let mut v = vec![Target::Embedded(Box::new(server()))];
     match testbed::OpenSshServer::check_available() {
         Ok(()) => {
             let key = testbed::ClientKey::ed25519().unwrap();
