@@ -6,35 +6,17 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ssh_parallel::{Command, ErrorKind, Host, HostKeyCheck, Parallel, Parsub};
-use testbed::EmbeddedServer;
+use ssh_parallel::{Command, ErrorKind, Host, Parallel, Parsub};
 
-const USER: &str = "alice";
-const PASSWORD: &str = "wonderland";
+#[path = "common/servers.rs"]
+mod servers;
+use servers::Server;
 
 /// Thread counts are per process: tests that start I/O threads take turns.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn turn() -> std::sync::MutexGuard<'static, ()> {
     ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn server() -> EmbeddedServer {
-    testbed::raise_fd_limit();
-    EmbeddedServer::builder()
-        .password(USER, PASSWORD)
-        .start()
-        .expect("start the embedded server")
-}
-
-fn host(port: u16) -> Host {
-    Host::new("127.0.0.1")
-        .port(port)
-        .user(USER)
-        .password(PASSWORD)
-        .agent(false)
-        .host_key_check(HostKeyCheck::Off)
-        .connect_timeout(Duration::from_secs(10))
 }
 
 /// Names of this process's threads that start with `prefix`.
@@ -48,14 +30,14 @@ fn threads_named(prefix: &str) -> usize {
 
 /// Runs `labels` SSH labels (each `sleep 0.4`) with `io_threads`, sampling the
 /// number of I/O threads from a local parsub while they run.
-fn io_threads_seen(server: &EmbeddedServer, labels: usize, io_threads: Option<usize>) -> usize {
+fn io_threads_seen(server: &Server, labels: usize, io_threads: Option<usize>) -> usize {
     let mut b = Parallel::builder();
     if let Some(n) = io_threads {
         b = b.io_threads(n);
     }
     let mut pssh = b.build().unwrap();
     for i in 0..labels {
-        pssh.add_host(format!("n{i:03}"), host(server.port())).unwrap();
+        pssh.add_host(format!("n{i:03}"), server.host()).unwrap();
     }
     pssh.add_host("probe", Host::local()).unwrap();
     pssh.push("n*", Command::new("sleep 0.4; echo done")).unwrap();
@@ -86,7 +68,7 @@ fn io_threads_seen(server: &EmbeddedServer, labels: usize, io_threads: Option<us
 #[test]
 fn io_thread_count_is_fixed_whatever_the_number_of_hosts() {
     let _turn = turn();
-    let server = server();
+    let server = Server::embedded();
     assert_eq!(io_threads_seen(&server, 5, None), 1, "default: one I/O thread");
     assert_eq!(io_threads_seen(&server, 80, None), 1, "still one for 80 hosts");
     assert_eq!(io_threads_seen(&server, 80, Some(3)), 3, "as configured");
@@ -107,10 +89,10 @@ fn zero_io_threads_is_a_config_error_naming_the_option() {
 #[test]
 fn tasks_spread_over_io_threads_keep_per_label_order_and_connections() {
     let _turn = turn();
-    let server = server();
+    let server = Server::embedded();
     let mut pssh = Parallel::builder().io_threads(4).build().unwrap();
     for i in 0..40 {
-        pssh.add_host(format!("n{i:02}"), host(server.port())).unwrap();
+        pssh.add_host(format!("n{i:02}"), server.host()).unwrap();
     }
     for step in 0..5 {
         pssh.all(Command::new(format!("echo %LABEL%-{step}"))).unwrap();
@@ -122,72 +104,24 @@ fn tasks_spread_over_io_threads_keep_per_label_order_and_connections() {
         let want: Vec<String> = (0..5).map(|s| format!("{}-{s}\n", l.label())).collect();
         assert_eq!(outs, want);
     }
-    assert_eq!(server.stats().connections, 40, "one connection per label");
+    assert_eq!(server.logins(), 40, "one connection per label");
 }
 
-/// The servers every dead-peer scenario runs against: the embedded one, and
-/// OpenSSH's sshd when it can run here (always in CI).
-enum Target {
-    Embedded(Box<EmbeddedServer>),
-    OpenSsh(Box<(testbed::OpenSshServer, testbed::ClientKey)>),
-}
-
-fn targets() -> Vec<Target> {
-    let mut v = vec![Target::Embedded(Box::new(server()))];
-    match testbed::OpenSshServer::check_available() {
-        Ok(()) => {
-            let key = testbed::ClientKey::ed25519().unwrap();
-            let sshd = testbed::OpenSshServer::builder().authorize(&key).start().unwrap();
-            v.push(Target::OpenSsh(Box::new((sshd, key))));
-        }
-        Err(e) => {
-            assert!(
-                std::env::var_os("CI").is_none() && std::env::var_os("TESTBED_REQUIRE_SSHD").is_none(),
-                "CI must be able to run sshd: {e}"
-            );
-            eprintln!("OpenSSH tier skipped: {e}");
-        }
-    }
-    v
-}
-
-impl Target {
-    fn addr(&self) -> std::net::SocketAddr {
-        match self {
-            Target::Embedded(s) => s.addr(),
-            Target::OpenSsh(b) => std::net::SocketAddr::from(([127, 0, 0, 1], b.0.port)),
-        }
-    }
-
-    /// A host reached through `proxy`, with fast dead-peer detection.
-    fn watched_host(&self, proxy: &testbed::Proxy) -> Host {
-        let h = match self {
-            Target::Embedded(_) => host(proxy.port()),
-            Target::OpenSsh(b) => Host::new("127.0.0.1")
-                .port(proxy.port())
-                .user(testbed::current_user())
-                .key_file(b.1.private_path())
-                .agent(false)
-                .host_key_check(HostKeyCheck::Off),
-        };
-        h.keepalive(Duration::from_secs(1)).keepalive_count_max(2)
-    }
-
-    fn name(&self) -> &'static str {
-        match self {
-            Target::Embedded(_) => "embedded",
-            Target::OpenSsh(..) => "openssh",
-        }
-    }
+/// A host reached through `proxy`, with fast dead-peer detection.
+fn watched_host(server: &Server, proxy: &testbed::Proxy) -> Host {
+    server
+        .host_via(proxy.port())
+        .keepalive(Duration::from_secs(1))
+        .keepalive_count_max(2)
 }
 
 #[test]
 fn idle_connection_to_a_silent_peer_is_declared_lost_and_replaced() {
     let _turn = turn();
-    for target in targets() {
+    for target in Server::both() {
         let proxy = Arc::new(testbed::Proxy::start(target.addr()).unwrap());
         let mut pssh = Parallel::builder().reconnections(1).build().unwrap();
-        pssh.add_host("h", target.watched_host(&proxy)).unwrap();
+        pssh.add_host("h", watched_host(&target, &proxy)).unwrap();
         pssh.push("h", Command::new("echo one")).unwrap();
         let p = proxy.clone();
         // The peer goes silent while the label holds an idle connection.
@@ -219,7 +153,7 @@ fn idle_connection_to_a_silent_peer_is_declared_lost_and_replaced() {
 #[test]
 fn running_command_on_a_silent_peer_fails_by_deadline_not_never() {
     let _turn = turn();
-    for target in targets() {
+    for target in Server::both() {
         let proxy = Arc::new(testbed::Proxy::start(target.addr()).unwrap());
         let p = proxy.clone();
         let freezer = std::thread::spawn(move || {
@@ -228,7 +162,7 @@ fn running_command_on_a_silent_peer_fails_by_deadline_not_never() {
             p.freeze();
         });
         let mut pssh = Parallel::new();
-        pssh.add_host("h", target.watched_host(&proxy)).unwrap();
+        pssh.add_host("h", watched_host(&target, &proxy)).unwrap();
         // No output and no timeout of its own: only dead-peer detection ends it.
         pssh.push("h", Command::new("sleep 60")).unwrap();
         let t0 = Instant::now();
@@ -244,10 +178,10 @@ fn running_command_on_a_silent_peer_fails_by_deadline_not_never() {
 #[test]
 fn quiet_but_alive_peers_are_not_declared_lost() {
     let _turn = turn();
-    for target in targets() {
+    for target in Server::both() {
         let proxy = testbed::Proxy::start(target.addr()).unwrap();
         let mut pssh = Parallel::new();
-        pssh.add_host("h", target.watched_host(&proxy)).unwrap();
+        pssh.add_host("h", watched_host(&target, &proxy)).unwrap();
         // Four keepalive intervals of silence from the command: the server
         // answers the keepalives, so the connection stays.
         pssh.push("h", Command::new("sleep 4; echo woke")).unwrap();

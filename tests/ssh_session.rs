@@ -8,80 +8,11 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ssh_parallel::{Command, ErrorKind, Host, HostKeyCheck, Parallel, Parsub, RsyncGet, RsyncPut};
-use testbed::{ClientKey, EmbeddedServer, OpenSshServer};
+use ssh_parallel::{Command, ErrorKind, Parallel, Parsub, RsyncGet, RsyncPut};
 
-const USER: &str = "alice";
-const PASSWORD: &str = "wonderland";
-
-/// A server under test and how to log in to it.
-enum Server {
-    Embedded(EmbeddedServer),
-    OpenSsh(OpenSshServer, ClientKey),
-}
-
-impl Server {
-    fn embedded() -> Server {
-        Server::Embedded(
-            EmbeddedServer::builder()
-                .password(USER, PASSWORD)
-                .start()
-                .expect("start the embedded server"),
-        )
-    }
-
-    /// `None` (the test is skipped) only when sshd cannot run here and CI is unset.
-    fn openssh() -> Option<Server> {
-        if let Err(e) = OpenSshServer::check_available() {
-            assert!(
-                std::env::var_os("CI").is_none() && std::env::var_os("TESTBED_REQUIRE_SSHD").is_none(),
-                "CI must be able to run sshd: {e}"
-            );
-            eprintln!("skipping: {e}");
-            return None;
-        }
-        let key = ClientKey::ed25519().expect("generate a client key");
-        let sshd = OpenSshServer::builder().authorize(&key).start().expect("start sshd");
-        Some(Server::OpenSsh(sshd, key))
-    }
-
-    fn host(&self) -> Host {
-        match self {
-            Server::Embedded(s) => Host::new("127.0.0.1")
-                .port(s.port())
-                .user(USER)
-                .password(PASSWORD)
-                .host_key_check(HostKeyCheck::Off)
-                .connect_timeout(Duration::from_secs(5)),
-            Server::OpenSsh(s, key) => Host::new("127.0.0.1")
-                .port(s.port)
-                .user(testbed::current_user())
-                .key_file(key.private_path())
-                .host_key_check(HostKeyCheck::Off)
-                .connect_timeout(Duration::from_secs(10)),
-        }
-    }
-
-    /// Logins so far (both servers count one per SSH connection).
-    fn logins(&self) -> usize {
-        match self {
-            Server::Embedded(s) => s.stats().connections as usize,
-            Server::OpenSsh(s, _) => s.log().matches("Accepted publickey").count(),
-        }
-    }
-}
-
-/// One `#[test]` per server for a scenario `fn(&Server)`.
-macro_rules! on_both {
-    ($($name:ident),* $(,)?) => {
-        mod embedded {
-            $(#[test] fn $name() { super::$name(&super::Server::embedded()) })*
-        }
-        mod openssh {
-            $(#[test] fn $name() { if let Some(s) = super::Server::openssh() { super::$name(&s) } })*
-        }
-    };
-}
+#[path = "common/servers.rs"]
+mod servers;
+use servers::Server;
 
 on_both!(
     parsub_runs_commands_with_stdin_on_the_labels_own_connection,
