@@ -2428,7 +2428,18 @@ impl Task {
                 Interest::READABLE | Interest::WRITABLE,
             )
             .map_err(|e| TransportError::local(format!("cannot poll the rsync bridge: {e}")))?;
-        let capture = Output::capture();
+        // rsync's own output (say, --stats) and both sides' stderr go in the report.
+        Task::transfer(job, started, &Output::capture(), None, Some(Box::new(bridge)))
+    }
+
+    /// A transfer task; `keep` says what becomes of its output.
+    fn transfer(
+        job: &Job,
+        started: SystemTime,
+        keep: &Output,
+        scp: Option<Box<Scp>>,
+        rsync: Option<Box<Bridge>>,
+    ) -> Result<Task, TransportError> {
         Ok(Task {
             label: job.label,
             token: job.token,
@@ -2439,11 +2450,11 @@ impl Task {
             env_fallback: Vec::new(),
             stdin: None,
             stdin_off: 0,
-            out: Sink::open(job.name.clone(), Stream::Stdout, &capture).map_err(TransportError::local)?,
-            err: Sink::open(job.name.clone(), Stream::Stderr, &capture).map_err(TransportError::local)?,
+            out: Sink::open(job.name.clone(), Stream::Stdout, keep).map_err(TransportError::local)?,
+            err: Sink::open(job.name.clone(), Stream::Stderr, keep).map_err(TransportError::local)?,
             started,
-            scp: None,
-            rsync: Some(Box::new(bridge)),
+            scp,
+            rsync,
         })
     }
 
@@ -2459,23 +2470,7 @@ impl Task {
                 )))
             }
         };
-        let null = Output::null();
-        Ok(Task {
-            label: job.label,
-            token: job.token,
-            action: job.action.clone(),
-            stage: TaskStage::Open,
-            channel: None,
-            env_next: 0,
-            env_fallback: Vec::new(),
-            stdin: None,
-            stdin_off: 0,
-            out: Sink::open(job.name.clone(), Stream::Stdout, &null).map_err(TransportError::local)?,
-            err: Sink::open(job.name.clone(), Stream::Stderr, &null).map_err(TransportError::local)?,
-            started,
-            scp: Some(Box::new(scp)),
-            rsync: None,
-        })
+        Task::transfer(job, started, &Output::null(), Some(Box::new(scp)), None)
     }
 
     /// Answers the scheduler with `result` and what the sinks kept.
