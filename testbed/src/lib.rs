@@ -13,6 +13,9 @@
 //!
 //! [`ClientKey`] generates throwaway client key pairs with `ssh-keygen`.
 //!
+//! [`Proxy`] is a TCP proxy to put between a client and a server: it can freeze the
+//! connections going through it (a dead peer that never answers) or cut them.
+//!
 //! ```no_run
 //! let server = testbed::EmbeddedServer::builder().password("alice", "secret").start()?;
 //! let known_hosts = tempfile::NamedTempFile::new()?;
@@ -26,6 +29,7 @@
 mod embedded;
 mod keys;
 mod openssh;
+mod proxy;
 
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -35,6 +39,7 @@ use std::time::{Duration, Instant};
 pub use embedded::{EmbeddedServer, EmbeddedServerBuilder, Fault, ServerStats};
 pub use keys::{ClientKey, KeyType};
 pub use openssh::{OpenSshServer, OpenSshServerBuilder};
+pub use proxy::Proxy;
 
 /// Errors of the test bed.
 #[derive(Debug, thiserror::Error)]
