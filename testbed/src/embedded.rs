@@ -117,6 +117,7 @@ pub struct EmbeddedServerBuilder {
     working_dir: Option<PathBuf>,
     host_key: Option<PrivateKey>,
     inactivity_timeout: Option<Duration>,
+    builtin_scp: Option<bool>,
 }
 
 impl Default for EmbeddedServerBuilder {
@@ -132,6 +133,7 @@ impl Default for EmbeddedServerBuilder {
             working_dir: None,
             host_key: None,
             inactivity_timeout: Some(Duration::from_secs(600)),
+            builtin_scp: None,
         }
     }
 }
@@ -206,6 +208,18 @@ impl EmbeddedServerBuilder {
     /// Closes connections idle for this long (default 600 s; `None`: never).
     pub fn inactivity_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.inactivity_timeout = timeout;
+        self
+    }
+
+    /// Serves `scp -t ...` / `scp -f ...` exec requests in-process (the SCP protocol's remote
+    /// side, as OpenSSH's `scp` speaks it) instead of running the `scp` program, so SCP works
+    /// where no `scp` binary is installed. Default: on exactly when no `scp` is on `PATH`.
+    ///
+    /// Only plain command lines are served this way (quotes, backslashes and a leading `~`
+    /// are understood); a command line that needs a real shell (variables, globs, `;`,
+    /// redirections...) still goes to the shell.
+    pub fn builtin_scp(mut self, on: bool) -> Self {
+        self.builtin_scp = Some(on);
         self
     }
 
@@ -315,6 +329,11 @@ struct Shared {
     shell: PathBuf,
     working_dir: PathBuf,
     base_env: Vec<(String, String)>,
+    /// Serve `scp -t/-f` in-process ([`EmbeddedServerBuilder::builtin_scp`]).
+    builtin_scp: bool,
+    /// `HOME` of commands, for `~` in built-in scp paths.
+    home: PathBuf,
+    umask: u32,
 }
 
 impl Shared {
@@ -356,7 +375,9 @@ impl Shared {
 ///   with a clean environment (`PATH`, `HOME`, `USER`, `LOGNAME`, `SHELL`, `LANG`) plus the
 ///   client's env requests. stdin, stdout and stderr are streamed with flow control; the
 ///   exit status (or exit signal) is sent, then EOF and close. Shell requests run the shell,
-///   the `sftp` subsystem runs OpenSSH's `sftp-server` if installed. PTY requests are
+///   the `sftp` subsystem runs OpenSSH's `sftp-server` if installed. `scp -t/-f` requests
+///   are served in-process when [`EmbeddedServerBuilder::builtin_scp`] is on (the default
+///   where no `scp` binary is installed). PTY requests are
 ///   accepted (no terminal is allocated; `TERM` is set). Signals from the client are
 ///   delivered to the command's process group, and when the client closes the channel or the
 ///   connection the group gets SIGHUP, then SIGKILL after 1 s.
@@ -435,6 +456,7 @@ impl EmbeddedServer {
         if let Ok(lang) = std::env::var("LANG") {
             base_env.push(("LANG".to_string(), lang));
         }
+        let builtin_scp = b.builtin_scp.unwrap_or_else(|| !program_on_path("scp", &base_env[0].1));
         let shared = Arc::new(Shared {
             users: b.users.map(|u| u.into_iter().collect()),
             passwords: RwLock::new(b.passwords),
@@ -450,6 +472,9 @@ impl EmbeddedServer {
             shell: b.shell,
             working_dir: b.working_dir.unwrap_or_else(crate::home_dir),
             base_env,
+            builtin_scp,
+            home: crate::home_dir(),
+            umask: crate::scp::current_umask(),
         });
 
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -560,6 +585,12 @@ impl EmbeddedServer {
         for ctl in self.shared.conns.lock().unwrap_or_else(|e| e.into_inner()).values() {
             ctl.cut();
         }
+    }
+
+    /// Whether `scp -t/-f` requests are served in-process
+    /// ([`EmbeddedServerBuilder::builtin_scp`]).
+    pub fn builtin_scp(&self) -> bool {
+        self.shared.builtin_scp
     }
 
     /// Counters since the server started.
@@ -982,6 +1013,13 @@ async fn run_command(
     pending: PendingChannel,
     launch: Launch,
 ) {
+    if let Launch::Exec(line) = &launch {
+        if shared.builtin_scp {
+            if let Some(cmd) = crate::scp::parse_command(line, &shared.home) {
+                return run_builtin_scp(shared, ctl, drop_after, pending, cmd).await;
+            }
+        }
+    }
     let PendingChannel { channel, env, term } = pending;
     let id = channel.id();
     let (mut rx, tx) = channel.split();
@@ -1133,4 +1171,137 @@ async fn run_command(
     }
     let _ = tx.eof().await;
     let _ = tx.close().await;
+}
+
+/// Whether an executable file `name` is in one of the `path` directories.
+fn program_on_path(name: &str, path: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::env::split_paths(path)
+        .any(|dir| std::fs::metadata(dir.join(name)).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
+}
+
+/// Runs the built-in scp for a channel: the protocol engine on a blocking thread, fed from
+/// the channel's data and writing to it, with the same channel handling as a command.
+async fn run_builtin_scp(
+    shared: Arc<Shared>,
+    ctl: Arc<ConnCtl>,
+    drop_after: Option<Duration>,
+    pending: PendingChannel,
+    cmd: crate::scp::ScpCommand,
+) {
+    let (mut rx, tx) = pending.channel.split();
+    let (stdin_tx, stdin_rx) = mpsc::channel::<bytes::Bytes>(16);
+    // Dropped (or set) when the client goes away: a write blocked on the window gives up.
+    let (cancel_tx, cancel_rx) = watch::channel(false);
+    let output = ChannelOutput {
+        writer: Box::pin(tx.make_writer()),
+        runtime: tokio::runtime::Handle::current(),
+        cancel: cancel_rx,
+    };
+    let cwd = shared.working_dir.clone();
+    let umask = shared.umask;
+    let mut job = tokio::task::spawn_blocking(move || {
+        let input = std::io::BufReader::with_capacity(
+            64 * 1024,
+            ChannelInput {
+                rx: stdin_rx,
+                chunk: bytes::Bytes::new(),
+            },
+        );
+        crate::scp::Scp::new(cmd, &cwd, umask, input, output).run()
+    });
+    let mut stdin_tx = Some(stdin_tx);
+    let drop_timer = async {
+        match drop_after {
+            Some(delay) => tokio::time::sleep(delay).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(drop_timer);
+    let mut dropped = false;
+    let status = loop {
+        tokio::select! {
+            status = &mut job => break status.unwrap_or(1),
+            _ = &mut drop_timer, if !dropped => {
+                dropped = true;
+                ctl.cut();
+            }
+            msg = rx.wait() => match msg {
+                Some(ChannelMsg::Data { data }) => {
+                    if let Some(sender) = &stdin_tx {
+                        if sender.send(data).await.is_err() {
+                            stdin_tx = None;
+                        }
+                    }
+                }
+                Some(ChannelMsg::Eof) => stdin_tx = None,
+                Some(ChannelMsg::Close) | None => {
+                    // The client is gone: unblock the engine and leave it to end alone.
+                    drop(stdin_tx);
+                    let _ = cancel_tx.send(true);
+                    return;
+                }
+                Some(_) => {}
+            },
+        }
+    };
+    let _ = tx.exit_status(status).await;
+    let _ = tx.eof().await;
+    let _ = tx.close().await;
+}
+
+/// The channel's incoming data as a blocking reader (EOF when the client sends EOF).
+struct ChannelInput {
+    rx: mpsc::Receiver<bytes::Bytes>,
+    chunk: bytes::Bytes,
+}
+
+impl std::io::Read for ChannelInput {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use bytes::Buf;
+        while self.chunk.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(data) => self.chunk = data,
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len());
+        buf[..n].copy_from_slice(&self.chunk[..n]);
+        self.chunk.advance(n);
+        Ok(n)
+    }
+}
+
+/// The channel's stdout as a blocking writer (for a `spawn_blocking` thread).
+struct ChannelOutput {
+    writer: Pin<Box<dyn AsyncWrite + Send>>,
+    runtime: tokio::runtime::Handle,
+    cancel: watch::Receiver<bool>,
+}
+
+impl ChannelOutput {
+    /// Runs one write-side operation to completion, or fails once the client is gone.
+    fn block_on<T>(
+        runtime: &tokio::runtime::Handle,
+        cancel: &watch::Receiver<bool>,
+        op: impl std::future::Future<Output = std::io::Result<T>>,
+    ) -> std::io::Result<T> {
+        let mut cancel = cancel.clone();
+        runtime.block_on(async move {
+            tokio::select! {
+                r = op => r,
+                _ = cancel.wait_for(|gone| *gone) => Err(std::io::ErrorKind::BrokenPipe.into()),
+            }
+        })
+    }
+}
+
+impl std::io::Write for ChannelOutput {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        Self::block_on(&self.runtime, &self.cancel, self.writer.write(buf))
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Self::block_on(&self.runtime, &self.cancel, self.writer.flush())
+    }
 }

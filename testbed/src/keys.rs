@@ -1,4 +1,4 @@
-//! Throwaway client key pairs generated with `ssh-keygen`.
+//! Throwaway client key pairs generated with `ssh-keygen`, or in-process for ed25519.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -63,6 +63,45 @@ impl ClientKey {
     /// Generates an unencrypted ed25519 key pair.
     pub fn ed25519() -> Result<ClientKey> {
         Self::generate(KeyType::Ed25519, None)
+    }
+
+    /// Generates an unencrypted ed25519 key pair in this process, without `ssh-keygen`
+    /// (for machines that have no OpenSSH client). The files are in the same OpenSSH formats
+    /// as `ssh-keygen` writes.
+    pub fn ed25519_in_process() -> Result<ClientKey> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let dir = tempfile::Builder::new()
+            .prefix("testbed-key")
+            .tempdir()
+            .map_err(io_err("creating a temporary directory"))?;
+        let mut key = crate::embedded::generate_ed25519()?;
+        key.set_comment("testbed-client");
+        let pem = key
+            .to_openssh(russh::keys::ssh_key::LineEnding::LF)
+            .map_err(|e| Error::Key(format!("encoding the private key: {e}")))?;
+        let public_line = key
+            .public_key()
+            .to_openssh()
+            .map_err(|e| Error::Key(format!("encoding the public key: {e}")))?;
+        let private_path = dir.path().join("id_key");
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&private_path)
+            .and_then(|mut f| f.write_all(pem.as_bytes()))
+            .map_err(io_err(format!("writing {}", private_path.display())))?;
+        let public_path = dir.path().join("id_key.pub");
+        std::fs::write(&public_path, format!("{public_line}\n"))
+            .map_err(io_err(format!("writing {}", public_path.display())))?;
+        Ok(ClientKey {
+            dir,
+            private_path,
+            public_path,
+            public_line,
+            passphrase: None,
+        })
     }
 
     /// Path of the private key file (OpenSSH format, mode 0600).

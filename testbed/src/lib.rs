@@ -5,7 +5,9 @@
 //! * [`EmbeddedServer`]: an in-process SSH server (russh) on its own tokio runtime thread, on an
 //!   ephemeral port. It authenticates with passwords, keyboard-interactive and public keys, runs
 //!   exec requests through `sh -c` as the current OS user (so `scp -t/-f`, `rsync --server`
-//!   and the sftp subsystem work), and can inject faults ([`Fault`]). One server handles
+//!   and the sftp subsystem work), and can inject faults ([`Fault`]). Where no `scp` binary
+//!   is installed it serves `scp -t/-f` itself
+//!   ([`builtin_scp`](EmbeddedServerBuilder::builtin_scp)). One server handles
 //!   thousands of concurrent connections.
 //! * [`OpenSshServer`]: a real OpenSSH `sshd` process with a throwaway host key and config.
 //!   It needs `/usr/sbin/sshd` and root; otherwise [`OpenSshServer::start`] returns
@@ -30,6 +32,7 @@ mod embedded;
 mod keys;
 mod openssh;
 mod proxy;
+mod scp;
 
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};

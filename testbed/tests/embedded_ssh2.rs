@@ -114,6 +114,40 @@ fn public_key_auth_plain_and_with_passphrase() {
     assert!(s.authenticated());
 }
 
+#[test]
+fn in_process_key_works_with_libssh2_and_matches_ssh_keygen_formats() {
+    let key = ClientKey::ed25519_in_process().unwrap();
+    assert!(key.public_line().starts_with("ssh-ed25519 "), "{}", key.public_line());
+    assert!(key.public_line().ends_with(" testbed-client"), "{}", key.public_line());
+    let pem = key.private_pem().unwrap();
+    assert!(pem.starts_with("-----BEGIN OPENSSH PRIVATE KEY-----\n"), "{pem}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(key.private_path()).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let server = EmbeddedServer::builder()
+        .authorized_key("alice", key.public_line())
+        .start()
+        .unwrap();
+    let s = ssh2_connect(server.port(), 5000).unwrap();
+    s.userauth_pubkey_file("alice", None, key.private_path(), None).unwrap();
+    assert_eq!(
+        ssh2_exec(&s, "echo in-process", b"").unwrap().stdout_str(),
+        "in-process\n"
+    );
+    // ssh-keygen, where installed, reads the same files.
+    if let Ok(out) = std::process::Command::new("ssh-keygen")
+        .arg("-y")
+        .arg("-f")
+        .arg(key.private_path())
+        .output()
+    {
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let derived = String::from_utf8_lossy(&out.stdout);
+        let blob = |l: &str| l.split_whitespace().nth(1).unwrap_or_default().to_owned();
+        assert_eq!(blob(&derived), blob(key.public_line()));
+    }
+}
+
 struct Answer(&'static str);
 
 impl ssh2::KeyboardInteractivePrompt for Answer {

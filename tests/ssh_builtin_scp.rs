@@ -1,0 +1,282 @@
+//! `ScpPut` / `ScpGet` over SSH against the embedded server's built-in scp (no `scp`
+//! binary involved): the same transfers the OpenSSH tier checks, so the examples and the
+//! quickstart can copy files on a machine that has only the Rust toolchain.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ssh_parallel::{Command, ErrorKind, Host, HostKeyCheck, OnError, Parallel, ScpGet, ScpPut, TaskStatus};
+use testbed::EmbeddedServer;
+
+const USER: &str = "alice";
+const PASSWORD: &str = "wonderland";
+
+/// A server whose shell does not exist: every transfer that works was served in-process.
+fn scp_only_server() -> EmbeddedServer {
+    EmbeddedServer::builder()
+        .password(USER, PASSWORD)
+        .builtin_scp(true)
+        .shell("/nonexistent/no-shell")
+        .start()
+        .expect("start the embedded server")
+}
+
+fn host(server: &EmbeddedServer) -> Host {
+    Host::new("127.0.0.1")
+        .port(server.port())
+        .user(USER)
+        .password(PASSWORD)
+        .host_key_check(HostKeyCheck::Off)
+        .connect_timeout(Duration::from_secs(5))
+}
+
+fn ps(p: &Path) -> String {
+    p.to_str().unwrap().to_owned()
+}
+
+fn mode(p: &Path) -> u32 {
+    fs::metadata(p).unwrap().permissions().mode() & 0o7777
+}
+
+fn mtime(p: &Path) -> SystemTime {
+    fs::metadata(p).unwrap().modified().unwrap()
+}
+
+fn set_mtime(p: &Path, secs: u64) {
+    let t = UNIX_EPOCH + Duration::from_secs(secs);
+    let f = fs::File::open(p).unwrap();
+    f.set_times(fs::FileTimes::new().set_modified(t).set_accessed(t))
+        .unwrap();
+}
+
+fn make_file(p: &Path, data: &[u8], m: u32, secs: u64) {
+    fs::write(p, data).unwrap();
+    fs::set_permissions(p, fs::Permissions::from_mode(m)).unwrap();
+    set_mtime(p, secs);
+}
+
+/// Same names, contents, modes and mtimes, recursively.
+fn assert_same_tree(a: &Path, b: &Path) {
+    let names = |p: &Path| {
+        let mut v: Vec<_> = fs::read_dir(p).unwrap().map(|e| e.unwrap().file_name()).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names(a), names(b), "{} vs {}", a.display(), b.display());
+    for n in names(a) {
+        let (x, y) = (a.join(&n), b.join(&n));
+        assert_eq!(mode(&x), mode(&y), "mode of {}", y.display());
+        assert_eq!(mtime(&x), mtime(&y), "mtime of {}", y.display());
+        if x.is_dir() {
+            assert!(y.is_dir(), "{}", y.display());
+            assert_same_tree(&x, &y);
+        } else {
+            assert!(fs::read(&x).unwrap() == fs::read(&y).unwrap(), "{}", y.display());
+        }
+    }
+    assert_eq!(mode(a), mode(b), "mode of {}", b.display());
+    assert_eq!(mtime(a), mtime(b), "mtime of {}", b.display());
+}
+
+#[test]
+fn files_both_ways_with_label_in_paths_keep_content_modes_and_mtimes() {
+    let server = scp_only_server();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for sub in ["local", "remote", "back"] {
+        fs::create_dir(d.join(sub)).unwrap();
+    }
+    // 3 MB of non-repeating bytes for one label, a small executable for the other.
+    let big: Vec<u8> = (0u32..3 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    make_file(&d.join("local/a.txt"), &big, 0o640, 1_000_000_000);
+    make_file(&d.join("local/b.txt"), b"#!/bin/sh\n", 0o751, 1_100_000_000);
+    let mut p = Parallel::new();
+    for l in ["a", "b"] {
+        p.add_host(l, host(&server)).unwrap();
+    }
+    p.all(ScpPut::new(
+        format!("{}/local/%LABEL%.txt", d.display()),
+        format!("{}/remote/%LABEL%-put.txt", d.display()),
+    ))
+    .unwrap();
+    // Into an existing directory: the file keeps its name.
+    p.all(ScpGet::new(
+        format!("{}/remote/%LABEL%-put.txt", d.display()),
+        format!("{}/back", d.display()),
+    ))
+    .unwrap();
+    let report = p.run();
+    assert!(report.success(), "{report}");
+    for (l, m, t) in [("a", 0o640, 1_000_000_000), ("b", 0o751, 1_100_000_000)] {
+        let src = fs::read(d.join(format!("local/{l}.txt"))).unwrap();
+        for f in [
+            d.join(format!("remote/{l}-put.txt")),
+            d.join(format!("back/{l}-put.txt")),
+        ] {
+            assert!(fs::read(&f).unwrap() == src, "content of {}", f.display());
+            assert_eq!(mode(&f), m, "{}", f.display());
+            assert_eq!(mtime(&f), UNIX_EPOCH + Duration::from_secs(t), "{}", f.display());
+        }
+    }
+    let commands = server.commands();
+    assert_eq!(commands.len(), 4, "{commands:?}");
+    assert!(commands.iter().all(|c| c.starts_with("scp ")), "{commands:?}");
+}
+
+#[test]
+fn directory_trees_recursive_keep_modes_and_mtimes() {
+    let server = scp_only_server();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let tree = d.join("tree");
+    fs::create_dir_all(tree.join("sub/deeper")).unwrap();
+    fs::create_dir_all(tree.join("empty")).unwrap();
+    make_file(&tree.join("f1"), b"one", 0o600, 1_200_000_000);
+    make_file(&tree.join("with space 'n quote"), b"", 0o644, 1_250_000_000);
+    make_file(&tree.join("sub/f2.sh"), b"#!/bin/sh\necho two\n", 0o755, 1_300_000_000);
+    make_file(&tree.join("sub/deeper/f3"), &vec![7u8; 200_000], 0o640, 1_350_000_000);
+    // Directory modes and times last (writing inside changes a directory's mtime).
+    for (sub, m, t) in [
+        ("sub/deeper", 0o700, 1_360_000_000),
+        ("sub", 0o750, 1_400_000_000),
+        ("empty", 0o711, 1_450_000_000),
+        ("", 0o755, 1_500_000_000),
+    ] {
+        let p = tree.join(sub);
+        fs::set_permissions(&p, fs::Permissions::from_mode(m)).unwrap();
+        set_mtime(&p, t);
+    }
+    let remote = d.join("remote");
+    fs::create_dir(&remote).unwrap();
+    let back = d.join("back");
+    let mut p = Parallel::new();
+    p.add_host("r", host(&server)).unwrap();
+    // Into an existing directory: remote/tree.
+    p.push("r", ScpPut::new(ps(&tree), ps(&remote)).recursive(true))
+        .unwrap();
+    // To a new name: back is created as the copy of remote/tree.
+    p.push("r", ScpGet::new(ps(&remote.join("tree")), ps(&back)).recursive(true))
+        .unwrap();
+    let report = p.run();
+    assert!(report.success(), "{report}");
+    assert_same_tree(&tree, &remote.join("tree"));
+    assert_same_tree(&tree, &back);
+}
+
+#[test]
+fn several_sources_into_a_directory() {
+    let server = scp_only_server();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    make_file(&d.join("x1"), b"x1", 0o644, 1_000_000_001);
+    make_file(&d.join("x2"), b"x2", 0o600, 1_000_000_002);
+    fs::create_dir(d.join("xd")).unwrap();
+    make_file(&d.join("xd/inner"), b"inner", 0o640, 1_000_000_003);
+    for sub in ["remote", "back"] {
+        fs::create_dir(d.join(sub)).unwrap();
+    }
+    let mut p = Parallel::new();
+    p.add_host("m", host(&server)).unwrap();
+    p.push(
+        "m",
+        ScpPut::many(
+            [ps(&d.join("x1")), ps(&d.join("x2")), ps(&d.join("xd"))],
+            ps(&d.join("remote")),
+        )
+        .recursive(true),
+    )
+    .unwrap();
+    p.push(
+        "m",
+        ScpGet::many(
+            [
+                ps(&d.join("remote/x1")),
+                ps(&d.join("remote/x2")),
+                ps(&d.join("remote/xd")),
+            ],
+            ps(&d.join("back")),
+        )
+        .recursive(true),
+    )
+    .unwrap();
+    // Several sources into something that is not a directory: the remote sink refuses.
+    p.push(
+        "m",
+        ScpPut::many([ps(&d.join("x1")), ps(&d.join("x2"))], ps(&d.join("remote/x1"))).on_error(OnError::Ignore),
+    )
+    .unwrap();
+    let report = p.run();
+    let t = report.label("m").unwrap().tasks();
+    assert_eq!(t[0].status(), TaskStatus::Succeeded, "{report}");
+    assert_eq!(t[1].status(), TaskStatus::Succeeded, "{report}");
+    for sub in ["remote", "back"] {
+        let base = d.join(sub);
+        assert_eq!(fs::read(base.join("x1")).unwrap(), b"x1");
+        assert_eq!(fs::read(base.join("x2")).unwrap(), b"x2");
+        assert_eq!(mode(&base.join("x2")), 0o600);
+        assert_eq!(mtime(&base.join("x2")), UNIX_EPOCH + Duration::from_secs(1_000_000_002));
+        assert_eq!(fs::read(base.join("xd/inner")).unwrap(), b"inner");
+    }
+    let e = t[2].error().expect("an error");
+    assert_eq!(e.kind(), ErrorKind::Transfer, "{e}");
+    assert!(e.to_string().contains("remote/x1"), "{e}");
+}
+
+#[test]
+fn remote_errors_are_transfer_errors_naming_the_path() {
+    // A real shell this time, for the last command; scp still goes to the built-in.
+    let server = EmbeddedServer::builder()
+        .password(USER, PASSWORD)
+        .builtin_scp(true)
+        .start()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    fs::create_dir_all(d.join("adir/sub")).unwrap();
+    make_file(&d.join("adir/f"), b"f", 0o644, 1_000_000_000);
+    let ign = OnError::Ignore;
+    let mut p = Parallel::new();
+    p.add_host("e", host(&server)).unwrap();
+    p.push(
+        "e",
+        ScpGet::new(ps(&d.join("no-such-remote-file")), ps(&d.join("got"))).on_error(ign.clone()),
+    )
+    .unwrap();
+    p.push(
+        "e",
+        ScpGet::new(ps(&d.join("adir")), ps(&d.join("got-dir"))).on_error(ign.clone()),
+    )
+    .unwrap();
+    p.push(
+        "e",
+        ScpPut::new(ps(&d.join("adir/f")), ps(&d.join("no-such-remote-dir/f"))).on_error(ign.clone()),
+    )
+    .unwrap();
+    // The session is still fine afterwards.
+    p.push("e", Command::new("echo still-here")).unwrap();
+    let report = p.run();
+    let t = report.label("e").unwrap().tasks();
+    let expect = [
+        ("no-such-remote-file", "No such file"),
+        ("adir", "recursive"),
+        ("no-such-remote-dir/f", "No such file"),
+    ];
+    for (i, (path, why)) in expect.iter().enumerate() {
+        let e = t[i].error().unwrap_or_else(|| panic!("task {i} should fail: {report}"));
+        assert_eq!(e.kind(), ErrorKind::Transfer, "task {i}: {e}");
+        let msg = e.to_string();
+        assert!(msg.contains(path), "task {i}: {msg}");
+        assert!(msg.contains(why), "task {i}: {msg}");
+    }
+    assert!(!d.join("got-dir").exists());
+    assert_eq!(t[3].stdout_str(), "still-here\n", "{report}");
+    assert!(
+        server.commands()[..3].iter().all(|c| c.starts_with("scp ")),
+        "{:?}",
+        server.commands()
+    );
+}
