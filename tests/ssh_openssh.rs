@@ -67,13 +67,10 @@ fn keys() -> &'static Keys {
 }
 
 /// Records `name` with `key` ("type base64") in the fake HOME's known_hosts.
+/// Appends in one write, never rewriting the file: other tests' runs read it
+/// (and accept-new appends to it) at the same time.
 fn trust(name: &str, key: &str) {
-    let k = keys();
-    let _g = k.known_hosts.lock().unwrap();
-    let path = k.dir.join("home/.ssh/known_hosts");
-    let mut text = fs::read_to_string(&path).unwrap_or_default();
-    text.push_str(&format!("{name} {key}\n"));
-    fs::write(path, text).unwrap();
+    trust_line(&format!("{name} {key}"));
 }
 
 fn free_port() -> u16 {
@@ -854,7 +851,7 @@ fn pam_sshd(methods: Option<&str>) -> Option<testbed::OpenSshServer> {
 fn trust_line(line: &str) {
     let k = keys();
     let _g = k.known_hosts.lock().unwrap();
-    testbed::append_line(&k.dir.join("home/.ssh/known_hosts"), line).unwrap();
+    common::append_known_host(&k.dir.join("home/.ssh/known_hosts"), line);
 }
 
 fn password_host(port: u16, password: &str) -> Host {
@@ -962,7 +959,12 @@ fn wrong_password_is_a_connect_error_listing_the_methods_tried() {
         assert!(!msg.contains("not-the-password"), "the password leaked: {msg}");
         let statuses: Vec<TaskStatus> = report.label("w").unwrap().tasks().iter().map(|t| t.status()).collect();
         assert_eq!(statuses, [TaskStatus::Failed, TaskStatus::Cancelled]);
-        assert!(server.log().contains("Failed "), "{}", server.log());
+        // sshd logs the failure once PAM's failure delay is over.
+        assert!(
+            common::wait_until(Duration::from_secs(10), || server.log().contains("Failed ")),
+            "{}",
+            server.log()
+        );
     }
 }
 

@@ -76,7 +76,7 @@ fn fixture() -> &'static Fixture {
 fn trust(known_hosts_line: &str) {
     let f = fixture();
     let _guard = f.known_hosts_lock.lock().unwrap();
-    testbed::append_line(&f.known_hosts, known_hosts_line).unwrap();
+    common::append_known_host(&f.known_hosts, known_hosts_line);
 }
 
 // ---- the servers under test -------------------------------------------------

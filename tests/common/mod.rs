@@ -108,3 +108,17 @@ pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
     data.truncate(len);
     data
 }
+
+/// Appends `line` and a newline to a known_hosts file in a single write, so
+/// that a run reading the file at the same time never sees it truncated or
+/// half-written (a rewrite would truncate it first).
+pub fn append_known_host(path: &Path, line: &str) {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    f.write_all(format!("{line}\n").as_bytes())
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+}
