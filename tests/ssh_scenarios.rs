@@ -340,6 +340,8 @@ on_both_servers! {
     all_labels_connect_and_run_at_once => all_labels_connect_and_run_at_once_embedded, all_labels_connect_and_run_at_once_openssh;
     workers_limit_holds => workers_limit_holds_embedded, workers_limit_holds_openssh;
     local_tasks_take_no_worker_slot => local_tasks_take_no_worker_slot_embedded, local_tasks_take_no_worker_slot_openssh;
+    worker_slots_go_to_labels_in_fifo_order
+        => worker_slots_go_to_labels_in_fifo_order_embedded, worker_slots_go_to_labels_in_fifo_order_openssh;
     connections_limit_evicts_the_least_recently_used_idle_connection
         => connections_limit_evicts_the_least_recently_used_idle_connection_embedded,
            connections_limit_evicts_the_least_recently_used_idle_connection_openssh;
@@ -353,6 +355,9 @@ on_both_servers! {
     lost_connection_with_reconnections_exhausted_under_each_policy
         => lost_connection_with_reconnections_exhausted_under_each_policy_embedded,
            lost_connection_with_reconnections_exhausted_under_each_policy_openssh;
+    task_reconnections_override_the_host_and_global_ones
+        => task_reconnections_override_the_host_and_global_ones_embedded,
+           task_reconnections_override_the_host_and_global_ones_openssh;
     lost_connection_is_not_jumped_over_by_or_goto
         => lost_connection_is_not_jumped_over_by_or_goto_embedded,
            lost_connection_is_not_jumped_over_by_or_goto_openssh;
@@ -651,6 +656,31 @@ fn local_tasks_take_no_worker_slot(s: &dyn Server) {
     assert_eq!(s.logins(), 1, "the sub-only label never connects");
 }
 
+/// `workers(1)`: slots go to labels in the order they became ready, and a
+/// label coming back for its next task queues behind those already waiting.
+fn worker_slots_go_to_labels_in_fifo_order(s: &dyn Server) {
+    let dir = tempdir();
+    let log = dir.path().join("log");
+    let labels = ["l0", "l1", "l2", "l3"];
+    let mut p = Parallel::builder().workers(1).build().unwrap();
+    for l in labels {
+        p.add_host(l, s.host()).unwrap();
+    }
+    p.all(Command::new(format!("echo %LABEL%-a >> {}", log.display())))
+        .unwrap();
+    p.all(Command::new(format!("echo %LABEL%-b >> {}", log.display())))
+        .unwrap();
+    let report = p.run();
+    assert!(report.success(), "{report}");
+    let order = fs::read_to_string(&log).unwrap();
+    let want: Vec<String> = ["a", "b"]
+        .iter()
+        .flat_map(|t| labels.map(|l| format!("{l}-{t}")))
+        .collect();
+    assert_eq!(order.lines().collect::<Vec<_>>(), want, "{order}");
+    assert_eq!(s.logins(), 4, "labels keep their connection while waiting for a slot");
+}
+
 /// `connections(2)`: x and y hold idle connections while waiting on a join;
 /// z needs one, so the least recently used (x's) is closed; x reconnects for
 /// its last task, y never does. Never more than two connections at once.
@@ -854,6 +884,39 @@ fn lost_connection_with_reconnections_exhausted_under_each_policy(s: &dyn Server
         }
         assert_eq!(line_count(&starts), if name == "retry" { 3 } else { 2 }, "{name}");
     }
+}
+
+/// The task's reconnections win over the host's, which win over the global
+/// ones: a task with none fails at its first lost connection.
+fn task_reconnections_override_the_host_and_global_ones(s: &dyn Server) {
+    let dir = tempdir();
+    let starts = dir.path().join("starts");
+    let mut p = Parallel::builder().reconnections(3).build().unwrap();
+    p.add_host("t", s.host().reconnections(2)).unwrap();
+    p.push("t", Command::new(droppable(&starts, 1)).reconnections(0))
+        .unwrap();
+    let (report, _, cuts) = run_cutting(s, &mut p, &starts, 1);
+    assert_eq!(cuts, 1);
+    assert_statuses(&report, "t", &[Failed]);
+    let t = task(&report, "t", 0);
+    assert_eq!((t.attempts(), t.reruns()), (1, 0), "{t:?}");
+    assert_eq!(label_error_kind(&report, "t"), Some(ErrorKind::Connect));
+    assert_eq!(line_count(&starts), 1, "not re-run");
+
+    // The host's 2 apply when the task sets none (the global 3 do not).
+    let dir = tempdir();
+    let starts = dir.path().join("starts");
+    let mut p = Parallel::builder().reconnections(3).build().unwrap();
+    p.add_host("h", s.host().reconnections(2)).unwrap();
+    p.push("h", Command::new(droppable(&starts, 3)).on_error(OnError::Ignore))
+        .unwrap();
+    let (report, _, cuts) = run_cutting(s, &mut p, &starts, 3);
+    assert_eq!(cuts, 3);
+    assert_statuses(&report, "h", &[Ignored]);
+    let t = task(&report, "h", 0);
+    assert_eq!((t.attempts(), t.reruns()), (1, 2), "{t:?}");
+    assert_eq!(task_error_kind(&report, "h", 0), Some(ErrorKind::Connect));
+    assert_eq!(line_count(&starts), 3);
 }
 
 /// `or_goto` jumps over non-zero exits only: a lost connection goes to the
@@ -1393,6 +1456,8 @@ fn stdin_env_exit_codes_and_signals(s: &dyn Server) {
         Command::new("exit 255").on_error(OnError::Ignore),
         // 8: argv, every word quoted
         Command::argv(["printf", "[%s]", "a b", "it's", "$HOME", ";"]),
+        // 9: the host's variables
+        Command::new("echo %LABEL% %HOST% %PORT% %USER% 100%%"),
         Command::new("echo last"),
     ];
     for c in steps {
@@ -1426,7 +1491,9 @@ fn stdin_env_exit_codes_and_signals(s: &dyn Server) {
     assert_eq!(t[7].exit_code(), Some(255));
     assert_eq!(t[7].error().map(|e| e.kind()), Some(ErrorKind::Command));
     assert_eq!(t[8].stdout_str(), "[a b][it's][$HOME][;]");
-    assert_eq!(t[9].stdout_str(), "last\n");
+    let user = s.host().user_name().unwrap().to_owned();
+    assert_eq!(t[9].stdout_str(), format!("x 127.0.0.1 {} {user} 100%\n", s.port()));
+    assert_eq!(t[10].stdout_str(), "last\n");
     assert_eq!(s.logins(), 1, "every task on one session");
 }
 
