@@ -360,14 +360,7 @@ impl OpenSshServer {
     /// Returns how many processes were signalled.
     pub fn drop_connections(&self) -> usize {
         let Some(child) = &self.child else { return 0 };
-        let pids = descendants(child.id());
-        for &pid in &pids {
-            // SAFETY: signalling processes forked by the sshd we started.
-            unsafe {
-                libc::kill(pid as libc::pid_t, libc::SIGKILL);
-            }
-        }
-        pids.len()
+        kill_descendants(child.id())
     }
 
     /// Starts the listener again after [`stop_listener`](Self::stop_listener) (or
@@ -462,12 +455,7 @@ impl OpenSshServer {
     /// listener (SIGKILL after 2 s), which is reaped. Open connections see EOF.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            for pid in descendants(child.id()) {
-                // SAFETY: signalling processes forked by the sshd we started.
-                unsafe {
-                    libc::kill(pid as libc::pid_t, libc::SIGKILL);
-                }
-            }
+            kill_descendants(child.id());
             kill_child(&mut child);
         }
     }
@@ -485,6 +473,43 @@ impl Drop for OpenSshServer {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// SIGKILL to every descendant of `root` (the sshd listener) and to the process groups
+/// they lead: sshd runs each command in its own session, so a command's children forked
+/// after the `/proc` scan die with their group. Groups shared with `root` or with this
+/// process are never signalled as groups. Returns how many processes were found.
+fn kill_descendants(root: u32) -> usize {
+    let pids = descendants(root);
+    // SAFETY: getpgrp has no preconditions; getpgid on our own child is fine.
+    let (own_group, root_group) = unsafe { (libc::getpgrp(), libc::getpgid(root as libc::pid_t)) };
+    let mut groups: Vec<libc::pid_t> = pids
+        .iter()
+        .filter_map(|&pid| process_group(pid))
+        .filter(|&g| g > 1 && g != own_group && g != root_group)
+        .collect();
+    groups.sort_unstable();
+    groups.dedup();
+    for g in groups {
+        // SAFETY: signalling a process group led by a process the sshd we started forked.
+        unsafe {
+            libc::kill(-g, libc::SIGKILL);
+        }
+    }
+    for &pid in &pids {
+        // SAFETY: signalling processes forked by the sshd we started.
+        unsafe {
+            libc::kill(pid as libc::pid_t, libc::SIGKILL);
+        }
+    }
+    pids.len()
+}
+
+/// The process group of `pid` (field 5 of `/proc/PID/stat`), if it still exists.
+fn process_group(pid: u32) -> Option<libc::pid_t> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(2)?.parse().ok()
 }
 
 /// Every descendant of `root` (not `root` itself), parents before children, from `/proc`.
