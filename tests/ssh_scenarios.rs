@@ -382,6 +382,9 @@ on_both_servers! {
     stdin_env_exit_codes_and_signals => stdin_env_exit_codes_and_signals_embedded, stdin_env_exit_codes_and_signals_openssh;
     scp_put_and_get_verified_by_sha256
         => scp_put_and_get_verified_by_sha256_embedded, scp_put_and_get_verified_by_sha256_openssh;
+    scp_interrupted_by_a_lost_connection_is_rerun
+        => scp_interrupted_by_a_lost_connection_is_rerun_embedded,
+           scp_interrupted_by_a_lost_connection_is_rerun_openssh;
 }
 
 // ---- helpers ----------------------------------------------------------------
@@ -414,12 +417,22 @@ fn droppable(starts: &Path, drops: usize) -> String {
 /// line, `drops` times at most. Returns the report, the run's duration and how
 /// many cuts were made.
 fn run_cutting(server: &dyn Server, p: &mut Parallel, starts: &Path, drops: usize) -> (Report, Duration, usize) {
+    run_cutting_when(server, p, drops, || line_count(starts))
+}
+
+/// Like [`run_cutting`], with `started()` counting the starts seen so far.
+fn run_cutting_when(
+    server: &dyn Server,
+    p: &mut Parallel,
+    drops: usize,
+    started: impl Fn() -> usize + Sync,
+) -> (Report, Duration, usize) {
     let stop = AtomicBool::new(false);
     std::thread::scope(|scope| {
         let cutter = scope.spawn(|| {
             let mut cuts = 0;
             while !stop.load(Ordering::Relaxed) {
-                if cuts < drops && line_count(starts) > cuts {
+                if cuts < drops && started() > cuts {
                     server.drop_connections();
                     cuts += 1;
                 }
@@ -1553,6 +1566,45 @@ fn scp_put_and_get_verified_by_sha256(s: &dyn Server) {
         }
     }
     assert_eq!(s.logins(), 3, "transfers reuse each label's session");
+}
+
+/// A transfer whose connection dies midway is re-run from the start after
+/// reconnecting, like a command, and the copy is whole.
+fn scp_interrupted_by_a_lost_connection_is_rerun(s: &dyn Server) {
+    let dir = tempdir();
+    let d = dir.path();
+    let src = d.join("src.bin");
+    fs::write(&src, random_bytes(24 << 20, 99)).unwrap();
+    let sum = sha256(&src);
+    for (name, target) in [("put", d.join("remote.bin")), ("get", d.join("back.bin"))] {
+        let mut p = Parallel::builder()
+            .reconnections(1)
+            .reconnect_delay(Duration::from_millis(100))
+            .build()
+            .unwrap();
+        p.add_host(name, s.host()).unwrap();
+        let (from, to) = (src.display().to_string(), target.display().to_string());
+        if name == "put" {
+            p.push(name, ScpPut::new(from, to)).unwrap();
+        } else {
+            p.push(name, ScpGet::new(from, to)).unwrap();
+        }
+        let l0 = s.logins();
+        // Cut once a megabyte has arrived.
+        let (report, _, cuts) = run_cutting_when(s, &mut p, 1, || {
+            usize::from(fs::metadata(&target).is_ok_and(|m| m.len() > 1 << 20))
+        });
+        assert_eq!(cuts, 1, "{name}");
+        assert!(report.success(), "{name}: {report}");
+        let t = task(&report, name, 0);
+        assert_eq!(
+            (t.status(), t.attempts(), t.reruns()),
+            (Succeeded, 1, 1),
+            "{name}: {t:?}"
+        );
+        assert_eq!(sha256(&target), sum, "{name}: the copy is whole");
+        assert_eq!(s.logins() - l0, 2, "{name}: one reconnection");
+    }
 }
 
 // ---- scenarios only one server can stage ----------------------------------------
