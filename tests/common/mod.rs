@@ -54,17 +54,28 @@ pub fn sshd_required() -> bool {
 /// The client ends of the TCP connections from this machine to 127.0.0.1:`port`
 /// that are still held open by their owner (connecting, established, or closed
 /// by the peer but not yet by us), from /proc/net/tcp.
+///
+/// The kernel produces that file a page at a time, so while the table changes
+/// a read can list a socket twice or miss one: sockets are counted by distinct
+/// local address, over three reads in a row (the largest count wins).
 pub fn open_client_sockets(port: u16) -> usize {
-    let text = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
     let want = format!(":{port:04X}");
-    text.lines()
-        .skip(1)
-        .filter(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            // remote address ends with the server's port; 01 ESTABLISHED, 02 SYN_SENT, 08 CLOSE_WAIT
-            f.len() > 3 && f[2].ends_with(&want) && matches!(f[3], "01" | "02" | "08")
+    (0..3)
+        .map(|_| {
+            let text = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+            text.lines()
+                .skip(1)
+                .filter_map(|l| {
+                    let f: Vec<&str> = l.split_whitespace().collect();
+                    // remote address ends with the server's port; 01 ESTABLISHED, 02 SYN_SENT, 08 CLOSE_WAIT
+                    (f.len() > 3 && f[2].ends_with(&want) && matches!(f[3], "01" | "02" | "08"))
+                        .then(|| f[1].to_owned())
+                })
+                .collect::<std::collections::HashSet<_>>()
+                .len()
         })
-        .count()
+        .max()
+        .unwrap_or(0)
 }
 
 /// Hex SHA-256 of a file, by `sha256sum`.
