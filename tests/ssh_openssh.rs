@@ -1,5 +1,8 @@
 //! The SSH transport against the real OpenSSH sshd on 127.0.0.1 (skipped, with
-//! a message, when /usr/sbin/sshd is missing or we are not root).
+//! a message, when /usr/sbin/sshd is missing or we are not root; a failure
+//! instead when CI or TESTBED_REQUIRE_SSHD is set).
+
+mod common;
 
 use std::fs;
 use std::net::{TcpListener, TcpStream};
@@ -64,13 +67,10 @@ fn keys() -> &'static Keys {
 }
 
 /// Records `name` with `key` ("type base64") in the fake HOME's known_hosts.
+/// Appends in one write, never rewriting the file: other tests' runs read it
+/// (and accept-new appends to it) at the same time.
 fn trust(name: &str, key: &str) {
-    let k = keys();
-    let _g = k.known_hosts.lock().unwrap();
-    let path = k.dir.join("home/.ssh/known_hosts");
-    let mut text = fs::read_to_string(&path).unwrap_or_default();
-    text.push_str(&format!("{name} {key}\n"));
-    fs::write(path, text).unwrap();
+    trust_line(&format!("{name} {key}"));
 }
 
 fn free_port() -> u16 {
@@ -100,7 +100,7 @@ fn usable() -> bool {
     if !Path::new(SSHD).exists() || !root {
         // CI installs openssh-server and runs as root: there, a skip would hide
         // a broken setup, so it is a failure.
-        assert!(std::env::var_os("CI").is_none(), "CI must provide {SSHD} and root");
+        assert!(!common::sshd_required(), "CI must provide {SSHD} and root");
         eprintln!("skipping: needs {SSHD} and root");
         return false;
     }
@@ -800,4 +800,324 @@ fn scp_timeout_cancels_mid_transfer_and_the_session_stays_usable() {
     // cancelled transfer only when the remote scp notices, which on a loaded
     // machine takes seconds.
     assert!(took < Duration::from_secs(60), "took {took:?}");
+}
+
+// ---- authentication modes and host-key policies through our transport --------
+
+/// The throwaway account the password tests log in as (`.ci/run` creates it
+/// too). The password is public: the account exists only on test machines.
+const TEST_USER: &str = "sshpar-test";
+const TEST_PASSWORD: &str = "sshpar-Throwaway-7";
+
+/// Makes sure the test account exists with its password (needs root). Returns
+/// false to skip (not root, and neither CI nor TESTBED_REQUIRE_SSHD set).
+fn test_user() -> bool {
+    static DONE: OnceLock<Result<(), String>> = OnceLock::new();
+    let result = DONE.get_or_init(|| match testbed::OpenSshServer::ensure_user(TEST_USER, TEST_PASSWORD) {
+        Ok(()) => Ok(()),
+        Err(testbed::Error::Unavailable(why)) => Err(why),
+        Err(e) => panic!("cannot create the test user {TEST_USER}: {e}"),
+    });
+    match result {
+        Ok(()) => true,
+        Err(why) => {
+            assert!(
+                !common::sshd_required(),
+                "the password tests need the {TEST_USER} account: {why}"
+            );
+            eprintln!("skipping: {why}");
+            false
+        }
+    }
+}
+
+/// A testbed sshd (trusted in the fake HOME's known_hosts) with password and
+/// keyboard-interactive logins through PAM, restricted to `methods`
+/// (`AuthenticationMethods`) when given.
+fn pam_sshd(methods: Option<&str>) -> Option<testbed::OpenSshServer> {
+    if !usable() || !test_user() {
+        return None;
+    }
+    keys();
+    let mut builder = testbed::OpenSshServer::builder().password_logins();
+    if let Some(m) = methods {
+        builder = builder.authentication_methods(m);
+    }
+    let server = builder.start().expect("start sshd with PAM");
+    trust_line(&server.known_hosts_line);
+    Some(server)
+}
+
+fn trust_line(line: &str) {
+    let k = keys();
+    let _g = k.known_hosts.lock().unwrap();
+    common::append_known_host(&k.dir.join("home/.ssh/known_hosts"), line);
+}
+
+fn password_host(port: u16, password: &str) -> Host {
+    Host::new("127.0.0.1")
+        .port(port)
+        .user(TEST_USER)
+        .password(password)
+        .connect_timeout(Duration::from_secs(10))
+}
+
+/// `SHA256:...` of a public key line, as `ssh-keygen -l` prints it.
+fn fingerprint(public_key: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("key.pub");
+    fs::write(&f, format!("{public_key}\n")).unwrap();
+    let out = Process::new("ssh-keygen").arg("-lf").arg(&f).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_owned()
+}
+
+fn count_lines_with(log: &str, needle: &str) -> usize {
+    log.lines().filter(|l| l.contains(needle)).count()
+}
+
+#[test]
+fn password_login_on_a_password_only_server() {
+    let Some(server) = pam_sshd(Some("password")) else {
+        return;
+    };
+    let mut p = Parallel::new();
+    for l in ["p1", "p2"] {
+        p.add_host(l, password_host(server.port, TEST_PASSWORD)).unwrap();
+    }
+    p.all(Command::new("id -un; echo %LABEL%")).unwrap();
+    p.all(Command::new("echo second")).unwrap();
+    let report = p.run();
+    assert!(report.success(), "{report}\n{}", server.log());
+    for l in ["p1", "p2"] {
+        let t = report.label(l).unwrap().tasks();
+        assert_eq!(t[0].stdout_str(), format!("{TEST_USER}\n{l}\n"));
+        assert_eq!(t[1].stdout_str(), "second\n");
+    }
+    let log = server.log();
+    assert_eq!(
+        count_lines_with(&log, &format!("Accepted password for {TEST_USER} ")),
+        2,
+        "{log}"
+    );
+}
+
+#[test]
+fn keyboard_interactive_login_on_a_keyboard_interactive_only_server() {
+    let Some(server) = pam_sshd(Some("keyboard-interactive")) else {
+        return;
+    };
+    let mut p = Parallel::new();
+    p.add_host("k", password_host(server.port, TEST_PASSWORD)).unwrap();
+    p.push("k", Command::new("id -un")).unwrap();
+    let report = p.run();
+    assert!(report.success(), "{report}\n{}", server.log());
+    assert_eq!(
+        report.label("k").unwrap().tasks()[0].stdout_str(),
+        format!("{TEST_USER}\n")
+    );
+    let log = server.log();
+    assert_eq!(
+        count_lines_with(&log, &format!("Accepted keyboard-interactive/pam for {TEST_USER} ")),
+        1,
+        "{log}"
+    );
+}
+
+#[test]
+fn wrong_password_is_a_connect_error_listing_the_methods_tried() {
+    if !usable() || !test_user() {
+        return;
+    }
+    for (methods, tried, accepts) in [
+        (Some("password"), "tried password;", "the server accepts: password"),
+        (
+            Some("keyboard-interactive"),
+            "tried keyboard-interactive;",
+            "the server accepts: keyboard-interactive",
+        ),
+        (None, "tried password, keyboard-interactive;", "keyboard-interactive"),
+    ] {
+        let server = pam_sshd(methods).expect("sshd");
+        let mut p = Parallel::new();
+        p.add_host("w", password_host(server.port, "not-the-password")).unwrap();
+        p.push("w", Command::new("echo never")).unwrap();
+        p.push("w", Command::new("echo never either")).unwrap();
+        let report = p.run();
+        let e = report.label("w").unwrap().error().expect("an error");
+        assert_eq!(e.kind(), ErrorKind::Connect, "{methods:?}: {e}");
+        let msg = e.to_string();
+        assert!(msg.starts_with("w: task #0 (command `echo never`): "), "{msg}");
+        assert!(msg.contains("authentication failed"), "{msg}");
+        assert!(msg.contains(&format!("{TEST_USER}@127.0.0.1:{}", server.port)), "{msg}");
+        assert!(msg.contains(tried), "{methods:?}: {msg}");
+        assert!(msg.contains(accepts), "{methods:?}: {msg}");
+        assert!(!msg.contains("not-the-password"), "the password leaked: {msg}");
+        let statuses: Vec<TaskStatus> = report.label("w").unwrap().tasks().iter().map(|t| t.status()).collect();
+        assert_eq!(statuses, [TaskStatus::Failed, TaskStatus::Cancelled]);
+        // sshd logs the failure once PAM's failure delay is over.
+        assert!(
+            common::wait_until(Duration::from_secs(10), || server.log().contains("Failed ")),
+            "{}",
+            server.log()
+        );
+    }
+}
+
+#[test]
+fn key_auth_with_ed25519_ecdsa_and_rsa_keys_with_and_without_passphrase() {
+    if !usable() {
+        return;
+    }
+    use testbed::{ClientKey, KeyType};
+    let k = keys();
+    let mut cases = Vec::new();
+    for kind in [KeyType::Ed25519, KeyType::Ecdsa, KeyType::Rsa] {
+        for passphrase in [None, Some("open sesame")] {
+            cases.push((kind, passphrase, ClientKey::generate(kind, passphrase).unwrap()));
+        }
+    }
+    let mut builder = testbed::OpenSshServer::builder();
+    for (_, _, key) in &cases {
+        builder = builder.authorize(key);
+    }
+    let server = builder.start().expect("start sshd");
+    trust_line(&server.known_hosts_line);
+    let key_host = |key: &ClientKey| {
+        Host::new("127.0.0.1")
+            .port(server.port)
+            .user(&k.user)
+            .key_file(key.private_path())
+            .connect_timeout(Duration::from_secs(10))
+    };
+    let mut p = Parallel::new();
+    let mut labels = Vec::new();
+    for (kind, passphrase, key) in &cases {
+        let label = format!("{kind:?}-{}", if passphrase.is_some() { "encrypted" } else { "plain" });
+        let mut h = key_host(key);
+        if let Some(pw) = passphrase {
+            h = h.passphrase(*pw);
+        }
+        p.add_host(label.as_str(), h).unwrap();
+        labels.push(label);
+    }
+    // An encrypted key with a wrong passphrase, and without one.
+    let (_, _, encrypted) = &cases[1];
+    p.add_host("wrong-passphrase", key_host(encrypted).passphrase("not it"))
+        .unwrap();
+    p.add_host("no-passphrase", key_host(encrypted)).unwrap();
+    p.all(Command::new("echo %LABEL%")).unwrap();
+    let report = p.run();
+    for l in &labels {
+        let r = report.label(l).unwrap();
+        assert!(r.success(), "{l}: {report}\n{}", server.log());
+        assert_eq!(r.tasks()[0].stdout_str(), format!("{l}\n"));
+    }
+    for l in ["wrong-passphrase", "no-passphrase"] {
+        let e = report.label(l).unwrap().error().expect("an error");
+        assert_eq!(e.kind(), ErrorKind::Connect, "{l}: {e}");
+        let msg = e.to_string();
+        assert!(msg.contains("authentication failed"), "{l}: {msg}");
+        assert!(
+            msg.contains(&encrypted.private_path().display().to_string()),
+            "{l}: {msg}"
+        );
+        assert!(!msg.contains("not it"), "the passphrase leaked: {msg}");
+    }
+    let log = server.log();
+    let accepted = format!("Accepted publickey for {} from", k.user);
+    for (kind, n) in [("ED25519", 2), ("ECDSA", 2), ("RSA", 2)] {
+        let got = log
+            .lines()
+            .filter(|l| l.starts_with(&accepted) && l.contains(&format!("ssh2: {kind} ")))
+            .count();
+        assert_eq!(got, n, "{kind} logins: {log}");
+    }
+}
+
+#[test]
+fn accept_new_records_an_unknown_key_then_refuses_a_changed_one_off_does_not_check() {
+    if !usable() {
+        return;
+    }
+    let k = keys();
+    let authorized = fs::read_to_string(k.dir.join("client_key.pub")).unwrap();
+    let first = testbed::OpenSshServer::builder()
+        .authorized_key(authorized.trim())
+        .start()
+        .expect("start sshd");
+    let port = first.port;
+    let name = format!("[127.0.0.1]:{port}");
+    let known_hosts = k.dir.join("home/.ssh/known_hosts");
+    let run = |check: HostKeyCheck| {
+        let mut p = Parallel::new();
+        p.add_host("h", host(port).host_key_check(check)).unwrap();
+        p.push("h", Command::new("echo ok")).unwrap();
+        p.run()
+    };
+    let recorded = |text: &str| text.lines().filter(|l| l.starts_with(&format!("{name} "))).count();
+
+    let r = run(HostKeyCheck::AcceptNew);
+    assert!(r.success(), "{r}");
+    let text = fs::read_to_string(&known_hosts).unwrap();
+    let first_key: String = first
+        .host_public_key
+        .split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(text.contains(&format!("{name} {first_key}\n")), "{text}");
+    assert_eq!(recorded(&text), 1);
+    // Known now: accepted again without a second line, and strict accepts it.
+    assert!(run(HostKeyCheck::AcceptNew).success());
+    assert!(run(HostKeyCheck::Strict).success());
+    assert_eq!(recorded(&fs::read_to_string(&known_hosts).unwrap()), 1);
+
+    // The host is "reinstalled": same address and port, another host key.
+    drop(first);
+    let mut second = None;
+    for _ in 0..50 {
+        match testbed::OpenSshServer::builder()
+            .authorized_key(authorized.trim())
+            .port(port)
+            .start()
+        {
+            Ok(s) => {
+                second = Some(s);
+                break;
+            }
+            // The port may linger or be taken for a moment by another test's client.
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+    let second = second.expect("a second sshd on the same port");
+    let fp = fingerprint(&second.host_public_key);
+    for check in [HostKeyCheck::AcceptNew, HostKeyCheck::Strict] {
+        let r = run(check);
+        let e = r.label("h").unwrap().error().expect("a changed key is refused");
+        assert_eq!(e.kind(), ErrorKind::Connect, "{check:?}: {e}");
+        let msg = e.to_string();
+        assert!(
+            msg.contains(&format!("host key verification failed for {name}")),
+            "{msg}"
+        );
+        assert!(
+            msg.contains(&fp),
+            "{check:?}: names the new key's fingerprint {fp}: {msg}"
+        );
+        assert!(msg.contains("does not match"), "{msg}");
+        assert!(msg.contains(&known_hosts.display().to_string()), "{msg}");
+    }
+    // Nothing was recorded over the old key.
+    let text = fs::read_to_string(&known_hosts).unwrap();
+    assert_eq!(recorded(&text), 1, "{text}");
+    assert!(text.contains(&format!("{name} {first_key}\n")), "{text}");
+    // Off does not check at all.
+    let r = run(HostKeyCheck::Off);
+    assert!(r.success(), "{r}");
+    assert_eq!(r.label("h").unwrap().tasks()[0].stdout_str(), "ok\n");
 }

@@ -16,6 +16,11 @@ pub struct OpenSshServerBuilder {
     extra_config: Vec<String>,
     authorized_keys: Vec<String>,
     startup_timeout: Duration,
+    use_pam: bool,
+    password_authentication: bool,
+    kbd_interactive_authentication: bool,
+    authentication_methods: Option<String>,
+    port: Option<u16>,
 }
 
 impl Default for OpenSshServerBuilder {
@@ -25,6 +30,11 @@ impl Default for OpenSshServerBuilder {
             extra_config: Vec::new(),
             authorized_keys: Vec::new(),
             startup_timeout: Duration::from_secs(10),
+            use_pam: false,
+            password_authentication: true,
+            kbd_interactive_authentication: true,
+            authentication_methods: None,
+            port: None,
         }
     }
 }
@@ -55,6 +65,51 @@ impl OpenSshServerBuilder {
         self.authorized_key(key.public_line())
     }
 
+    /// `PasswordAuthentication yes|no` (default yes). Passwords are checked against the
+    /// system's password database (through PAM with [`use_pam`](Self::use_pam)), so only
+    /// accounts with a password can log in this way (see [`OpenSshServer::ensure_user`]).
+    pub fn password_authentication(mut self, on: bool) -> Self {
+        self.password_authentication = on;
+        self
+    }
+
+    /// `KbdInteractiveAuthentication yes|no` (default yes). On Linux, sshd answers
+    /// keyboard-interactive only through PAM: turn [`use_pam`](Self::use_pam) on as well.
+    pub fn kbd_interactive_authentication(mut self, on: bool) -> Self {
+        self.kbd_interactive_authentication = on;
+        self
+    }
+
+    /// `UsePAM yes` instead of `UsePAM no` (the default). Needs `/etc/pam.d/sshd` (checked by
+    /// [`start`](Self::start), which returns [`Error::Unavailable`] without it). With PAM,
+    /// password and keyboard-interactive logins go through the system's PAM stack.
+    pub fn use_pam(mut self, on: bool) -> Self {
+        self.use_pam = on;
+        self
+    }
+
+    /// Enables password and keyboard-interactive logins through PAM: `UsePAM yes`,
+    /// `PasswordAuthentication yes`, `KbdInteractiveAuthentication yes`.
+    pub fn password_logins(self) -> Self {
+        self.use_pam(true)
+            .password_authentication(true)
+            .kbd_interactive_authentication(true)
+    }
+
+    /// `AuthenticationMethods LIST` (e.g. `"password"`, `"keyboard-interactive"`,
+    /// `"publickey"`): forces clients to use exactly these methods.
+    pub fn authentication_methods(mut self, methods: impl Into<String>) -> Self {
+        self.authentication_methods = Some(methods.into());
+        self
+    }
+
+    /// Listens on this port instead of a free one picked at random (e.g. to start a server
+    /// with another host key where an earlier one listened). `start` fails if it is taken.
+    pub fn port(mut self, port: u16) -> Self {
+        self.port = Some(port);
+        self
+    }
+
     /// How long to wait for sshd to accept connections (default 10 s).
     pub fn startup_timeout(mut self, timeout: Duration) -> Self {
         self.startup_timeout = timeout;
@@ -64,6 +119,11 @@ impl OpenSshServerBuilder {
     /// Starts sshd. See [`OpenSshServer::start`].
     pub fn start(self) -> Result<OpenSshServer> {
         OpenSshServer::check_available_at(&self.sshd)?;
+        if self.use_pam && !Path::new(PAM_SSHD).exists() {
+            return Err(Error::Unavailable(format!(
+                "UsePAM yes needs {PAM_SSHD} (install openssh-server's PAM configuration)"
+            )));
+        }
         std::fs::create_dir_all("/run/sshd").map_err(io_err("creating /run/sshd"))?;
         let dir = tempfile::Builder::new()
             .prefix("testbed-sshd")
@@ -81,14 +141,20 @@ impl OpenSshServerBuilder {
         std::fs::write(&authorized_keys, keys).map_err(io_err("writing authorized_keys"))?;
 
         let mut last_error = String::new();
-        for _attempt in 0..5 {
-            let port = crate::free_port()?;
+        let attempts = if self.port.is_some() { 1 } else { 5 };
+        for _attempt in 0..attempts {
+            let port = match self.port {
+                Some(port) => port,
+                None => crate::free_port()?,
+            };
             match self.try_start(dir.path(), port) {
                 Ok(mut child) => match crate::wait_for_ssh_banner_or_exit(port, &mut child, self.startup_timeout) {
                     Ok(()) => {
                         return Ok(OpenSshServer {
                             port,
                             pid: child.id(),
+                            sshd: self.sshd.clone(),
+                            startup_timeout: self.startup_timeout,
                             known_hosts_line: crate::known_hosts_line(port, &host_public_key),
                             host_public_key,
                             authorized_keys,
@@ -116,6 +182,10 @@ impl OpenSshServerBuilder {
     fn try_start(&self, dir: &Path, port: u16) -> Result<Child> {
         let config_path = dir.join("sshd_config");
         let d = dir.display();
+        let yes = |on: bool| if on { "yes" } else { "no" };
+        let use_pam = yes(self.use_pam);
+        let password = yes(self.password_authentication);
+        let kbd_interactive = yes(self.kbd_interactive_authentication);
         let mut config = format!(
             "Port {port}
 ListenAddress 127.0.0.1
@@ -123,11 +193,11 @@ HostKey {d}/ssh_host_ed25519_key
 PidFile {d}/sshd.pid
 AuthorizedKeysFile {d}/authorized_keys
 StrictModes no
-UsePAM no
+UsePAM {use_pam}
 PermitRootLogin yes
 PubkeyAuthentication yes
-PasswordAuthentication yes
-KbdInteractiveAuthentication yes
+PasswordAuthentication {password}
+KbdInteractiveAuthentication {kbd_interactive}
 PermitEmptyPasswords no
 MaxStartups 1000:30:1000
 MaxSessions 100
@@ -144,23 +214,34 @@ Subsystem sftp internal-sftp
 LogLevel VERBOSE
 "
         );
+        if let Some(methods) = &self.authentication_methods {
+            config.push_str(&format!("AuthenticationMethods {methods}\n"));
+        }
         for line in &self.extra_config {
             config.push_str(line);
             config.push('\n');
         }
         std::fs::write(&config_path, config).map_err(io_err("writing sshd_config"))?;
         let log = std::fs::File::create(dir.join("sshd.log")).map_err(io_err("creating sshd.log"))?;
-        Command::new(&self.sshd)
-            .arg("-D")
-            .arg("-e")
-            .arg("-f")
-            .arg(&config_path)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().map_err(io_err("dup sshd.log"))?)
-            .stderr(log)
-            .spawn()
-            .map_err(io_err(format!("starting {}", self.sshd.display())))
+        spawn_sshd(&self.sshd, &config_path, log)
     }
+}
+
+/// `/etc/pam.d/sshd`, which `UsePAM yes` needs.
+const PAM_SSHD: &str = "/etc/pam.d/sshd";
+
+/// Starts `sshd -D -e -f CONFIG` with its output going to `log`.
+fn spawn_sshd(sshd: &Path, config_path: &Path, log: std::fs::File) -> Result<Child> {
+    Command::new(sshd)
+        .arg("-D")
+        .arg("-e")
+        .arg("-f")
+        .arg(config_path)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().map_err(io_err("dup sshd.log"))?)
+        .stderr(log)
+        .spawn()
+        .map_err(io_err(format!("starting {}", sshd.display())))
 }
 
 /// A running OpenSSH `sshd -D` on 127.0.0.1 with its own host key (ed25519), config,
@@ -183,6 +264,8 @@ pub struct OpenSshServer {
     pub config_path: PathBuf,
     /// sshd's log (`-e` output).
     pub log_path: PathBuf,
+    sshd: PathBuf,
+    startup_timeout: Duration,
     child: Option<Child>,
     dir: tempfile::TempDir,
 }
@@ -197,7 +280,8 @@ impl OpenSshServer {
     /// another port if that one was taken meanwhile) and waits until it sends its banner.
     ///
     /// The config sets: `ListenAddress 127.0.0.1`, its own ed25519 `HostKey`, `PidFile`,
-    /// `AuthorizedKeysFile`, `StrictModes no`, `UsePAM no`, `PermitRootLogin yes`, password,
+    /// `AuthorizedKeysFile`, `StrictModes no`, `UsePAM no` (see
+    /// [`OpenSshServerBuilder::use_pam`]), `PermitRootLogin yes`, password,
     /// keyboard-interactive and public-key auth, `MaxStartups 1000:30:1000`,
     /// `MaxSessions 100`, `SetEnv SHLVL=1`, `AcceptEnv *`, sftp as `internal-sftp`, and
     /// curve25519 / ed25519 algorithms. `/run/sshd` is created if missing.
@@ -254,17 +338,124 @@ impl OpenSshServer {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
+    /// TCP connections sshd has logged so far (`Connection from ...` lines, written by the
+    /// per-connection process once it starts). This includes the probe [`start`](Self::start)
+    /// made to wait for the banner, which is logged shortly after `start` returns.
+    pub fn connections_logged(&self) -> usize {
+        self.log().lines().filter(|l| l.starts_with("Connection from ")).count()
+    }
+
+    /// Successful logins sshd has logged so far (`Accepted METHOD for USER from ...` lines;
+    /// not the `Accepted key ... found at` lines of public-key probes).
+    pub fn logins_logged(&self) -> usize {
+        self.log()
+            .lines()
+            .filter(|l| l.starts_with("Accepted ") && l.contains(" for ") && l.contains(" from "))
+            .count()
+    }
+
+    /// Cuts every open connection, like [`stop`](Self::stop), but keeps the listener: SIGKILL
+    /// to every process the listener forked (per-connection sshd processes and the commands
+    /// they run). Clients see their connection closed; new connections are accepted.
+    /// Returns how many processes were signalled.
+    pub fn drop_connections(&self) -> usize {
+        let Some(child) = &self.child else { return 0 };
+        kill_descendants(child.id())
+    }
+
+    /// Starts the listener again after [`stop_listener`](Self::stop_listener) (or
+    /// [`stop`](Self::stop)): same config, same port, same host key; waits for its banner.
+    /// Does nothing if the listener is running.
+    pub fn start_listener(&mut self) -> Result<()> {
+        if self.child.is_some() {
+            return Ok(());
+        }
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.log_path)
+            .map_err(io_err("opening sshd.log"))?;
+        let mut child = spawn_sshd(&self.sshd, &self.config_path, log)?;
+        if let Err(e) = crate::wait_for_ssh_banner_or_exit(self.port, &mut child, self.startup_timeout) {
+            kill_child(&mut child);
+            return Err(Error::Start(format!("sshd did not restart on port {}: {e}", self.port)));
+        }
+        self.pid = child.id();
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Makes sure the local account `user` exists (`useradd -m -s /bin/sh`) and has
+    /// `password` (`chpasswd`), for password and keyboard-interactive logins. Idempotent.
+    /// Needs root ([`Error::Unavailable`] otherwise) and the `useradd`/`chpasswd` tools.
+    pub fn ensure_user(user: &str, password: &str) -> Result<()> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err(Error::Unavailable(format!("creating the user {user} needs root")));
+        }
+        let mut last = None;
+        for _ in 0..5 {
+            match Self::try_ensure_user(user, password) {
+                Ok(()) => return Ok(()),
+                // Another process may hold the lock on /etc/passwd or /etc/shadow.
+                Err(e) => last = Some(e),
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Err(last.expect("at least one attempt"))
+    }
+
+    fn try_ensure_user(user: &str, password: &str) -> Result<()> {
+        let exists = Command::new("id")
+            .arg("-u")
+            .arg(user)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map_err(io_err("running id"))?
+            .success();
+        if !exists {
+            let out = Command::new("useradd")
+                .args(["-m", "-s", "/bin/sh", user])
+                .stdin(Stdio::null())
+                .output()
+                .map_err(io_err("running useradd"))?;
+            // Another test process may have created it meanwhile (exit 9: already exists).
+            if !out.status.success() && out.status.code() != Some(9) {
+                return Err(Error::Start(format!(
+                    "useradd {user} failed ({}): {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )));
+            }
+        }
+        let mut child = Command::new("chpasswd")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(io_err("running chpasswd"))?;
+        {
+            use std::io::Write;
+            let mut stdin = child.stdin.take().expect("piped stdin");
+            writeln!(stdin, "{user}:{password}").map_err(io_err("writing to chpasswd"))?;
+        }
+        let out = child.wait_with_output().map_err(io_err("waiting for chpasswd"))?;
+        if !out.status.success() {
+            return Err(Error::Start(format!(
+                "chpasswd for {user} failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(())
+    }
+
     /// Stops sshd like a host going away: SIGKILL to every process it forked (per-connection
     /// sshd processes and the commands they run, found through `/proc`), then SIGTERM to the
     /// listener (SIGKILL after 2 s), which is reaped. Open connections see EOF.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            for pid in descendants(child.id()) {
-                // SAFETY: signalling processes forked by the sshd we started.
-                unsafe {
-                    libc::kill(pid as libc::pid_t, libc::SIGKILL);
-                }
-            }
+            kill_descendants(child.id());
             kill_child(&mut child);
         }
     }
@@ -282,6 +473,43 @@ impl Drop for OpenSshServer {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// SIGKILL to every descendant of `root` (the sshd listener) and to the process groups
+/// they lead: sshd runs each command in its own session, so a command's children forked
+/// after the `/proc` scan die with their group. Groups shared with `root` or with this
+/// process are never signalled as groups. Returns how many processes were found.
+fn kill_descendants(root: u32) -> usize {
+    let pids = descendants(root);
+    // SAFETY: getpgrp has no preconditions; getpgid on our own child is fine.
+    let (own_group, root_group) = unsafe { (libc::getpgrp(), libc::getpgid(root as libc::pid_t)) };
+    let mut groups: Vec<libc::pid_t> = pids
+        .iter()
+        .filter_map(|&pid| process_group(pid))
+        .filter(|&g| g > 1 && g != own_group && g != root_group)
+        .collect();
+    groups.sort_unstable();
+    groups.dedup();
+    for g in groups {
+        // SAFETY: signalling a process group led by a process the sshd we started forked.
+        unsafe {
+            libc::kill(-g, libc::SIGKILL);
+        }
+    }
+    for &pid in &pids {
+        // SAFETY: signalling processes forked by the sshd we started.
+        unsafe {
+            libc::kill(pid as libc::pid_t, libc::SIGKILL);
+        }
+    }
+    pids.len()
+}
+
+/// The process group of `pid` (field 5 of `/proc/PID/stat`), if it still exists.
+fn process_group(pid: u32) -> Option<libc::pid_t> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(2)?.parse().ok()
 }
 
 /// Every descendant of `root` (not `root` itself), parents before children, from `/proc`.

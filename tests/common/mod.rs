@@ -43,3 +43,93 @@ pub fn task<'r>(report: &'r Report, label: &str, i: usize) -> &'r TaskReport {
 pub fn path_str(p: &Path) -> String {
     p.to_str().unwrap().to_owned()
 }
+
+/// Whether a missing or unusable sshd must fail the SSH tests instead of
+/// skipping them: on CI (`CI` set) or with `TESTBED_REQUIRE_SSHD` set (`.ci/run`).
+pub fn sshd_required() -> bool {
+    std::env::var_os("CI").is_some_and(|v| !v.is_empty())
+        || std::env::var_os("TESTBED_REQUIRE_SSHD").is_some_and(|v| !v.is_empty() && v != "0")
+}
+
+/// The client ends of the TCP connections from this machine to 127.0.0.1:`port`
+/// that are still held open by their owner (connecting, established, or closed
+/// by the peer but not yet by us), from /proc/net/tcp.
+///
+/// The kernel produces that file a page at a time, so while the table changes
+/// a read can list a socket twice or miss one: sockets are counted by distinct
+/// local address, over three reads in a row (the largest count wins).
+pub fn open_client_sockets(port: u16) -> usize {
+    let want = format!(":{port:04X}");
+    (0..3)
+        .map(|_| {
+            let text = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+            text.lines()
+                .skip(1)
+                .filter_map(|l| {
+                    let f: Vec<&str> = l.split_whitespace().collect();
+                    // remote address ends with the server's port; 01 ESTABLISHED, 02 SYN_SENT, 08 CLOSE_WAIT
+                    (f.len() > 3 && f[2].ends_with(&want) && matches!(f[3], "01" | "02" | "08"))
+                        .then(|| f[1].to_owned())
+                })
+                .collect::<std::collections::HashSet<_>>()
+                .len()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// Hex SHA-256 of a file, by `sha256sum`.
+pub fn sha256(path: &Path) -> String {
+    let out = std::process::Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .expect("sha256sum");
+    assert!(out.status.success(), "sha256sum {}", path.display());
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Polls `done` every 5 ms until it holds or `timeout` passes; returns whether it held.
+pub fn wait_until(timeout: std::time::Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if done() {
+            return true;
+        }
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// `len` pseudo-random bytes (xorshift), so nothing compresses or repeats by chance.
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut data = Vec::with_capacity(len + 8);
+    while data.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        data.extend_from_slice(&x.to_le_bytes());
+    }
+    data.truncate(len);
+    data
+}
+
+/// Appends `line` and a newline to a known_hosts file in a single write, so
+/// that a run reading the file at the same time never sees it truncated or
+/// half-written (a rewrite would truncate it first).
+pub fn append_known_host(path: &Path, line: &str) {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    f.write_all(format!("{line}\n").as_bytes())
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+}
