@@ -35,9 +35,8 @@ impl Server {
             servers::sshd_optional(&e);
             return None;
         }
-        Some(Server::OpenSsh(
-            OpenSshServer::builder().authorize(key).start().expect("start sshd"),
-        ))
+        let sshd = OpenSshServer::builder().authorize(key).start().expect("start sshd");
+        Some(Server::OpenSsh(Box::new(sshd)))
     }
 
     /// A host with no credentials yet (and no agent unless one is given).
