@@ -1,0 +1,81 @@
+//! Our side of a case, run as its own process (`fanout __client key=value ...`) so that it
+//! is measured exactly like the peers: a whole process, its CPU and its memory.
+
+use std::collections::HashMap;
+
+use ssh_parallel::{Command, Host, HostKeyCheck, Join, Parallel, RsyncPut, ScpGet, ScpPut};
+
+pub fn main(args: &[String]) -> i32 {
+    match run(args) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("fanout client: {e}");
+            1
+        }
+    }
+}
+
+fn run(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
+    let kv: HashMap<&str, &str> = args.iter().filter_map(|a| a.split_once('=')).collect();
+    let get = |k: &str| kv.get(k).copied().ok_or_else(|| format!("missing {k}="));
+    let n: usize = get("n")?.parse()?;
+    let port: u16 = get("port")?.parse()?;
+    let user = get("user")?;
+    let key = get("key")?;
+    let kind = kv.get("kind").copied().unwrap_or("run");
+    testbed::raise_fd_limit();
+
+    let mut builder = Parallel::builder().workers(n);
+    if let Some(t) = kv.get("io_threads") {
+        builder = builder.io_threads(t.parse()?);
+    }
+    let mut pssh = builder.build()?;
+    for i in 1..=n {
+        pssh.add_host(
+            format!("h{i}"),
+            Host::new("127.0.0.1")
+                .port(port)
+                .user(user)
+                .key_file(key)
+                .agent(false)
+                .host_key_check(HostKeyCheck::Off),
+        )?;
+    }
+    match kind {
+        "run" => {
+            let cmd = get("cmd")?;
+            let steps: usize = kv.get("steps").map_or(Ok(1), |s| s.parse())?;
+            let joins = kv.get("joins").map_or(true, |j| *j != "0");
+            for _ in 0..steps {
+                pssh.push("*", Command::new(cmd))?;
+                if joins && steps > 1 {
+                    pssh.push("*", Join::new("*"))?;
+                }
+            }
+        }
+        "put" => {
+            pssh.push("*", ScpPut::new(get("local")?, get("remote")?))?;
+        }
+        "get" => {
+            pssh.push("*", ScpGet::new(get("remote")?, get("local")?))?;
+        }
+        "rsync" => {
+            pssh.push("*", RsyncPut::new(get("local")?, get("remote")?))?;
+        }
+        other => return Err(format!("unknown kind {other}").into()),
+    }
+    let report = pssh.run();
+    let mut captured = 0usize;
+    for label in report.labels() {
+        for task in label.tasks() {
+            captured += task.stdout().map_or(0, |s| s.len());
+        }
+    }
+    eprintln!("captured {captured} bytes, {:.3} s", report.duration().as_secs_f64());
+    if !report.success() {
+        let errors = report.errors();
+        let first = errors.first().map(|(l, e)| format!("{l}: {e}")).unwrap_or_default();
+        return Err(format!("{} labels failed, e.g. {first}", errors.len()).into());
+    }
+    Ok(())
+}
