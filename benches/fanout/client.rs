@@ -2,6 +2,7 @@
 //! is measured exactly like the peers: a whole process, its CPU and its memory.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use ssh_parallel::{Command, Host, HostKeyCheck, Join, Parallel, RsyncPut, ScpGet, ScpPut};
 
@@ -30,6 +31,9 @@ fn run(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
         builder = builder.io_threads(t.parse()?);
     }
     let mut pssh = builder.build()?;
+    // The peers wait for a server as long as it takes (parallel-ssh: no timeout; pssh
+    // -t 0); so do we, rather than give up on a server that 10,000 logins keep busy.
+    let login_timeout = Duration::from_secs(kv.get("login_timeout").map_or(Ok(600), |s| s.parse())?);
     for i in 1..=n {
         pssh.add_host(
             format!("h{i}"),
@@ -38,7 +42,9 @@ fn run(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
                 .user(user)
                 .key_file(key)
                 .agent(false)
-                .host_key_check(HostKeyCheck::Off),
+                .host_key_check(HostKeyCheck::Off)
+                .connect_timeout(login_timeout)
+                .auth_timeout(login_timeout),
         )?;
     }
     match kind {

@@ -12,7 +12,11 @@
 //!
 //! Options (after `--`, or as environment variables):
 //! * `--quick` / `FANOUT_QUICK=1`: a reduced set that takes a few minutes;
-//! * `--cases=a,b` / `FANOUT_CASES=a,b`: only cases whose id starts with one of these;
+//! * `--cases=a,b` / `FANOUT_CASES=a,b`: only these cases (`fanout-*`: every id with
+//!   that prefix); ids: fanout-10/50/200, lockstep-50x20, queues-50x20, sleep-200,
+//!   out-seq-50, out-4mb-50, put-10, get-10, rsync-10, emb-10/100/1000/10000 (emb-300 in
+//!   the quick run), lat-1x10, lat-200x10 (lat-50x10 in the quick run);
+//! * `FANOUT_TOOLS=ssh-parallel,pssh`: only these tools (prefixes of their names);
 //! * `--rounds=N` / `FANOUT_ROUNDS=N`: counted rounds per case;
 //! * `FANOUT_NO_INSTALL=1`: do not run apt-get or pip (missing peers are reported);
 //! * `FANOUT_IO_THREADS=N`: our client's `io_threads` (default: the library's, 1).
@@ -21,6 +25,7 @@
 //! `fanout __client key=value ...` (see `client.rs`).
 
 mod client;
+mod delay;
 mod measure;
 mod tools;
 
@@ -39,7 +44,8 @@ enum Tier {
     OpenSsh,
     /// The embedded russh server (in this process).
     Embedded,
-    /// Real sshd in a network namespace whose loopback delays every packet 25 ms.
+    /// Real sshd behind 50 ms of round-trip time (netem in a network namespace, or a
+    /// user-space relay where the kernel has no netem).
     Netns,
 }
 
@@ -200,8 +206,9 @@ fn cases(o: &Opts, d: &Data) -> Vec<Case> {
         let mut tools = all_peers();
         let mut skipped = Vec::new();
         if q && n == 200 {
-            tools.retain(|t| *t != Tool::Nop);
+            tools.retain(|t| *t != Tool::Nop && *t != Tool::Pdsh);
             skipped.push((Tool::Nop, "left out of the quick run".into()));
+            skipped.push((Tool::Pdsh, "left out of the quick run".into()));
         }
         let mut c = mk(
             &format!("fanout-{n}"),
@@ -228,7 +235,7 @@ fn cases(o: &Opts, d: &Data) -> Vec<Case> {
         50,
         run("true", 20, true),
         lock_tools,
-        rounds(5),
+        rounds(3),
         warm,
     ));
     if !q {
@@ -239,7 +246,7 @@ fn cases(o: &Opts, d: &Data) -> Vec<Case> {
             50,
             run("true", 20, false),
             vec![Tool::Ours, Tool::ParallelSsh, Tool::Nop, Tool::Pssh, Tool::Pdsh],
-            rounds(5),
+            rounds(3),
             warm,
         ));
         // 3. Waiting.
@@ -263,7 +270,7 @@ fn cases(o: &Opts, d: &Data) -> Vec<Case> {
             50,
             run("seq 1 30000", 1, false),
             all_peers(),
-            rounds(5),
+            rounds(3),
             warm,
         ));
     }
@@ -341,11 +348,11 @@ fn cases(o: &Opts, d: &Data) -> Vec<Case> {
         ));
     }
     // 1b + growth: the embedded server.
-    let emb_ns: &[usize] = if q { &[1000] } else { &[10, 100, 1000, 10000] };
+    let emb_ns: &[usize] = if q { &[300] } else { &[10, 100, 1000, 10000] };
     for &n in emb_ns {
         let mut tools = vec![Tool::Ours];
         let mut skipped = Vec::new();
-        if n == 1000 {
+        if n == 1000 || n == 300 {
             tools.push(Tool::ParallelSsh);
             if !q {
                 tools.push(Tool::Pssh);
@@ -378,7 +385,7 @@ fn cases(o: &Opts, d: &Data) -> Vec<Case> {
     let lat_n = if q { 50 } else { 200 };
     v.push(mk(
         "lat-1x10",
-        "1 label x 10 `true` behind 50 ms RTT (netns)".into(),
+        "latency 1 label x 10 `true` lockstep, 50 ms RTT".into(),
         Tier::Netns,
         1,
         run("true", 10, true),
@@ -388,7 +395,7 @@ fn cases(o: &Opts, d: &Data) -> Vec<Case> {
     ));
     v.push(mk(
         &format!("lat-{lat_n}x10"),
-        format!("{lat_n} labels x 10 `true` lockstep behind 50 ms RTT (netns)"),
+        format!("latency {lat_n} labels x 10 `true` lockstep, 50 ms RTT"),
         Tier::Netns,
         lat_n,
         run("true", 10, true),
@@ -401,7 +408,14 @@ fn cases(o: &Opts, d: &Data) -> Vec<Case> {
         0,
     ));
     if let Some(filter) = &o.cases {
-        v.retain(|c| filter.iter().any(|f| c.id.starts_with(f.as_str())));
+        v.retain(|c| filter.iter().any(|f| c.id == *f || (f.ends_with('*') && c.id.starts_with(f.trim_end_matches('*')))));
+    }
+    if let Ok(t) = std::env::var("FANOUT_TOOLS") {
+        let wanted: Vec<String> = t.split(',').map(|s| s.trim().to_lowercase()).collect();
+        for c in &mut v {
+            c.tools.retain(|tool| wanted.iter().any(|w| tool.name().to_lowercase().starts_with(w.as_str())));
+            c.skipped.clear();
+        }
     }
     v
 }
@@ -483,7 +497,15 @@ fn verify_and_clean(work: &Work, n: usize) -> Result<(), String> {
     r
 }
 
-fn run_case(case: &Case, peers: &Peers, target: &Target, probe: &ServerProbe<'_>, logs: &Path) -> Vec<Outcome> {
+fn run_case(
+    launcher: &mut measure::Launcher,
+    case: &Case,
+    peers: &Peers,
+    target: &Target,
+    probe: &ServerProbe<'_>,
+    logs: &Path,
+    netns: Option<&Path>,
+) -> Vec<Outcome> {
     let started = Instant::now();
     eprintln!("fanout: case {} — {}", case.id, case.title);
     let mut outcomes: Vec<Outcome> = Vec::new();
@@ -537,7 +559,7 @@ fn run_case(case: &Case, peers: &Peers, target: &Target, probe: &ServerProbe<'_>
             if given_up.contains(&tool) {
                 continue;
             }
-            let Ok(mut cmd) = tools::command(tool, peers, target, case.n, &case.work) else {
+            let Ok(cmd) = tools::command(tool, peers, target, case.n, &case.work) else {
                 continue;
             };
             let log_path = logs.join(format!(
@@ -545,11 +567,8 @@ fn run_case(case: &Case, peers: &Peers, target: &Target, probe: &ServerProbe<'_>
                 case.id,
                 tool.name().replace([':', ' ', '/'], "_")
             ));
-            if let Ok(f) = fs::File::create(&log_path) {
-                cmd.stderr(f);
-            }
             prepare(&case.work);
-            let mut r = measure::run(&mut cmd, case.timeout, probe);
+            let mut r = measure::run(launcher, &cmd, &log_path, netns, case.timeout, probe);
             if let Err(e) = verify_and_clean(&case.work, case.n) {
                 if r.ok {
                     r.ok = false;
@@ -596,6 +615,7 @@ fn run_case(case: &Case, peers: &Peers, target: &Target, probe: &ServerProbe<'_>
 }
 
 fn run_tier(
+    launcher: &mut measure::Launcher,
     tier_cases: &[&Case],
     peers: &Peers,
     target: &Target,
@@ -604,7 +624,7 @@ fn run_tier(
     all: &mut Vec<Outcome>,
 ) {
     for case in tier_cases {
-        all.extend(run_case(case, peers, target, probe, logs));
+        all.extend(run_case(launcher, case, peers, target, probe, logs, None));
         let ctx = with_ctx(|c| c.clone());
         let _ = write_results(all, &ctx);
     }
@@ -657,9 +677,13 @@ fn machine_description() -> String {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some("__client") {
-        std::process::exit(client::main(&args[2..]));
+    match args.get(1).map(String::as_str) {
+        Some("__client") => std::process::exit(client::main(&args[2..])),
+        Some("__launcher") => std::process::exit(measure::launcher_main()),
+        _ => {}
     }
+    // First, while this process is small (see `measure::Launcher`).
+    let mut launcher = measure::Launcher::start().expect("starting the launcher");
     let started = Instant::now();
     let opts = parse_opts(&args[1..]);
     testbed::raise_fd_limit();
@@ -699,7 +723,7 @@ fn main() {
             Ok(server) => {
                 let target =
                     Target::new(&out_dir, "openssh", server.port, &user, key.private_path()).expect("ssh_config");
-                run_tier(&ossh, &peers, &target, &ServerProbe::Sshd(server.pid), &logs, &mut all);
+                run_tier(&mut launcher, &ossh, &peers, &target, &ServerProbe::Sshd(server.pid), &logs, &mut all);
                 drop(server);
             }
             Err(e) => note(format!("OpenSSH tier not run: {e}")),
@@ -715,36 +739,62 @@ fn main() {
             Ok(mut server) => {
                 let target =
                     Target::new(&out_dir, "embedded", server.port(), &user, key.private_path()).expect("ssh_config");
-                run_tier(&emb, &peers, &target, &ServerProbe::Embedded(&server), &logs, &mut all);
+                run_tier(&mut launcher, &emb, &peers, &target, &ServerProbe::Embedded(&server), &logs, &mut all);
                 server.stop();
             }
             Err(e) => note(format!("embedded tier not run: {e}")),
         }
     }
-    // Latency tier: a thread in a new network namespace whose loopback delays packets.
+    // Latency tier: a thread in a new network namespace whose loopback delays packets
+    // (tc netem); where the kernel has no netem, a user-space relay adds the delay.
     let lat: Vec<&Case> = cases.iter().filter(|c| c.tier == Tier::Netns).collect();
     if !lat.is_empty() {
         let res = std::thread::scope(|s| {
             s.spawn(|| -> Result<Vec<Outcome>, String> {
-                netns_setup()?;
-                let rtt = measure_rtt_setup()?;
-                with_ctx(|c| c.rtt_ms = Some(rtt));
+                let netem = netns_setup();
                 let server = testbed::OpenSshServer::builder()
                     .authorize(&key)
                     .start()
-                    .map_err(|e| format!("sshd in the namespace: {e}"))?;
-                let rtt = measure_rtt(server.port).unwrap_or(rtt);
+                    .map_err(|e| format!("sshd: {e}"))?;
+                let mut relay = None;
+                let mut netns = None;
+                let port = match netem {
+                    Ok(()) => {
+                        // SAFETY: plain syscalls.
+                        let (pid, tid) = unsafe { (libc::getpid(), libc::gettid()) };
+                        netns = Some(PathBuf::from(format!("/proc/{pid}/task/{tid}/ns/net")));
+                        note("latency: sshd and the clients in a network namespace of their own, `tc qdisc add dev lo root netem delay 25ms` on its loopback".into());
+                        server.port
+                    }
+                    Err(e) => {
+                        note(format!(
+                            "latency: tc netem is not available on this machine ({e}); instead a user-space TCP relay on 127.0.0.1 delays every byte 25 ms each way and holds each new connection one round trip (the TCP handshake) before it reaches sshd"
+                        ));
+                        let r = delay::DelayRelay::start(server.port, Duration::from_millis(25))
+                            .map_err(|e| format!("delay relay: {e}"))?;
+                        let p = r.port;
+                        relay = Some(r);
+                        p
+                    }
+                };
+                let rtt = measure_rtt(port)?;
                 with_ctx(|c| c.rtt_ms = Some(rtt));
-                eprintln!("fanout: namespace loopback RTT (TCP connect) {rtt:.1} ms");
-                let target = Target::new(&out_dir, "netns", server.port, &user, key.private_path())
+                eprintln!("fanout: round trip measured (time to the SSH banner / 1.5) {rtt:.1} ms");
+                let target = Target::new(&out_dir, "latency", port, &user, key.private_path())
                     .map_err(|e| e.to_string())?;
                 let mut outs = Vec::new();
-                let mut tmp_all: Vec<Outcome> = Vec::new();
                 for case in &lat {
-                    let o = run_case(case, &peers, &target, &ServerProbe::Sshd(server.pid), &logs);
-                    tmp_all.extend(o);
+                    outs.extend(run_case(
+                        &mut launcher,
+                        case,
+                        &peers,
+                        &target,
+                        &ServerProbe::Sshd(server.pid),
+                        &logs,
+                        netns.as_deref(),
+                    ));
                 }
-                outs.append(&mut tmp_all);
+                drop(relay);
                 Ok(outs)
             })
             .join()
@@ -752,7 +802,7 @@ fn main() {
         match res {
             Ok(Ok(outs)) => all.extend(outs),
             Ok(Err(e)) => note(format!("latency cases not run: {e}")),
-            Err(_) => note("latency cases not run: the namespace thread panicked".into()),
+            Err(_) => note("latency cases not run: the latency thread panicked".into()),
         }
     }
     let _ = fs::remove_dir_all(&data.root);
@@ -769,6 +819,19 @@ fn main() {
 /// Moves this thread into a new network namespace and gives its loopback 25 ms of delay
 /// each way (50 ms round trip). Processes this thread starts inherit the namespace.
 fn netns_setup() -> Result<(), String> {
+    let original = fs::File::open("/proc/thread-self/ns/net").map_err(|e| format!("/proc/thread-self/ns/net: {e}"))?;
+    let r = netns_enter();
+    if r.is_err() {
+        use std::os::fd::AsRawFd;
+        // SAFETY: back to the namespace this thread came from (a no-op if unshare failed).
+        unsafe {
+            libc::setns(original.as_raw_fd(), libc::CLONE_NEWNET);
+        }
+    }
+    r
+}
+
+fn netns_enter() -> Result<(), String> {
     // SAFETY: unshare only changes this thread's namespaces.
     if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
         return Err(format!(
@@ -798,20 +861,22 @@ fn netns_setup() -> Result<(), String> {
     Ok(())
 }
 
-/// A TCP connect costs one round trip: the median of a few, to a listener of our own.
-fn measure_rtt_setup() -> Result<f64, String> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-    let port = l.local_addr().map_err(|e| e.to_string())?.port();
-    measure_rtt(port)
-}
-
+/// The round trip, from the time the server's SSH banner takes to arrive after connect
+/// (one round trip for the TCP handshake, half of one for the banner): median of 3.
 fn measure_rtt(port: u16) -> Result<f64, String> {
+    use std::io::Read;
     let mut v = Vec::new();
-    for _ in 0..5 {
+    for _ in 0..3 {
         let t = Instant::now();
-        let s = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
-        v.push(t.elapsed().as_secs_f64() * 1000.0);
-        drop(s);
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("rtt probe: {e}"))?;
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        let mut b = [0u8; 1];
+        while let Ok(1) = s.read(&mut b) {
+            if b[0] == b'\n' {
+                break;
+            }
+        }
+        v.push(t.elapsed().as_secs_f64() * 1000.0 / 1.5);
     }
     Ok(median(v))
 }

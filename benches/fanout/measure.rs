@@ -6,9 +6,9 @@
 
 use std::fs;
 use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// What one run cost.
@@ -50,7 +50,7 @@ pub enum ServerProbe<'a> {
     /// reaped by it, so their CPU shows up in the listener's cutime/cstime).
     Sshd(u32),
     /// The embedded server, running in this process: its CPU is this process's own CPU
-    /// plus its reaped children's (the commands it ran), minus the client's.
+    /// plus its reaped children's (the commands it ran).
     Embedded(&'a testbed::EmbeddedServer),
 }
 
@@ -95,6 +95,8 @@ impl ServerProbe<'_> {
     fn cpu_snapshot(&self) -> f64 {
         match self {
             ServerProbe::Sshd(pid) => proc_cpu_with_children(*pid),
+            // The clients are the launcher's children, not ours: RUSAGE_CHILDREN here is
+            // only what the embedded server ran.
             ServerProbe::Embedded(_) => rusage(libc::RUSAGE_SELF) + rusage(libc::RUSAGE_CHILDREN),
         }
     }
@@ -171,66 +173,164 @@ fn sample_tree(root: i32) -> Sample {
     s
 }
 
-/// Spawns `cmd` in its own process group, samples it until it exits, reaps it with
-/// `wait4` and returns the measurements. After `timeout` the whole group gets SIGKILL.
-/// `server`'s CPU is measured from just before the spawn until it holds no connection
-/// of this run any more.
-pub fn run(cmd: &mut Command, timeout: Duration, server: &ServerProbe<'_>) -> Run {
-    cmd.process_group(0);
-    let server_before = server.cpu_snapshot();
-    let start = Instant::now();
-    let child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(e) => {
-            return Run {
-                error: format!("cannot start: {e}"),
-                ..Run::default()
+/// Runs the clients for the harness. Linux keeps the parent's peak RSS in a child's
+/// `ru_maxrss` across `exec` (the exec'ing copy of the parent counts), so a client
+/// started directly by the harness (hundreds of MB once the embedded server has held
+/// 10,000 connections) would report the harness's size. The launcher is this executable
+/// re-invoked at the start, while small, and only spawns and reaps clients: what it leaks
+/// into a client's figure is its own couple of MB.
+pub struct Launcher {
+    child: std::process::Child,
+    to: std::process::ChildStdin,
+    from: std::io::BufReader<std::process::ChildStdout>,
+}
+
+/// What the launcher reports about one finished client.
+struct Reaped {
+    status: i32,
+    wall: f64,
+    cpu: f64,
+    maxrss_kb: u64,
+}
+
+impl Launcher {
+    pub fn start() -> std::io::Result<Launcher> {
+        let mut child = Command::new(std::env::current_exe()?)
+            .arg("__launcher")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()?;
+        let to = child.stdin.take().expect("piped");
+        let from = std::io::BufReader::new(child.stdout.take().expect("piped"));
+        Ok(Launcher { child, to, from })
+    }
+
+    fn send(&mut self, cmd: &Command, stderr: &Path, netns: Option<&Path>) -> std::io::Result<i32> {
+        use std::io::{BufRead, Write};
+        let mut fields: Vec<String> = vec![
+            stderr.display().to_string(),
+            netns.map(|p| p.display().to_string()).unwrap_or_default(),
+            cmd.get_program().to_string_lossy().into_owned(),
+        ];
+        let envs: Vec<String> = cmd
+            .get_envs()
+            .map(|(k, v)| match v {
+                Some(v) => format!("{}={}", k.to_string_lossy(), v.to_string_lossy()),
+                None => format!("{}", k.to_string_lossy()),
+            })
+            .collect();
+        fields.push(envs.len().to_string());
+        fields.extend(envs);
+        fields.extend(cmd.get_args().map(|a| a.to_string_lossy().into_owned()));
+        let mut line = fields.join("\u{1}");
+        line.push('\n');
+        self.to.write_all(line.as_bytes())?;
+        self.to.flush()?;
+        let mut reply = String::new();
+        self.from.read_line(&mut reply)?;
+        let pid: i32 = reply
+            .trim()
+            .strip_prefix("PID ")
+            .and_then(|p| p.parse().ok())
+            .ok_or_else(|| std::io::Error::other(format!("launcher: {}", reply.trim())))?;
+        Ok(pid)
+    }
+
+    fn reaped(&mut self) -> std::io::Result<Reaped> {
+        use std::io::BufRead;
+        let mut reply = String::new();
+        self.from.read_line(&mut reply)?;
+        let f: Vec<&str> = reply.split_whitespace().collect();
+        if f.len() != 5 || f[0] != "DONE" {
+            return Err(std::io::Error::other(format!("launcher: {}", reply.trim())));
+        }
+        let num = |i: usize| f[i].parse::<f64>().unwrap_or(0.0);
+        Ok(Reaped {
+            status: num(1) as i32,
+            wall: num(2),
+            cpu: num(3),
+            maxrss_kb: num(4) as u64,
+        })
+    }
+}
+
+impl Drop for Launcher {
+    fn drop(&mut self) {
+        // Closing its stdin ends it.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The launcher's side (`fanout __launcher`): one request per line, fields separated by
+/// U+0001: stderr path, netns path (may be empty), program, env count, `K=V` or `K` (to
+/// remove), args. Answers `PID n`, then `DONE status wall cpu maxrss_kb`.
+pub fn launcher_main() -> i32 {
+    use std::io::{BufRead, Write};
+    let stdin = std::io::stdin();
+    let mut out = std::io::stdout().lock();
+    for line in stdin.lock().lines() {
+        let Ok(line) = line else { break };
+        let f: Vec<&str> = line.split('\u{1}').collect();
+        if f.len() < 4 {
+            let _ = writeln!(out, "ERR short request");
+            continue;
+        }
+        let nenv: usize = f[3].parse().unwrap_or(0);
+        let mut cmd = Command::new(f[2]);
+        for e in &f[4..4 + nenv] {
+            match e.split_once('=') {
+                Some((k, v)) => cmd.env(k, v),
+                None => cmd.env_remove(e),
+            };
+        }
+        cmd.args(&f[4 + nenv..]);
+        cmd.process_group(0)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null());
+        if let Ok(file) = fs::File::create(f[0]) {
+            cmd.stderr(file);
+        }
+        let netns = if f[1].is_empty() {
+            None
+        } else {
+            match fs::File::open(f[1]) {
+                Ok(file) => Some(file),
+                Err(e) => {
+                    let _ = writeln!(out, "ERR netns {}: {e}", f[1]);
+                    let _ = out.flush();
+                    continue;
+                }
+            }
+        };
+        if let Some(ns) = &netns {
+            use std::os::fd::AsRawFd;
+            let fd = ns.as_raw_fd();
+            // SAFETY: setns is async-signal-safe; it only moves the new child.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
             }
         }
-    };
-    let pid = child.id() as i32;
-    let done = Arc::new(AtomicBool::new(false));
-    let timed_out = Arc::new(AtomicBool::new(false));
-    let mut peak = Sample {
-        rss_kb: 0,
-        threads: 0,
-        procs: 0,
-    };
-    let mut open_peak = 0u64;
-    let (status, ru) = std::thread::scope(|scope| {
-        let done2 = done.clone();
-        let timed_out2 = timed_out.clone();
-        let sampler = scope.spawn(move || {
-            let mut peak = Sample {
-                rss_kb: 0,
-                threads: 0,
-                procs: 0,
-            };
-            let mut open_peak = 0u64;
-            while !done2.load(Ordering::Acquire) {
-                let s = sample_tree(pid);
-                peak.rss_kb = peak.rss_kb.max(s.rss_kb);
-                peak.threads = peak.threads.max(s.threads);
-                peak.procs = peak.procs.max(s.procs);
-                open_peak = open_peak.max(server.open_connections());
-                if start.elapsed() > timeout && !timed_out2.swap(true, Ordering::AcqRel) {
-                    // SAFETY: signalling the process group of a child we have not reaped yet.
-                    unsafe {
-                        libc::kill(-pid, libc::SIGKILL);
-                    }
-                }
-                // Sleep 100 ms in small steps so that a finished run is not held up.
-                for _ in 0..10 {
-                    if done2.load(Ordering::Acquire) {
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(10));
-                }
+        let start = Instant::now();
+        let child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = writeln!(out, "ERR cannot start {}: {e}", f[2]);
+                let _ = out.flush();
+                continue;
             }
-            (peak, open_peak)
-        });
+        };
+        drop(netns);
+        let pid = child.id() as i32;
+        let _ = writeln!(out, "PID {pid}");
+        let _ = out.flush();
         let mut status = 0;
-        // SAFETY: waiting for our own child; rusage is a plain struct we own.
+        // SAFETY: waiting for our own child into structs we own.
         let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
         loop {
             let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
@@ -238,6 +338,76 @@ pub fn run(cmd: &mut Command, timeout: Duration, server: &ServerProbe<'_>) -> Ru
                 break;
             }
         }
+        let wall = start.elapsed().as_secs_f64();
+        drop(child);
+        let _ = writeln!(
+            out,
+            "DONE {status} {wall:.6} {:.6} {}",
+            tv(ru.ru_utime) + tv(ru.ru_stime),
+            ru.ru_maxrss.max(0)
+        );
+        let _ = out.flush();
+    }
+    0
+}
+
+/// Has the launcher start `cmd` (in its own process group; stdout to /dev/null, stderr to
+/// `stderr`; in the network namespace at `netns` if given), samples it until it exits and
+/// returns the measurements. After `timeout` the whole group gets SIGKILL. `server`'s CPU
+/// is measured from just before the spawn until it holds no connection of this run.
+pub fn run(
+    launcher: &mut Launcher,
+    cmd: &Command,
+    stderr: &Path,
+    netns: Option<&Path>,
+    timeout: Duration,
+    server: &ServerProbe<'_>,
+) -> Run {
+    let server_before = server.cpu_snapshot();
+    let start = Instant::now();
+    let pid = match launcher.send(cmd, stderr, netns) {
+        Ok(p) => p,
+        Err(e) => {
+            return Run {
+                error: format!("cannot start: {e}"),
+                ..Run::default()
+            }
+        }
+    };
+    let done = AtomicBool::new(false);
+    let timed_out = AtomicBool::new(false);
+    let (reaped, peak, open_peak) = std::thread::scope(|scope| {
+        let sampler = scope.spawn(|| {
+            let mut peak = Sample {
+                rss_kb: 0,
+                threads: 0,
+                procs: 0,
+            };
+            let mut open_peak = 0u64;
+            while !done.load(Ordering::Acquire) {
+                let s = sample_tree(pid);
+                peak.rss_kb = peak.rss_kb.max(s.rss_kb);
+                peak.threads = peak.threads.max(s.threads);
+                peak.procs = peak.procs.max(s.procs);
+                open_peak = open_peak.max(server.open_connections());
+                if start.elapsed() > timeout && !timed_out.swap(true, Ordering::AcqRel) {
+                    // SAFETY: signalling the process group of a client still running.
+                    unsafe {
+                        libc::kill(-pid, libc::SIGKILL);
+                    }
+                }
+                // Big trees cost more to walk: sample them less often.
+                let steps = if s.procs > 50 { 25 } else { 10 };
+                for _ in 0..steps {
+                    if done.load(Ordering::Acquire) {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+            (peak, open_peak)
+        });
+        let reaped = launcher.reaped();
         done.store(true, Ordering::Release);
         let (p, o) = sampler.join().unwrap_or((
             Sample {
@@ -247,24 +417,26 @@ pub fn run(cmd: &mut Command, timeout: Duration, server: &ServerProbe<'_>) -> Ru
             },
             0,
         ));
-        peak = p;
-        open_peak = o;
-        (status, ru)
+        (reaped, p, o)
     });
-    let wall = start.elapsed().as_secs_f64();
-    // The child was reaped by wait4; forget the std handle without waiting again.
-    drop(child);
     // Leftovers of the group (a tool's background helpers) must not leak into the next run.
-    // SAFETY: signalling the process group we created for this run.
+    // SAFETY: signalling the process group made for this run.
     unsafe {
         libc::kill(-pid, libc::SIGKILL);
     }
     let quiet = server.quiesce(Duration::from_secs(20));
-    let cpu = tv(ru.ru_utime) + tv(ru.ru_stime);
-    let mut server_cpu = server.cpu_snapshot() - server_before;
-    if matches!(server, ServerProbe::Embedded(_)) {
-        server_cpu -= cpu;
-    }
+    let reaped = match reaped {
+        Ok(r) => r,
+        Err(e) => {
+            return Run {
+                error: e.to_string(),
+                ..Run::default()
+            }
+        }
+    };
+    // For the embedded server this includes the sampling done here (small).
+    let server_cpu = (server.cpu_snapshot() - server_before).max(0.0);
+    let status = reaped.status;
     let exited_ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
     let mut error = String::new();
     if timed_out.load(Ordering::Acquire) {
@@ -280,14 +452,14 @@ pub fn run(cmd: &mut Command, timeout: Duration, server: &ServerProbe<'_>) -> Ru
         error = "server still held connections 20 s after the client exited".into();
     }
     Run {
-        wall,
-        cpu,
-        maxrss_kb: ru.ru_maxrss.max(0) as u64,
+        wall: reaped.wall,
+        cpu: reaped.cpu,
+        maxrss_kb: reaped.maxrss_kb,
         tree_rss_kb: peak.rss_kb,
         threads: peak.threads,
         procs: peak.procs,
         server_open: open_peak,
-        server_cpu: server_cpu.max(0.0),
+        server_cpu,
         ok: error.is_empty(),
         error,
     }

@@ -294,6 +294,21 @@ pub enum Work {
     },
 }
 
+fn env_flag(name: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| !v.is_empty() && v != "0")
+}
+
+fn work_name(w: &Work) -> &'static str {
+    match w {
+        Work::Run { steps: 1, .. } => "run",
+        Work::Run { joins: true, .. } => "lockstep",
+        Work::Run { .. } => "queues",
+        Work::Put { .. } => "put",
+        Work::Get { .. } => "get",
+        Work::Rsync { .. } => "rsync",
+    }
+}
+
 fn shell(script: String, args: &[String]) -> Command {
     let mut c = Command::new("sh");
     c.arg("-c").arg(script).arg("sh").args(args);
@@ -328,7 +343,16 @@ pub fn command(tool: Tool, peers: &Peers, target: &Target, n: usize, work: &Work
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut cmd = match (tool, work) {
         (Tool::Ours, w) => {
-            let mut c = Command::new(exe);
+            // FANOUT_PROFILE=1: our client runs under `perf record` (profiling runs only:
+            // perf's own CPU is counted then).
+            let mut c = if env_flag("FANOUT_PROFILE") {
+                let mut c = Command::new("perf");
+                let data = t.dir.join(format!("perf-{}-{n}.data", work_name(w)));
+                c.args(["record", "-q", "-F", "997", "-e", "cpu-clock", "-g", "-o"]).arg(data).arg("--").arg(exe);
+                c
+            } else {
+                Command::new(exe)
+            };
             c.arg("__client").args(common_kv());
             if let Ok(t) = std::env::var("FANOUT_IO_THREADS") {
                 c.arg(format!("io_threads={t}"));
