@@ -26,7 +26,8 @@ fn run(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
     let kind = kv.get("kind").copied().unwrap_or("run");
     testbed::raise_fd_limit();
 
-    let mut builder = Parallel::builder().workers(n);
+    let workers: usize = kv.get("workers").map_or(Ok(n), |w| w.parse())?;
+    let mut builder = Parallel::builder().workers(workers);
     if let Some(t) = kv.get("io_threads") {
         builder = builder.io_threads(t.parse()?);
     }

@@ -317,7 +317,14 @@ fn shell(script: String, args: &[String]) -> Command {
 
 /// The command `tool` runs for `work` on `n` labels of `target`; `Err` says why the tool
 /// does not do this work.
-pub fn command(tool: Tool, peers: &Peers, target: &Target, n: usize, work: &Work) -> Result<Command, String> {
+pub fn command(
+    tool: Tool,
+    peers: &Peers,
+    target: &Target,
+    n: usize,
+    work: &Work,
+    workers: Option<usize>,
+) -> Result<Command, String> {
     peers.available(tool)?;
     let t = target;
     let cfg = t.ssh_config.display().to_string();
@@ -354,6 +361,9 @@ pub fn command(tool: Tool, peers: &Peers, target: &Target, n: usize, work: &Work
                 Command::new(exe)
             };
             c.arg("__client").args(common_kv());
+            if let Some(w) = workers {
+                c.arg(format!("workers={w}"));
+            }
             if let Ok(t) = std::env::var("FANOUT_IO_THREADS") {
                 c.arg(format!("io_threads={t}"));
             }
