@@ -19,7 +19,11 @@
 //! * `FANOUT_TOOLS=ssh-parallel,pssh`: only these tools (prefixes of their names);
 //! * `--rounds=N` / `FANOUT_ROUNDS=N`: counted rounds per case;
 //! * `FANOUT_NO_INSTALL=1`: do not run apt-get or pip (missing peers are reported);
-//! * `FANOUT_IO_THREADS=N`: our client's `io_threads` (default: the library's, 1).
+//! * `FANOUT_IO_THREADS=N`: our client's `io_threads` (default: the library's, 1);
+//! * `FANOUT_PROFILE=1`: our client runs under `perf record -e cpu-clock -g` (data in
+//!   `target/fanout/perf-*.data`); `FANOUT_PROFILE=syscalls`: under `perf stat` counting
+//!   its recvfrom calls, the ones that found nothing (EAGAIN) and its epoll waits
+//!   (`target/fanout/syscalls-*.txt`). Profiling runs only: perf's CPU is counted then.
 //!
 //! Our side runs as a separate process too: this same executable, re-invoked as
 //! `fanout __client key=value ...` (see `client.rs`).

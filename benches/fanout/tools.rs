@@ -352,7 +352,28 @@ pub fn command(
         (Tool::Ours, w) => {
             // FANOUT_PROFILE=1: our client runs under `perf record` (profiling runs only:
             // perf's own CPU is counted then).
-            let mut c = if env_flag("FANOUT_PROFILE") {
+            // FANOUT_PROFILE=syscalls: counts its recvfrom calls, those that found nothing
+            // (EAGAIN) and its epoll waits, into target/fanout/syscalls-*.txt.
+            let profile = std::env::var("FANOUT_PROFILE").unwrap_or_default();
+            let mut c = if profile == "syscalls" {
+                let mut c = Command::new("perf");
+                let data = t.dir.join(format!("syscalls-{}-{n}.txt", work_name(w)));
+                c.args(["stat", "-o"]).arg(data).args([
+                    "-e",
+                    "syscalls:sys_enter_recvfrom",
+                    "-e",
+                    "syscalls:sys_exit_recvfrom",
+                    "--filter",
+                    "ret == -11",
+                    "-e",
+                    "syscalls:sys_enter_sendto",
+                    "-e",
+                    "syscalls:sys_enter_epoll_wait",
+                    "--",
+                ]);
+                c.arg(exe);
+                c
+            } else if env_flag("FANOUT_PROFILE") {
                 let mut c = Command::new("perf");
                 let data = t.dir.join(format!("perf-{}-{n}.data", work_name(w)));
                 c.args(["record", "-q", "-F", "997", "-e", "cpu-clock", "-g", "-o"]).arg(data).arg("--").arg(exe);
