@@ -28,7 +28,8 @@ if ($o{kind} eq 'run') {
 } elsif ($o{kind} eq 'get') {
     $p->all(scp_get => $o{remote}, $o{local});
 } elsif ($o{kind} eq 'rsync') {
-    $p->all(rsync_put => $o{local}, $o{remote});
+    # Net::OpenSSH runs plain `rsync -q` unless told: -a, as the others use.
+    $p->all(rsync_put => {archive => 1}, $o{local}, $o{remote});
 } else {
     die "unknown kind $o{kind}\n";
 }
