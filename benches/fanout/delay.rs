@@ -84,7 +84,9 @@ impl DelayRelay {
             stop: AtomicBool::new(false),
         });
         let q = queue.clone();
-        std::thread::Builder::new().name("delay-writer".into()).spawn(move || writer(&q))?;
+        std::thread::Builder::new()
+            .name("delay-writer".into())
+            .spawn(move || writer(&q))?;
         let q = queue.clone();
         std::thread::Builder::new().name("delay-accept".into()).spawn(move || {
             for conn in listener.incoming() {
@@ -171,7 +173,10 @@ fn writer(q: &Queue) {
                 h = q.cv.wait_timeout(h, wait).unwrap_or_else(|e| e.into_inner()).0;
             }
             None => {
-                h = q.cv.wait_timeout(h, Duration::from_millis(200)).unwrap_or_else(|e| e.into_inner()).0;
+                h =
+                    q.cv.wait_timeout(h, Duration::from_millis(200))
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
             }
         }
     }

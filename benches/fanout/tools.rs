@@ -376,7 +376,10 @@ pub fn command(
             } else if env_flag("FANOUT_PROFILE") {
                 let mut c = Command::new("perf");
                 let data = t.dir.join(format!("perf-{}-{n}.data", work_name(w)));
-                c.args(["record", "-q", "-F", "997", "-e", "cpu-clock", "-g", "-o"]).arg(data).arg("--").arg(exe);
+                c.args(["record", "-q", "-F", "997", "-e", "cpu-clock", "-g", "-o"])
+                    .arg(data)
+                    .arg("--")
+                    .arg(exe);
                 c
             } else {
                 Command::new(exe)
