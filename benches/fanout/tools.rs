@@ -385,6 +385,11 @@ pub fn command(
                 Command::new(exe)
             };
             c.arg("__client").args(common_kv());
+            // FANOUT_WORKERS overrides our `workers` (experiments).
+            let workers = std::env::var("FANOUT_WORKERS")
+                .ok()
+                .and_then(|w| w.parse::<usize>().ok())
+                .or(workers);
             if let Some(w) = workers {
                 c.arg(format!("workers={w}"));
             }
