@@ -1003,7 +1003,7 @@ fn write_results(all: &[Outcome], ctx: &ReportCtx) -> std::io::Result<String> {
         "### Results ({} run{})\n",
         if ctx.quick { "quick" } else { "full" },
         ctx.started
-            .map(|s| format!(", suite wall time {:.0} s so far", s.elapsed().as_secs_f64()))
+            .map(|s| format!(", suite wall time {:.0} s", s.elapsed().as_secs_f64()))
             .unwrap_or_default()
     );
     let _ = writeln!(md, "Machine: {}.\n", ctx.machine);
@@ -1013,7 +1013,7 @@ fn write_results(all: &[Outcome], ctx: &ReportCtx) -> std::io::Result<String> {
         "Medians of the counted runs, [min–max]. Wall: spawn to exit of the whole client command. \
          CPU: user+sys of the client and every process it waited for (wait4). Mem: peak RSS, the \
          larger of the biggest single process (ru_maxrss) and the sum over the client's live process \
-         tree (sampled every 100 ms). sshd CPU: the server's CPU for the same run. Ratios are \
+         tree (sampled every 100-250 ms). sshd CPU: the server's CPU for the same run. Ratios are \
          ours/peer (below 1: we are faster or smaller).\n"
     );
     let _ = writeln!(
