@@ -739,6 +739,13 @@ impl Conn {
                     let _ = s.set_nodelay(true);
                     let mut sess = Session::new().map_err(|e| format!("cannot create an SSH session: {e}"))?;
                     sess.set_blocking(false);
+                    let ours = [self.host.connect_timeout, self.host.auth_timeout]
+                        .into_iter()
+                        .flatten()
+                        .chain([DEFAULT_CONNECT_TIMEOUT, DEFAULT_AUTH_TIMEOUT])
+                        .max()
+                        .unwrap_or(DEFAULT_AUTH_TIMEOUT);
+                    set_read_timeout(&sess, ours + Duration::from_secs(60));
                     sess.set_tcp_stream(Fd(s.as_raw_fd()));
                     self.sess = Some(sess);
                     self.phase = Phase::Handshake;
@@ -2575,6 +2582,25 @@ impl Auth {
     }
 }
 
+extern "C" {
+    // In the libssh2 that libssh2-sys builds and links, but not bound by it.
+    fn libssh2_session_set_read_timeout(session: *mut std::ffi::c_void, timeout_s: std::ffi::c_long);
+    #[cfg(test)]
+    fn libssh2_session_get_read_timeout(session: *mut std::ffi::c_void) -> std::ffi::c_long;
+}
+
+/// libssh2 gives up waiting for an awaited packet after its own read timeout
+/// (60 s by default), even in non-blocking mode, and reports it as the step
+/// failing (an auth failure while waiting for the USERAUTH answer, say). Our
+/// deadlines must fire first, so this is set beyond them; the libssh2 limit
+/// stays as a last resort for lent (blocking) sessions.
+fn set_read_timeout(sess: &Session, timeout: Duration) {
+    let secs = std::ffi::c_long::try_from(timeout.as_secs().max(1)).unwrap_or(std::ffi::c_long::MAX);
+    let mut raw = sess.raw();
+    // SAFETY: a valid session pointer, held under the session's lock for the call.
+    unsafe { libssh2_session_set_read_timeout(&mut *raw as *mut _ as *mut std::ffi::c_void, secs) }
+}
+
 /// Connects to the ssh-agent and lists its identities. `Ok(None)` when no
 /// agent is configured (`$SSH_AUTH_SOCK` unset and no socket given); the
 /// agent socket is local, so its blocking calls are brief.
@@ -2757,6 +2783,16 @@ fn base64(data: &[u8], pad: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn libssh2_read_timeout_goes_beyond_our_deadlines() {
+        let sess = Session::new().unwrap();
+        set_read_timeout(&sess, Duration::from_secs(200));
+        let mut raw = sess.raw();
+        // SAFETY: as in set_read_timeout.
+        let got = unsafe { libssh2_session_get_read_timeout(&mut *raw as *mut _ as *mut std::ffi::c_void) };
+        assert_eq!(got, 200);
+    }
 
     #[test]
     fn base64_matches_rfc4648() {
