@@ -1343,16 +1343,10 @@ impl Conn {
                             .collect();
                         format!("export {}; {}", exports.join(" "), c.cmd)
                     };
-                    match ch.exec(&cmd) {
-                        Ok(()) => t.stage = TaskStage::Stdin,
-                        Err(e) if would_block(&e) => return Ok(Flow::Wait),
-                        Err(e) if code(&e) == LIBSSH2_ERROR_CHANNEL_REQUEST_DENIED => {
-                            return Err(TaskFail::Task(TransportError::local(format!(
-                                "the server refused to run the command: {e}"
-                            ))))
-                        }
-                        Err(e) => return Err(lost("starting the command", &e)),
+                    if !exec(ch, &cmd, "the command", TransportError::local)? {
+                        return Ok(Flow::Wait);
                     }
+                    t.stage = TaskStage::Stdin;
                 }
                 TaskStage::Stdin => {
                     let Some(data) = t.stdin.as_ref().filter(|d| t.stdin_off < d.len()) else {
@@ -1583,16 +1577,10 @@ fn step_rsync(sess: &Session, t: &mut Task) -> Result<Flow, TaskFail> {
             RsyncStage::Exec => {
                 let ch = t.channel.as_mut().expect("channel after open");
                 let cmd = String::from_utf8_lossy(&b.command).into_owned();
-                match ch.exec(&cmd) {
-                    Ok(()) => b.stage = RsyncStage::Pump,
-                    Err(e) if would_block(&e) => return Ok(Flow::Wait),
-                    Err(e) if code(&e) == LIBSSH2_ERROR_CHANNEL_REQUEST_DENIED => {
-                        return Err(TaskFail::Task(TransportError::Transfer(format!(
-                            "the server refused to run the remote rsync: {e}"
-                        ))))
-                    }
-                    Err(e) => return Err(lost("starting the remote rsync", &e)),
+                if !exec(ch, &cmd, "the remote rsync", TransportError::Transfer)? {
+                    return Ok(Flow::Wait);
                 }
+                b.stage = RsyncStage::Pump;
             }
             RsyncStage::Pump => {
                 let ch = t.channel.as_mut().expect("channel while pumping");
@@ -1633,17 +1621,17 @@ fn step_scp(sess: &Session, t: &mut Task) -> Result<Flow, TaskFail> {
     loop {
         match t.stage {
             TaskStage::Open | TaskStage::Env | TaskStage::Pty | TaskStage::Stdin => t.stage = TaskStage::Exec,
-            TaskStage::Exec => match ch.exec(&scp.command) {
-                Ok(()) => t.stage = TaskStage::Scp,
-                Err(e) if would_block(&e) => return Ok(Flow::Wait),
-                Err(e) if code(&e) == LIBSSH2_ERROR_CHANNEL_REQUEST_DENIED => {
-                    return Err(TaskFail::Task(TransportError::Transfer(format!(
-                        "the server refused to run `{}`: {e}",
-                        scp.command
-                    ))))
+            TaskStage::Exec => {
+                if !exec(
+                    ch,
+                    &scp.command,
+                    &format!("`{}`", scp.command),
+                    TransportError::Transfer,
+                )? {
+                    return Ok(Flow::Wait);
                 }
-                Err(e) => return Err(TaskFail::Lost(format!("starting the remote scp: {e}"))),
-            },
+                t.stage = TaskStage::Scp;
+            }
             TaskStage::Scp => {
                 if !scp.pump(sess, ch)? {
                     return Ok(Flow::Wait);
@@ -2285,6 +2273,25 @@ fn remote_quote(path: &str) -> Result<String, String> {
         Some(rest) if !rest.is_empty() => Ok(format!("~/{}", quote(rest)?)),
         _ if path == "~" || path == "~/" => Ok(path.to_owned()),
         _ => quote(path),
+    }
+}
+
+/// Starts `cmd` on the channel: `Ok(false)` if it would block (call again).
+/// A refusal is the task's own error (made by `refused`); anything else
+/// means the session is lost.
+fn exec(
+    ch: &mut ssh2::Channel,
+    cmd: &str,
+    what: &str,
+    refused: fn(String) -> TransportError,
+) -> Result<bool, TaskFail> {
+    match ch.exec(cmd) {
+        Ok(()) => Ok(true),
+        Err(e) if would_block(&e) => Ok(false),
+        Err(e) if code(&e) == LIBSSH2_ERROR_CHANNEL_REQUEST_DENIED => Err(TaskFail::Task(refused(format!(
+            "the server refused to run {what}: {e}"
+        )))),
+        Err(e) => Err(TaskFail::Lost(format!("starting {what}: {e}"))),
     }
 }
 
