@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::transport::ssh::would_block;
 
 /// What [`Session::exec`] returns.
 #[derive(Debug, Clone)]
@@ -169,13 +170,6 @@ impl Session {
 
 fn transfer_err(msg: String, e: impl std::error::Error + Send + Sync + 'static) -> Error {
     Error::new(ErrorKind::Transfer, msg).with_source(e)
-}
-
-/// libssh2's EAGAIN.
-const EAGAIN: i32 = -37;
-
-fn would_block(e: &ssh2::Error) -> bool {
-    matches!(e.code(), ssh2::ErrorCode::Session(EAGAIN))
 }
 
 /// Waits until the socket is ready in the direction libssh2 is blocked on.

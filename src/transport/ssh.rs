@@ -2389,7 +2389,12 @@ impl Task {
                     .into(),
             ),
         };
-        Ok(Task {
+        Ok(Task::with_sinks(job, started, out, err, stdin))
+    }
+
+    /// A task that has not started, writing into `out` and `err`.
+    fn with_sinks(job: &Job, started: SystemTime, out: Sink, err: Sink, stdin: Option<Arc<[u8]>>) -> Task {
+        Task {
             label: job.label,
             token: job.token,
             action: job.action.clone(),
@@ -2404,7 +2409,7 @@ impl Task {
             started,
             scp: None,
             rsync: None,
-        })
+        }
     }
 
     /// Whether a `channel_session` call may be in flight (it must be finished
@@ -2454,22 +2459,12 @@ impl Task {
         scp: Option<Box<Scp>>,
         rsync: Option<Box<Bridge>>,
     ) -> Result<Task, TransportError> {
-        Ok(Task {
-            label: job.label,
-            token: job.token,
-            action: job.action.clone(),
-            stage: TaskStage::Open,
-            channel: None,
-            env_next: 0,
-            env_fallback: Vec::new(),
-            stdin: None,
-            stdin_off: 0,
-            out: Sink::open(job.name.clone(), Stream::Stdout, keep).map_err(TransportError::local)?,
-            err: Sink::open(job.name.clone(), Stream::Stderr, keep).map_err(TransportError::local)?,
-            started,
-            scp,
-            rsync,
-        })
+        let out = Sink::open(job.name.clone(), Stream::Stdout, keep).map_err(TransportError::local)?;
+        let err = Sink::open(job.name.clone(), Stream::Stderr, keep).map_err(TransportError::local)?;
+        let mut t = Task::with_sinks(job, started, out, err, None);
+        t.scp = scp;
+        t.rsync = rsync;
+        Ok(t)
     }
 
     /// A transfer: checks the local side, then runs `scp -t` or `scp -f` remotely.
@@ -2654,7 +2649,7 @@ fn code(e: &ssh2::Error) -> i32 {
 }
 
 /// libssh2's EAGAIN: repeat the same call when the socket is ready.
-pub(super) fn would_block(e: &ssh2::Error) -> bool {
+pub(crate) fn would_block(e: &ssh2::Error) -> bool {
     matches!(e.code(), ErrorCode::Session(LIBSSH2_ERROR_EAGAIN))
 }
 
