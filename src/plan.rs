@@ -223,6 +223,39 @@ impl Plan {
             .map(|e| e.target())
     }
 
+    /// Whether a task that needs a channel (a command or a transfer) is likely
+    /// to follow `n` in its queue, looking past markers, joins, `here`s, subs
+    /// and connects (a `goto` usually loops back to commands). The SSH
+    /// transport then opens that channel while `n` runs.
+    pub(crate) fn channel_task_follows(&self, n: NodeIndex) -> bool {
+        let mut cur = self.next(n);
+        // Bounded: a queue of thousands of local steps is not worth walking.
+        for _ in 0..16 {
+            let Some(node) = cur else { return false };
+            match &self.graph[node] {
+                Node::Task {
+                    step: Step::Action { action, .. },
+                    ..
+                } => match &**action {
+                    Action::Command(_)
+                    | Action::ScpGet(_)
+                    | Action::ScpPut(_)
+                    | Action::RsyncGet(_)
+                    | Action::RsyncPut(_)
+                    | Action::Goto(_) => return true,
+                    Action::Parsub(_) | Action::Stop(_) => return false,
+                    Action::Join(_) | Action::Here(_) | Action::Sub(_) | Action::Connect(_) => {}
+                },
+                Node::Task {
+                    step: Step::Marker(_), ..
+                } => {}
+                Node::Join(_) => return false,
+            }
+            cur = self.next(node);
+        }
+        false
+    }
+
     /// Removes the head of `label`'s queue.
     pub(crate) fn pop(&mut self, label: LabelId) {
         let entry = &self.labels[label];

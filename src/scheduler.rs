@@ -738,6 +738,7 @@ impl<'p> Scheduler<'p> {
         self.next_id += 1;
         let token = self.next_id;
         let entry = &self.plan.labels[l];
+        let prefetch = conn.is_some() && entry.head.is_some_and(|h| self.plan.channel_task_follows(h));
         let rt = &mut self.rt[l];
         rt.token = token;
         rt.attempt += 1;
@@ -752,6 +753,7 @@ impl<'p> Scheduler<'p> {
             action: action.clone(),
             token,
             conn,
+            prefetch,
         };
         let host = entry.host.clone();
         if log::log_enabled!(target: "ssh_parallel", log::Level::Debug) {

@@ -100,6 +100,92 @@ fn key_file_auth_over_real_ssh() {
 }
 
 #[test]
+fn key_login_sends_no_none_probe_password_login_asks_first() {
+    let key = ClientKey::generate(KeyType::Ed25519, None).unwrap();
+    let server = EmbeddedServer::builder()
+        .authorized_key(USER, key.public_line())
+        .password(USER, PASSWORD)
+        .start()
+        .unwrap();
+    let keyed = Host::new("127.0.0.1")
+        .port(server.port())
+        .user(USER)
+        .key_file(key.private_path())
+        .host_key_check(HostKeyCheck::Off);
+    let mut pssh = Parallel::new();
+    pssh.add_host("k", keyed).unwrap();
+    pssh.all(Command::new("true")).unwrap();
+    let report = pssh.run();
+    assert!(report.success(), "{report}");
+    let stats = server.stats();
+    assert_eq!(stats.authenticated, 1, "{stats:?}");
+    // A key login goes straight to the key: no `none` request, no failure.
+    assert_eq!(stats.none_probes, 0, "{stats:?}");
+    assert_eq!(stats.auth_failures, 0, "{stats:?}");
+
+    // A password-only host asks for the methods first (so that default keys
+    // the server may refuse do not spend its MaxAuthTries).
+    let mut pssh = Parallel::new();
+    pssh.add_host("p", host(&server)).unwrap();
+    pssh.all(Command::new("true")).unwrap();
+    let report = pssh.run();
+    assert!(report.success(), "{report}");
+    let stats = server.stats();
+    assert_eq!(stats.authenticated, 2, "{stats:?}");
+    assert_eq!(stats.none_probes, 1, "{stats:?}");
+}
+
+#[test]
+fn the_next_commands_channel_is_opened_while_the_current_one_runs() {
+    let server = server();
+    let mut pssh = Parallel::new();
+    for l in ["a", "b", "c"] {
+        pssh.add_host(l, host(&server)).unwrap();
+    }
+    // Lockstep: a join between each of the 5 commands.
+    for i in 0..5 {
+        pssh.all(Command::new(format!("echo {i}-%LABEL%"))).unwrap();
+        pssh.all(Join::new("*")).unwrap();
+    }
+    // A label whose queue ends in a parsub opens no channel ahead of it.
+    pssh.add_host("p", host(&server)).unwrap();
+    pssh.push("p", Command::new("echo before")).unwrap();
+    pssh.push(
+        "p",
+        ssh_parallel::Parsub::new(|_label: &str, s: &mut ssh_parallel::Session| {
+            let out = s.exec("echo from-parsub")?;
+            if out.stdout != b"from-parsub\n" {
+                return Err(format!("parsub output {:?}", out.stdout).into());
+            }
+            Ok(())
+        }),
+    )
+    .unwrap();
+    let report = pssh.run();
+    assert!(report.success(), "{report}");
+    for l in ["a", "b", "c"] {
+        let outs: Vec<String> = report
+            .label(l)
+            .unwrap()
+            .tasks()
+            .iter()
+            .map(|t| t.stdout_str())
+            .collect();
+        let want: Vec<String> = (0..5).map(|i| format!("{i}-{l}\n")).collect();
+        let got: Vec<&String> = outs.iter().filter(|o| !o.is_empty()).collect();
+        assert_eq!(got, want.iter().collect::<Vec<_>>(), "{l}");
+    }
+    let stats = server.stats();
+    assert_eq!(stats.connections, 4, "{stats:?}");
+    assert_eq!(stats.commands, 3 * 5 + 2, "{stats:?}");
+    // Each label's commands 2..5 ran on channels opened while the previous
+    // command's channel was open; the last command opened none it did not
+    // need, nor did `echo before`, which a parsub follows.
+    assert_eq!(stats.channels_opened, 3 * 5 + 2, "{stats:?}");
+    assert_eq!(stats.channels_opened_ahead, 3 * 4, "{stats:?}");
+}
+
+#[test]
 fn rejected_auth_is_a_connect_error_under_the_policy() {
     let server = EmbeddedServer::builder()
         .password(USER, PASSWORD)

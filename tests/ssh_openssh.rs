@@ -969,6 +969,56 @@ fn wrong_password_is_a_connect_error_listing_the_methods_tried() {
 }
 
 #[test]
+fn a_server_allowing_one_channel_per_connection_runs_a_queue_on_one_login() {
+    if !usable() {
+        return;
+    }
+    // Opening the next command's channel ahead needs a second channel; sshd
+    // with MaxSessions 1 refuses it, and the queue must go on without it.
+    let k = keys();
+    let key = testbed::ClientKey::generate(testbed::KeyType::Ed25519, None).unwrap();
+    let server = testbed::OpenSshServer::builder()
+        .max_sessions(1)
+        .authorize(&key)
+        .start()
+        .expect("start sshd");
+    trust_line(&server.known_hosts_line);
+    let mut p = Parallel::new();
+    for l in ["a", "b"] {
+        let h = Host::new("127.0.0.1")
+            .port(server.port)
+            .user(&k.user)
+            .key_file(key.private_path())
+            .connect_timeout(Duration::from_secs(10));
+        p.add_host(l, h).unwrap();
+    }
+    for i in 0..5 {
+        p.all(Command::new(format!("echo {i}-%LABEL%"))).unwrap();
+        p.all(Join::new("*")).unwrap();
+    }
+    let report = p.run();
+    assert!(report.success(), "{report}\n{}", server.log());
+    for l in ["a", "b"] {
+        let got: Vec<String> = report
+            .label(l)
+            .unwrap()
+            .tasks()
+            .iter()
+            .map(|t| t.stdout_str())
+            .filter(|o| !o.is_empty())
+            .collect();
+        let want: Vec<String> = (0..5).map(|i| format!("{i}-{l}\n")).collect();
+        assert_eq!(got, want, "{l}");
+    }
+    let log = server.log();
+    assert_eq!(server.logins_logged(), 2, "one login per label: {log}");
+    // Each connection's spare was refused (and sometimes an open sent right
+    // behind a close, which sshd refuses until its next loop turn; those are
+    // tried again).
+    assert!(log.matches("no more sessions").count() >= 2, "{log}");
+}
+
+#[test]
 fn key_auth_with_ed25519_ecdsa_and_rsa_keys_with_and_without_passphrase() {
     if !usable() {
         return;

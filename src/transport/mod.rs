@@ -34,6 +34,9 @@ pub(crate) struct Job {
     pub(crate) token: Token,
     /// `None` for tasks that need no connection (`Parsub::no_ssh`).
     pub(crate) conn: Option<ConnId>,
+    /// Another task that needs a channel (a command or a transfer) comes
+    /// next in the label's queue: the transport may open it ahead of time.
+    pub(crate) prefetch: bool,
 }
 
 /// From the scheduler to a transport.

@@ -23,7 +23,7 @@
 //! mode); nothing blocks in `Drop` (sockets are shut down before sessions and
 //! channels are freed).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr, ToSocketAddrs};
 use std::os::fd::{AsRawFd, RawFd};
@@ -57,11 +57,16 @@ const AUX: usize = 1 << (usize::BITS - 2);
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Authentication deadline when the host sets none.
 const DEFAULT_AUTH_TIMEOUT: Duration = Duration::from_secs(20);
+/// Refused channel opens tried again (after 10, 40, 160 and 640 ms).
+const OPEN_RETRIES: u32 = 4;
+const OPEN_RETRY_FIRST: Duration = Duration::from_millis(10);
 /// How long closing a channel or disconnecting a session may take.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
-/// Busy sessions are stepped at least this often, in case libssh2 buffered
-/// input that no new edge will announce.
-const FALLBACK_TICK: Duration = Duration::from_millis(100);
+/// A busy session that has had no event for this long is stepped anyway.
+/// Every wait is meant to follow a read that drained the socket, so that the
+/// next byte brings a new edge; this only bounds the cost of a wait that
+/// libssh2 might end without one.
+const SAFETY_TICK: Duration = Duration::from_secs(2);
 
 // libssh2 error codes used here.
 const LIBSSH2_ERROR_EAGAIN: i32 = -37;
@@ -70,6 +75,7 @@ const LIBSSH2_ERROR_KEY_EXCHANGE_FAILURE: i32 = -8;
 const LIBSSH2_ERROR_SOCKET_SEND: i32 = -7;
 const LIBSSH2_ERROR_SOCKET_TIMEOUT: i32 = -9;
 const LIBSSH2_ERROR_SOCKET_DISCONNECT: i32 = -13;
+const LIBSSH2_ERROR_CHANNEL_FAILURE: i32 = -21;
 const LIBSSH2_ERROR_CHANNEL_REQUEST_DENIED: i32 = -22;
 const LIBSSH2_ERROR_SOCKET_RECV: i32 = -43;
 
@@ -154,6 +160,8 @@ fn spawn_one(events: Sender<Event>, index: usize) -> io::Result<(Sender<Request>
         kick_tx,
         kick_rx,
         closing_all: false,
+        timers: BTreeSet::new(),
+        touched: Vec::new(),
     };
     let handle = std::thread::Builder::new()
         .name(format!("ssh-parallel-io{index}"))
@@ -193,6 +201,25 @@ struct Loop {
     kick_rx: Receiver<usize>,
     /// The scheduler hung up: close everything and exit.
     closing_all: bool,
+    /// Every connection's next wake-up (`Conn::timer`), soonest first.
+    timers: BTreeSet<(Instant, usize)>,
+    /// Connections touched in this turn of the loop, to settle at its end.
+    touched: Vec<usize>,
+}
+
+/// The context connection steps need, from the loop's fields (a macro rather
+/// than a method so that `conns` can be borrowed mutably beside it).
+macro_rules! cx {
+    ($lp:ident) => {
+        Cx {
+            events: &$lp.events,
+            registry: $lp.poll.registry(),
+            waker: &$lp.waker,
+            resolved: &$lp.resolved_tx,
+            returned: &$lp.returned_tx,
+            kicks: &$lp.kick_tx,
+        }
+    };
 }
 
 /// What connection steps need from the loop.
@@ -206,12 +233,17 @@ struct Cx<'a> {
 }
 
 impl Loop {
-    /// The event loop: poll, take requests, step sessions, enforce deadlines.
+    /// The event loop: poll, take requests, step the sessions that had
+    /// events, fire the timers that are due, then re-arm the timers of every
+    /// connection touched. Nothing walks all connections on a wake-up, so a
+    /// turn costs what happened in it, not how many sessions are open.
     fn run(mut self) {
         let mut events = Events::with_capacity(1024);
-        let mut last_tick = Instant::now();
         loop {
-            let timeout = self.poll_timeout();
+            let timeout = self
+                .timers
+                .first()
+                .map(|(at, _)| at.saturating_duration_since(Instant::now()));
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     log::error!(target: "ssh_parallel", "ssh transport: poll failed: {e}");
@@ -237,60 +269,73 @@ impl Loop {
             self.take_resolved();
             self.take_returned();
             {
-                let cx = Cx {
-                    events: &self.events,
-                    registry: self.poll.registry(),
-                    waker: &self.waker,
-                    resolved: &self.resolved_tx,
-                    returned: &self.returned_tx,
-                    kicks: &self.kick_tx,
-                };
+                let cx = cx!(self);
                 for (key, closed) in ready {
                     if let Some(c) = self.conns.get_mut(&key) {
-                        if matches!(c.phase, Phase::Idle) {
+                        self.touched.push(key);
+                        if matches!(c.phase, Phase::Idle) && !matches!(c.spare, Spare::Opening) {
                             c.check_idle(&cx, closed);
                         } else {
                             c.step(&cx);
                         }
                     }
                 }
-                if last_tick.elapsed() >= FALLBACK_TICK {
-                    last_tick = Instant::now();
-                    for c in self.conns.values_mut() {
-                        if c.is_busy() {
-                            c.step(&cx);
-                        }
-                    }
-                }
                 let now = Instant::now();
-                for c in self.conns.values_mut() {
-                    if c.deadline.is_some_and(|d| d <= now) {
-                        c.deadline_passed(&cx);
+                while let Some(&(at, key)) = self.timers.first() {
+                    if at > now {
+                        break;
                     }
-                    c.keepalive(&cx, now);
+                    self.timers.pop_first();
+                    if let Some(c) = self.conns.get_mut(&key) {
+                        c.timer = None;
+                        self.touched.push(key);
+                        c.timer_due(&cx, now);
+                    }
                 }
             }
-            self.reap();
+            self.settle();
             if self.closing_all && self.conns.is_empty() {
                 return;
             }
         }
     }
 
-    /// Sleeps until the next deadline; busy sessions also get the fallback tick.
-    fn poll_timeout(&self) -> Option<Duration> {
+    /// After a turn, for each connection touched in it: keepalive
+    /// bookkeeping, removal if it is done, and its timer re-armed at its next
+    /// deadline, keepalive or safety step.
+    fn settle(&mut self) {
+        let mut touched = std::mem::take(&mut self.touched);
+        touched.sort_unstable();
+        touched.dedup();
         let now = Instant::now();
-        let mut t: Option<Duration> = None;
-        for c in self.conns.values() {
-            if c.is_busy() {
-                t = Some(t.map_or(FALLBACK_TICK, |t| t.min(FALLBACK_TICK)));
+        let mut done = Vec::new();
+        let cx = cx!(self);
+        for &key in &touched {
+            let Some(c) = self.conns.get_mut(&key) else { continue };
+            c.keepalive(&cx, now);
+            let wake = if matches!(c.phase, Phase::Done) {
+                None
+            } else {
+                c.wake_at()
+            };
+            if wake != c.timer {
+                if let Some(at) = c.timer.take() {
+                    self.timers.remove(&(at, key));
+                }
+                if let Some(at) = wake {
+                    self.timers.insert((at, key));
+                    c.timer = Some(at);
+                }
             }
-            for d in [c.deadline, c.ka_next].into_iter().flatten() {
-                let left = d.saturating_duration_since(now);
-                t = Some(t.map_or(left, |t| t.min(left)));
+            if matches!(c.phase, Phase::Done) {
+                done.push(key);
             }
         }
-        t
+        for key in done {
+            self.reap(key);
+        }
+        touched.clear();
+        self.touched = touched;
     }
 
     /// Handles every queued request; a hung-up scheduler closes everything.
@@ -302,16 +347,10 @@ impl Loop {
                 Err(TryRecvError::Disconnected) => {
                     if !self.closing_all {
                         self.closing_all = true;
-                        let cx = Cx {
-                            events: &self.events,
-                            registry: self.poll.registry(),
-                            waker: &self.waker,
-                            resolved: &self.resolved_tx,
-                            returned: &self.returned_tx,
-                            kicks: &self.kick_tx,
-                        };
-                        for c in self.conns.values_mut() {
+                        let cx = cx!(self);
+                        for (key, c) in self.conns.iter_mut() {
                             c.disconnect(&cx);
+                            self.touched.push(*key);
                         }
                     }
                     return;
@@ -322,14 +361,7 @@ impl Loop {
 
     /// Handles one request from the scheduler.
     fn request(&mut self, req: Request) {
-        let cx = Cx {
-            events: &self.events,
-            registry: self.poll.registry(),
-            waker: &self.waker,
-            resolved: &self.resolved_tx,
-            returned: &self.returned_tx,
-            kicks: &self.kick_tx,
-        };
+        let cx = cx!(self);
         match req {
             Request::Connect {
                 label,
@@ -344,6 +376,7 @@ impl Loop {
                 c.step(&cx);
                 self.by_id.insert(conn, key);
                 self.conns.insert(key, c);
+                self.touched.push(key);
             }
             Request::Run(job) => {
                 let Some(id) = job.conn else {
@@ -354,6 +387,7 @@ impl Loop {
                     Some(c) => {
                         c.run(&cx, job);
                         c.step(&cx);
+                        self.touched.push(c.key);
                     }
                     None => finish(
                         &self.events,
@@ -385,6 +419,7 @@ impl Loop {
                 for c in self.conns.values_mut() {
                     if c.cancel(&cx, token) {
                         c.step(&cx);
+                        self.touched.push(c.key);
                         break;
                     }
                 }
@@ -393,6 +428,7 @@ impl Loop {
                 Some(c) => {
                     c.disconnect(&cx);
                     c.step(&cx);
+                    self.touched.push(c.key);
                 }
                 None => {
                     let _ = self.events.send(Event::Closed { label, conn });
@@ -432,15 +468,9 @@ impl Loop {
     /// Hands resolved addresses to the connections that asked for them.
     fn take_resolved(&mut self) {
         while let Ok((key, gen, result)) = self.resolved_rx.try_recv() {
-            let cx = Cx {
-                events: &self.events,
-                registry: self.poll.registry(),
-                waker: &self.waker,
-                resolved: &self.resolved_tx,
-                returned: &self.returned_tx,
-                kicks: &self.kick_tx,
-            };
+            let cx = cx!(self);
             if let Some(c) = self.conns.get_mut(&key) {
+                self.touched.push(key);
                 if c.gen == gen && matches!(c.phase, Phase::Resolving) {
                     match result {
                         Ok(addrs) if !addrs.is_empty() => {
@@ -462,18 +492,12 @@ impl Loop {
     /// Takes back the sessions that parsubs have finished with.
     fn take_returned(&mut self) {
         while let Ok(r) = self.returned_rx.try_recv() {
-            let cx = Cx {
-                events: &self.events,
-                registry: self.poll.registry(),
-                waker: &self.waker,
-                resolved: &self.resolved_tx,
-                returned: &self.returned_tx,
-                kicks: &self.kick_tx,
-            };
+            let cx = cx!(self);
             match self.conns.get_mut(&r.key) {
                 Some(c) if matches!(c.phase, Phase::Lent { token, .. } if token == r.token) => {
                     c.returned(&cx, r.outcome);
                     c.step(&cx);
+                    self.touched.push(r.key);
                 }
                 // Abandoned after its timeout: the task was answered then.
                 _ => {}
@@ -481,32 +505,23 @@ impl Loop {
         }
     }
 
-    /// Removes the connections that are done.
-    fn reap(&mut self) {
-        let done: Vec<usize> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| matches!(c.phase, Phase::Done))
-            .map(|(k, _)| *k)
-            .collect();
-        for key in done {
-            if let Some(mut c) = self.conns.remove(&key) {
-                c.teardown(self.poll.registry(), Phase::Done);
-                if self.by_id.get(&c.id) == Some(&key) {
-                    self.by_id.remove(&c.id);
-                }
-                for job in c.pending.drain(..) {
-                    finish(
-                        &self.events,
-                        job.label,
-                        job.token,
-                        Outcome::new(
-                            Err(TransportError::ConnectionLost("the connection was closed".into())),
-                            SystemTime::now(),
-                        ),
-                    );
-                }
-            }
+    /// Removes a connection that is done, answering the jobs it still held.
+    fn reap(&mut self, key: usize) {
+        let Some(mut c) = self.conns.remove(&key) else { return };
+        c.teardown(self.poll.registry(), Phase::Done);
+        if self.by_id.get(&c.id) == Some(&key) {
+            self.by_id.remove(&c.id);
+        }
+        for job in c.pending.drain(..) {
+            finish(
+                &self.events,
+                job.label,
+                job.token,
+                Outcome::new(
+                    Err(TransportError::ConnectionLost("the connection was closed".into())),
+                    SystemTime::now(),
+                ),
+            );
         }
     }
 }
@@ -578,6 +593,21 @@ enum TaskFail {
     Task(TransportError),
 }
 
+/// A channel opened ahead of the next task. RFC 4254 makes a command cost
+/// two round trips on a new channel (open, then exec, which must name the
+/// server's channel number); opening the next one while the current exec is
+/// in flight brings a queue of commands down to one round trip each.
+enum Spare {
+    None,
+    /// Its `CHANNEL_OPEN` is in flight. libssh2 keeps one open in progress per
+    /// session, so whoever calls `channel_session` next finishes this one.
+    Opening,
+    Ready(ssh2::Channel),
+    /// The server refused a second channel (`MaxSessions`): no more spares on
+    /// this connection.
+    Off,
+}
+
 /// One connection of one label.
 struct Conn {
     key: usize,
@@ -599,6 +629,11 @@ struct Conn {
     ka_next: Option<Instant>,
     /// Keepalives sent since the server was last heard from.
     ka_unanswered: u32,
+    /// This connection's entry in the loop's timers.
+    timer: Option<Instant>,
+    /// When it was last stepped (for the safety step).
+    stepped: Instant,
+    spare: Spare,
 }
 
 impl Conn {
@@ -620,6 +655,9 @@ impl Conn {
             gen: 0,
             ka_next: None,
             ka_unanswered: 0,
+            timer: None,
+            stepped: Instant::now(),
+            spare: Spare::None,
         }
     }
 
@@ -628,12 +666,71 @@ impl Conn {
         format!("{}@{}:{}", self.user, self.host.hostname, self.port)
     }
 
-    /// Whether the fallback tick should step this connection.
+    /// Whether the connection waits on its socket (and so gets the safety step).
     fn is_busy(&self) -> bool {
-        !matches!(
-            self.phase,
-            Phase::Idle | Phase::Broken | Phase::Done | Phase::Resolving | Phase::Lent { .. }
-        )
+        match self.phase {
+            Phase::Idle => matches!(self.spare, Spare::Opening),
+            Phase::Broken | Phase::Done | Phase::Resolving | Phase::Lent { .. } => false,
+            _ => true,
+        }
+    }
+
+    /// When the loop must wake for this connection without an event: its
+    /// deadline, its next keepalive, or the safety step of a busy session.
+    fn wake_at(&self) -> Option<Instant> {
+        let safety = self.is_busy().then(|| self.stepped + SAFETY_TICK);
+        let retry = match &self.phase {
+            Phase::Running(t) => t.open.retry_at,
+            _ => None,
+        };
+        [self.deadline, self.ka_next, safety, retry].into_iter().flatten().min()
+    }
+
+    /// Its timer fired: a deadline passed, a refused channel is due to be
+    /// tried again, or a busy session had no event for [`SAFETY_TICK`] (a due
+    /// keepalive is sent when the turn settles).
+    fn timer_due(&mut self, cx: &Cx<'_>, now: Instant) {
+        if self.deadline.is_some_and(|d| d <= now) {
+            self.deadline_passed(cx);
+        }
+        let retry = matches!(&self.phase, Phase::Running(t) if t.open.retry_at.is_some_and(|at| at <= now));
+        if retry || (self.is_busy() && self.stepped + SAFETY_TICK <= now) {
+            self.step(cx);
+        }
+    }
+
+    /// Opens the next task's channel while this task's requests are in
+    /// flight, when the queue says one comes next.
+    fn prefetch(&mut self) {
+        let Phase::Running(t) = &self.phase else { return };
+        if matches!(self.spare, Spare::None) && t.prefetch && t.channel.is_some() {
+            self.spare = Spare::Opening;
+            // Its errors show again on the task's own next call.
+            if self.step_spare().is_err() {
+                self.spare = Spare::None;
+            }
+        }
+    }
+
+    /// Moves the spare's open on; an error means the session is lost.
+    fn step_spare(&mut self) -> Result<(), String> {
+        let Some(sess) = &self.sess else {
+            self.spare = Spare::None;
+            return Ok(());
+        };
+        match sess.channel_session() {
+            Ok(ch) => self.spare = Spare::Ready(ch),
+            Err(e) if would_block(&e) => {}
+            Err(e) if is_socket_error(&e) => {
+                self.spare = Spare::None;
+                return Err(format!("opening a channel ahead: {e}"));
+            }
+            Err(e) => {
+                log::debug!(target: "ssh_parallel", "[{}] no channels opened ahead: {e}", self.name);
+                self.spare = Spare::Off;
+            }
+        }
+        Ok(())
     }
 
     /// Starts (or restarts) connecting, with the connect deadline.
@@ -672,6 +769,25 @@ impl Conn {
 
     /// Runs the state machine until it would block.
     fn step(&mut self, cx: &Cx<'_>) {
+        self.stepped = Instant::now();
+        // The spare first: its packet may be half sent, and libssh2 sends
+        // nothing else until it is finished.
+        if matches!(self.spare, Spare::Opening) {
+            if let Err(m) = self.step_spare() {
+                match self.phase {
+                    Phase::Idle | Phase::Running(_) => {
+                        self.lose(cx, m);
+                        return;
+                    }
+                    Phase::Cancelling(_) => self.broken(cx, m),
+                    _ => {}
+                }
+            }
+            if matches!(self.phase, Phase::Idle) && !matches!(self.spare, Spare::Opening) {
+                // A parsub may have been waiting for the spare's open to end.
+                self.become_idle(cx);
+            }
+        }
         loop {
             let r = match self.phase {
                 Phase::Resolving | Phase::Idle | Phase::Broken | Phase::Done | Phase::Lent { .. } => return,
@@ -700,7 +816,10 @@ impl Conn {
             };
             match r {
                 Ok(Flow::Again) => continue,
-                Ok(Flow::Wait) => return,
+                Ok(Flow::Wait) => {
+                    self.prefetch();
+                    return;
+                }
                 Ok(Flow::Up) => self.up(cx),
                 Ok(Flow::Free) => self.become_idle(cx),
                 Ok(Flow::TaskDone(exit)) => {
@@ -793,9 +912,13 @@ impl Conn {
         // IdentitiesOnly would), and go before the agent's so that a server's
         // MaxAuthTries is not spent on agent keys first.
         let explicit = !self.host.key_files.is_empty() || !self.host.key_data.is_empty();
+        // Asking for the methods first ("none") costs a round trip that a key
+        // login does not need; a host with only a password asks first so as
+        // not to spend the server's MaxAuthTries on default keys it refuses.
+        let ask_first = self.host.password.is_some() && !explicit;
         self.phase = Phase::Auth(Box::new(Auth {
-            stage: AuthStage::Methods,
-            methods: String::new(),
+            stage: if ask_first { AuthStage::Methods } else { AuthStage::Data },
+            methods: None,
             keys: self.host.key_files.clone(),
             next_key: 0,
             next_data: 0,
@@ -805,6 +928,7 @@ impl Conn {
             default_keys: if explicit { Vec::new() } else { default_keys() },
             next_default: 0,
             tried: Vec::new(),
+            keys_done: false,
         }));
         self.deadline = Some(Instant::now() + self.host.auth_timeout.unwrap_or(DEFAULT_AUTH_TIMEOUT));
         Ok(Flow::Again)
@@ -831,8 +955,13 @@ impl Conn {
             let result = match a.stage {
                 AuthStage::Methods => match sess.auth_methods(user) {
                     Ok(m) => {
-                        a.methods = m.to_owned();
-                        a.stage = AuthStage::Data;
+                        // Asked first, or after the keys (before passwords).
+                        a.stage = if a.keys_done {
+                            AuthStage::Password
+                        } else {
+                            AuthStage::Data
+                        };
+                        a.methods = Some(m.to_owned());
                         continue;
                     }
                     Err(e) => Err(e),
@@ -883,7 +1012,12 @@ impl Conn {
                 }
                 AuthStage::DefaultKey => {
                     let Some(key) = a.default_keys.get(a.next_default).filter(|_| a.allows("publickey")) else {
-                        a.stage = AuthStage::Password;
+                        a.keys_done = true;
+                        a.stage = if a.methods.is_none() {
+                            AuthStage::Methods
+                        } else {
+                            AuthStage::Password
+                        };
                         continue;
                     };
                     sess.userauth_pubkey_file(user, None, key, host.passphrase.as_deref())
@@ -912,10 +1046,9 @@ impl Conn {
                     };
                     return Err(format!(
                         "authentication failed for {target}: tried {tried}; the server accepts: {}",
-                        if a.methods.is_empty() {
-                            "(none listed)"
-                        } else {
-                            &a.methods
+                        match a.methods.as_deref() {
+                            None | Some("") => "(none listed)",
+                            Some(m) => m,
                         }
                     ));
                 }
@@ -1127,6 +1260,7 @@ impl Conn {
             let _ = s.shutdown(Shutdown::Both);
         }
         drop(std::mem::replace(&mut self.phase, next));
+        self.spare = Spare::None;
         self.sess = None;
         if let Some(mut s) = self.stream.take() {
             let _ = registry.deregister(&mut s);
@@ -1148,6 +1282,16 @@ impl Conn {
         self.phase = Phase::Idle;
         self.deadline = None;
         while matches!(self.phase, Phase::Idle) {
+            if matches!(self.spare, Spare::Opening)
+                && self
+                    .pending
+                    .front()
+                    .is_some_and(|j| matches!(*j.action, Action::Parsub(_)))
+            {
+                // The parsub's own opens (a channel, sftp, a tunnel) would
+                // finish the spare's instead of starting theirs.
+                return;
+            }
             let Some(job) = self.pending.pop_front() else { return };
             self.start_job(cx, job);
         }
@@ -1193,6 +1337,9 @@ impl Conn {
             );
             return;
         };
+        // Nothing of the loop's stays on a lent session (dropping a channel
+        // later would need the session the parsub holds).
+        self.spare = Spare::None;
         sess.set_blocking(true);
         let lent = Lent {
             sess: sess.clone(),
@@ -1275,19 +1422,19 @@ impl Conn {
         let Phase::Running(t) = &mut self.phase else {
             return Ok(Flow::Again);
         };
+        let spare = &mut self.spare;
         let lost = |what: &str, e: &dyn std::fmt::Display| TaskFail::Lost(format!("{what}: {e}"));
         if t.rsync.is_some() {
-            return step_rsync(sess, t);
+            return step_rsync(sess, t, spare);
         }
         loop {
             if t.stage == TaskStage::Open {
-                match sess.channel_session() {
-                    Ok(ch) => {
+                match open_for_task(sess, spare, &mut t.open)? {
+                    Some(ch) => {
                         t.channel = Some(ch);
                         t.stage = TaskStage::Env;
                     }
-                    Err(e) if would_block(&e) => return Ok(Flow::Wait),
-                    Err(e) => return Err(lost("opening a channel", &e)),
+                    None => return Ok(Flow::Wait),
                 }
                 continue;
             }
@@ -1554,9 +1701,8 @@ impl Conn {
 
 /// Runs an rsync task: read the remote command from the bridge, run it on a
 /// channel, pump both ways, close, then wait for the local rsync.
-fn step_rsync(sess: &Session, t: &mut Task) -> Result<Flow, TaskFail> {
+fn step_rsync(sess: &Session, t: &mut Task, spare: &mut Spare) -> Result<Flow, TaskFail> {
     let b = t.rsync.as_mut().expect("an rsync task");
-    let lost = |what: &str, e: &dyn std::fmt::Display| TaskFail::Lost(format!("{what}: {e}"));
     loop {
         match b.stage {
             RsyncStage::Command => match b.read_command() {
@@ -1566,13 +1712,12 @@ fn step_rsync(sess: &Session, t: &mut Task) -> Result<Flow, TaskFail> {
                 // The local rsync ended early; its exit says why.
                 Err(_) => b.stage = RsyncStage::Local,
             },
-            RsyncStage::Open => match sess.channel_session() {
-                Ok(ch) => {
+            RsyncStage::Open => match open_for_task(sess, spare, &mut t.open)? {
+                Some(ch) => {
                     t.channel = Some(ch);
                     b.stage = RsyncStage::Exec;
                 }
-                Err(e) if would_block(&e) => return Ok(Flow::Wait),
-                Err(e) => return Err(lost("opening a channel", &e)),
+                None => return Ok(Flow::Wait),
             },
             RsyncStage::Exec => {
                 let ch = t.channel.as_mut().expect("channel after open");
@@ -1692,6 +1837,8 @@ struct Scp {
     ended_early: bool,
     /// The start of its stderr.
     stderr: Vec<u8>,
+    /// How many bytes of stderr were read in all (to see progress past the kept start).
+    stderr_read: u64,
     dir: ScpDir,
 }
 
@@ -1762,6 +1909,7 @@ impl Scp {
             eof: false,
             ended_early: false,
             stderr: Vec::new(),
+            stderr_read: 0,
             dir,
         }
     }
@@ -1926,23 +2074,34 @@ impl Scp {
     }
 
     fn keep_stderr(&mut self, data: &[u8]) {
+        self.stderr_read += data.len() as u64;
         let room = SCP_STDERR_KEEP.saturating_sub(self.stderr.len());
         self.stderr.extend_from_slice(&data[..data.len().min(room)]);
     }
 
-    /// After the protocol: reads both streams to their end; true when both ended.
+    /// After the protocol: reads both streams to their end; true when both
+    /// ended. As in the command's `drain`, the passes go on until one reads
+    /// nothing, since reading either stream may pull the other's packets.
     fn drain(&mut self, ch: &mut ssh2::Channel) -> Result<bool, TaskFail> {
         let mut buf = vec![0u8; 32 * 1024];
-        let err_done = self.read_stderr(ch, &mut buf)?;
-        let mut out_done = self.eof;
-        while !out_done {
-            if !self.read_stdout(ch, &mut buf)? {
-                break;
+        loop {
+            let seen = self.stderr_read;
+            let err_done = self.read_stderr(ch, &mut buf)?;
+            let mut progress = self.stderr_read != seen;
+            while !self.eof {
+                if !self.read_stdout(ch, &mut buf)? {
+                    break;
+                }
+                self.inb.clear();
+                progress = true;
             }
-            self.inb.clear();
-            out_done = self.eof;
+            if err_done && self.eof {
+                return Ok(true);
+            }
+            if !progress {
+                return Ok(false);
+            }
         }
-        Ok(err_done && out_done)
     }
 
     /// The error for a remote scp that failed or ended before the end of the transfer.
@@ -2277,6 +2436,52 @@ fn remote_quote(path: &str) -> Result<String, String> {
 }
 
 /// Starts `cmd` on the channel: `Ok(false)` if it would block (call again).
+/// Opens a task's channel: the spare if it is ready; else continues the
+/// spare's open if one is in flight (`adopted`), or starts one. `Ok(None)`:
+/// it would block.
+fn open_channel(sess: &Session, spare: &mut Spare, adopted: &mut bool) -> Result<Option<ssh2::Channel>, ssh2::Error> {
+    match std::mem::replace(spare, Spare::None) {
+        Spare::Ready(ch) => return Ok(Some(ch)),
+        Spare::Opening => *adopted = true,
+        Spare::Off => *spare = Spare::Off,
+        Spare::None => {}
+    }
+    match sess.channel_session() {
+        Ok(ch) => Ok(Some(ch)),
+        Err(e) if would_block(&e) => Ok(None),
+        Err(e) if *adopted && code(&e) == LIBSSH2_ERROR_CHANNEL_FAILURE => {
+            // The spare was refused (it was a second channel while the last
+            // task's was open): no more spares; this one opens anew.
+            *spare = Spare::Off;
+            *adopted = false;
+            open_channel(sess, spare, adopted)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Opens the task's channel (see [`open_channel`]). A refused open is tried
+/// again a few times, shortly after: sshd frees a closed channel's session
+/// slot only after the loop turn that read its close, so with `MaxSessions
+/// 1` an open sent right behind the last close is refused. After that the
+/// session is given up (a new connection has free slots).
+fn open_for_task(sess: &Session, spare: &mut Spare, o: &mut OpenState) -> Result<Option<ssh2::Channel>, TaskFail> {
+    if o.retry_at.is_some_and(|at| Instant::now() < at) {
+        return Ok(None);
+    }
+    o.retry_at = None;
+    match open_channel(sess, spare, &mut o.adopted) {
+        Ok(ch) => Ok(ch),
+        Err(e) if code(&e) == LIBSSH2_ERROR_CHANNEL_FAILURE && o.refusals < OPEN_RETRIES => {
+            log::debug!(target: "ssh_parallel", "channel refused ({e}); trying again");
+            o.retry_at = Some(Instant::now() + OPEN_RETRY_FIRST * 4u32.pow(o.refusals));
+            o.refusals += 1;
+            Ok(None)
+        }
+        Err(e) => Err(TaskFail::Lost(format!("opening a channel: {e}"))),
+    }
+}
+
 /// A refusal is the task's own error (made by `refused`); anything else
 /// means the session is lost.
 fn exec(
@@ -2312,32 +2517,47 @@ fn close_channel(ch: &mut ssh2::Channel) -> Result<Flow, TaskFail> {
 }
 
 /// Reads stdout and stderr until both would block; true once both hit EOF.
+///
+/// Reading one stream makes libssh2 pull every packet the socket holds, the
+/// other stream's too, so the passes go on until one finds nothing: only
+/// then is nothing left in libssh2's buffers that no new edge would announce.
 fn drain(t: &mut Task) -> Result<bool, TaskFail> {
     let ch = t.channel.as_mut().expect("channel while draining");
     let mut buf = [0u8; 32 * 1024];
-    let mut eofs = 0;
-    for stream_id in [0, 1] {
-        let (mut s, sink) = if stream_id == 0 {
-            (ch.stream(0), &mut t.out)
-        } else {
-            (ch.stream(1), &mut t.err)
-        };
-        loop {
-            match s.read(&mut buf) {
-                Ok(0) => {
-                    eofs += 1;
-                    break;
+    let mut eof = [false; 2];
+    loop {
+        let mut progress = false;
+        for stream_id in [0, 1] {
+            let (mut s, sink) = if stream_id == 0 {
+                (ch.stream(0), &mut t.out)
+            } else {
+                (ch.stream(1), &mut t.err)
+            };
+            while !eof[stream_id] {
+                match s.read(&mut buf) {
+                    Ok(0) => {
+                        // The EOF may have come with data for the other stream.
+                        eof[stream_id] = true;
+                        progress = true;
+                    }
+                    Ok(n) => {
+                        progress = true;
+                        sink.write(&buf[..n])
+                            .map_err(|m| TaskFail::Task(TransportError::local(m)))?
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(TaskFail::Lost(format!("reading the command's output: {e}"))),
                 }
-                Ok(n) => sink
-                    .write(&buf[..n])
-                    .map_err(|m| TaskFail::Task(TransportError::local(m)))?,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(TaskFail::Lost(format!("reading the command's output: {e}"))),
             }
         }
+        if eof == [true, true] {
+            return Ok(true);
+        }
+        if !progress {
+            return Ok(false);
+        }
     }
-    Ok(eofs == 2)
 }
 
 /// Where a command is in its channel's life.
@@ -2373,6 +2593,19 @@ struct Task {
     scp: Option<Box<Scp>>,
     /// Set for `RsyncPut` / `RsyncGet`.
     rsync: Option<Box<Bridge>>,
+    /// Open the next task's channel ahead (from [`Job::prefetch`]).
+    prefetch: bool,
+    open: OpenState,
+}
+
+/// How a task's channel open is going.
+#[derive(Default)]
+struct OpenState {
+    /// It was started as a spare.
+    adopted: bool,
+    /// Opens the server refused, and when to try again.
+    refusals: u32,
+    retry_at: Option<Instant>,
 }
 
 impl Task {
@@ -2409,6 +2642,8 @@ impl Task {
             started,
             scp: None,
             rsync: None,
+            prefetch: job.prefetch,
+            open: OpenState::default(),
         }
     }
 
@@ -2563,8 +2798,8 @@ enum AuthStage {
 /// Authentication state of one connection.
 struct Auth {
     stage: AuthStage,
-    /// What the server accepts (comma-separated).
-    methods: String,
+    /// What the server accepts (comma-separated); `None` until asked.
+    methods: Option<String>,
     keys: Vec<PathBuf>,
     next_key: usize,
     next_data: usize,
@@ -2575,12 +2810,16 @@ struct Auth {
     next_default: usize,
     /// What was tried and why it failed, for the error message.
     tried: Vec<String>,
+    /// Every key was tried.
+    keys_done: bool,
 }
 
 impl Auth {
-    /// Whether the server lists `method`.
+    /// Whether the server lists `method` (anything goes before it was asked).
     fn allows(&self, method: &str) -> bool {
-        self.methods.split(',').any(|m| m == method)
+        self.methods
+            .as_deref()
+            .map_or(true, |ms| ms.split(',').any(|m| m == method))
     }
 }
 

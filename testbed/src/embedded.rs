@@ -93,6 +93,13 @@ pub struct ServerStats {
     pub auth_failures: u64,
     /// Commands started (exec, shell and subsystem requests).
     pub commands: u64,
+    /// `none` authentication requests (the clients' method probes; also in `auth_failures`).
+    pub none_probes: u64,
+    /// Session channels opened.
+    pub channels_opened: u64,
+    /// Session channels opened while a command of the same connection was
+    /// still running (a client opening its next channel ahead).
+    pub channels_opened_ahead: u64,
 }
 
 #[derive(Default)]
@@ -102,6 +109,9 @@ struct Counters {
     authenticated: AtomicU64,
     auth_failures: AtomicU64,
     commands: AtomicU64,
+    none_probes: AtomicU64,
+    channels_opened: AtomicU64,
+    channels_opened_ahead: AtomicU64,
 }
 
 /// Builder for [`EmbeddedServer`]; see [`EmbeddedServer::builder`].
@@ -248,6 +258,17 @@ struct ConnCtl {
     fd: RawFd,
     /// False once the socket is closed (so the fd number is never shut down after reuse).
     open: Mutex<bool>,
+    /// Commands of this connection started and not yet ended.
+    running: AtomicU64,
+}
+
+/// Counts a command as running on its connection until dropped.
+struct RunningGuard(Arc<ConnCtl>);
+
+impl Drop for RunningGuard {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl ConnCtl {
@@ -602,6 +623,9 @@ impl EmbeddedServer {
             authenticated: c.authenticated.load(Ordering::Relaxed),
             auth_failures: c.auth_failures.load(Ordering::Relaxed),
             commands: c.commands.load(Ordering::Relaxed),
+            none_probes: c.none_probes.load(Ordering::Relaxed),
+            channels_opened: c.channels_opened.load(Ordering::Relaxed),
+            channels_opened_ahead: c.channels_opened_ahead.load(Ordering::Relaxed),
         }
     }
 
@@ -686,6 +710,7 @@ async fn handle_connection(shared: Arc<Shared>, stream: TcpStream, mut shutdown:
     let ctl = Arc::new(ConnCtl {
         fd: stream.as_raw_fd(),
         open: Mutex::new(true),
+        running: AtomicU64::new(0),
     });
     shared.counters.active.fetch_add(1, Ordering::Relaxed);
     shared
@@ -764,6 +789,7 @@ impl Connection {
         };
         session.channel_success(id)?;
         self.shared.counters.commands.fetch_add(1, Ordering::Relaxed);
+        self.ctl.running.fetch_add(1, Ordering::Relaxed);
         self.shared
             .commands
             .lock()
@@ -786,6 +812,7 @@ impl server::Handler for Connection {
 
     async fn auth_none(&mut self, _user: &str) -> Result<Auth, Self::Error> {
         self.shared.counters.auth_failures.fetch_add(1, Ordering::Relaxed);
+        self.shared.counters.none_probes.fetch_add(1, Ordering::Relaxed);
         Ok(Auth::reject())
     }
 
@@ -838,6 +865,11 @@ impl server::Handler for Connection {
         reply: server::ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
+        let c = &self.shared.counters;
+        c.channels_opened.fetch_add(1, Ordering::Relaxed);
+        if self.ctl.running.load(Ordering::Relaxed) > 0 {
+            c.channels_opened_ahead.fetch_add(1, Ordering::Relaxed);
+        }
         self.channels.insert(
             channel.id(),
             PendingChannel {
@@ -1013,9 +1045,11 @@ async fn run_command(
     pending: PendingChannel,
     launch: Launch,
 ) {
+    let running = RunningGuard(ctl.clone());
     if let Launch::Exec(line) = &launch {
         if shared.builtin_scp {
             if let Some(cmd) = crate::scp::parse_command(line, &shared.home) {
+                let _running = running;
                 return run_builtin_scp(shared, ctl, drop_after, pending, cmd).await;
             }
         }
@@ -1149,6 +1183,9 @@ async fn run_command(
     if client_gone {
         return;
     }
+    // Ended before the client can hear of it: an open that follows the exit
+    // status is never counted as opened ahead.
+    drop(running);
     match status {
         Some(status) => {
             if let Some(code) = status.code() {

@@ -21,6 +21,7 @@ pub struct OpenSshServerBuilder {
     kbd_interactive_authentication: bool,
     authentication_methods: Option<String>,
     port: Option<u16>,
+    max_sessions: u32,
 }
 
 impl Default for OpenSshServerBuilder {
@@ -35,6 +36,7 @@ impl Default for OpenSshServerBuilder {
             kbd_interactive_authentication: true,
             authentication_methods: None,
             port: None,
+            max_sessions: 100,
         }
     }
 }
@@ -107,6 +109,12 @@ impl OpenSshServerBuilder {
     /// with another host key where an earlier one listened). `start` fails if it is taken.
     pub fn port(mut self, port: u16) -> Self {
         self.port = Some(port);
+        self
+    }
+
+    /// `MaxSessions`: session channels open at once per connection (default 100).
+    pub fn max_sessions(mut self, n: u32) -> Self {
+        self.max_sessions = n;
         self
     }
 
@@ -184,6 +192,7 @@ impl OpenSshServerBuilder {
         let d = dir.display();
         let yes = |on: bool| if on { "yes" } else { "no" };
         let use_pam = yes(self.use_pam);
+        let max_sessions = self.max_sessions;
         let password = yes(self.password_authentication);
         let kbd_interactive = yes(self.kbd_interactive_authentication);
         let mut config = format!(
@@ -200,7 +209,7 @@ PasswordAuthentication {password}
 KbdInteractiveAuthentication {kbd_interactive}
 PermitEmptyPasswords no
 MaxStartups 1000:30:1000
-MaxSessions 100
+MaxSessions {max_sessions}
 MaxAuthTries 20
 LoginGraceTime 30
 SetEnv SHLVL=1
