@@ -20,6 +20,8 @@
 //! * `--rounds=N` / `FANOUT_ROUNDS=N`: counted rounds per case;
 //! * `FANOUT_NO_INSTALL=1`: do not run apt-get or pip (missing peers are reported);
 //! * `FANOUT_IO_THREADS=N`: our client's `io_threads` (default: the library's, 1);
+//! * `FANOUT_EMB_MLKEM=1`: the embedded server offers russh's default key exchanges
+//!   (mlkem768x25519-sha256 first) instead of curve25519-sha256 alone, as the OpenSSH tier;
 //! * `FANOUT_PROFILE=1`: our client runs under `perf record -e cpu-clock -g` (data in
 //!   `target/fanout/perf-*.data`); `FANOUT_PROFILE=syscalls`: under `perf stat` counting
 //!   its recvfrom calls, the ones that found nothing (EAGAIN) and its epoll waits
@@ -785,6 +787,9 @@ fn main() {
     if !emb.is_empty() {
         match testbed::EmbeddedServer::builder()
             .authorized_key("*", key.public_line())
+            // The same key exchange as the OpenSSH tier, unless asked for russh's default
+            // (the post-quantum hybrid mlkem768x25519, which costs more per login).
+            .curve25519_only(!env_flag("FANOUT_EMB_MLKEM"))
             .start()
         {
             Ok(mut server) => {

@@ -65,8 +65,11 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// A busy session that has had no event for this long is stepped anyway.
 /// Every wait is meant to follow a read that drained the socket, so that the
 /// next byte brings a new edge; this only bounds the cost of a wait that
-/// libssh2 might end without one.
+/// libssh2 might end without one. Such input could only have been left by
+/// a step, so the interval starts again at every step triggered by an event
+/// and doubles after each safety step, up to [`SAFETY_TICK_MAX`].
 const SAFETY_TICK: Duration = Duration::from_secs(2);
+const SAFETY_TICK_MAX: Duration = Duration::from_secs(64);
 
 // libssh2 error codes used here.
 const LIBSSH2_ERROR_EAGAIN: i32 = -37;
@@ -631,8 +634,9 @@ struct Conn {
     ka_unanswered: u32,
     /// This connection's entry in the loop's timers.
     timer: Option<Instant>,
-    /// When it was last stepped (for the safety step).
+    /// When it was last stepped, and how long after that the safety step is due.
     stepped: Instant,
+    safety_every: Duration,
     spare: Spare,
 }
 
@@ -657,6 +661,7 @@ impl Conn {
             ka_unanswered: 0,
             timer: None,
             stepped: Instant::now(),
+            safety_every: SAFETY_TICK,
             spare: Spare::None,
         }
     }
@@ -678,7 +683,7 @@ impl Conn {
     /// When the loop must wake for this connection without an event: its
     /// deadline, its next keepalive, or the safety step of a busy session.
     fn wake_at(&self) -> Option<Instant> {
-        let safety = self.is_busy().then(|| self.stepped + SAFETY_TICK);
+        let safety = self.is_busy().then(|| self.stepped + self.safety_every);
         let retry = match &self.phase {
             Phase::Running(t) => t.open.retry_at,
             _ => None,
@@ -687,15 +692,19 @@ impl Conn {
     }
 
     /// Its timer fired: a deadline passed, a refused channel is due to be
-    /// tried again, or a busy session had no event for [`SAFETY_TICK`] (a due
+    /// tried again, or a busy session had no event for `safety_every` (a due
     /// keepalive is sent when the turn settles).
     fn timer_due(&mut self, cx: &Cx<'_>, now: Instant) {
         if self.deadline.is_some_and(|d| d <= now) {
             self.deadline_passed(cx);
         }
         let retry = matches!(&self.phase, Phase::Running(t) if t.open.retry_at.is_some_and(|at| at <= now));
-        if retry || (self.is_busy() && self.stepped + SAFETY_TICK <= now) {
+        if retry {
             self.step(cx);
+        } else if self.is_busy() && self.stepped + self.safety_every <= now {
+            let next = (self.safety_every * 2).min(SAFETY_TICK_MAX);
+            self.step(cx);
+            self.safety_every = next;
         }
     }
 
@@ -770,6 +779,7 @@ impl Conn {
     /// Runs the state machine until it would block.
     fn step(&mut self, cx: &Cx<'_>) {
         self.stepped = Instant::now();
+        self.safety_every = SAFETY_TICK;
         // The spare first: its packet may be half sent, and libssh2 sends
         // nothing else until it is finished.
         if matches!(self.spare, Spare::Opening) {

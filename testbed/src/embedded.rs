@@ -128,6 +128,7 @@ pub struct EmbeddedServerBuilder {
     host_key: Option<PrivateKey>,
     inactivity_timeout: Option<Duration>,
     builtin_scp: Option<bool>,
+    curve25519_only: bool,
 }
 
 impl Default for EmbeddedServerBuilder {
@@ -143,6 +144,7 @@ impl Default for EmbeddedServerBuilder {
             working_dir: None,
             host_key: None,
             inactivity_timeout: Some(Duration::from_secs(600)),
+            curve25519_only: false,
             builtin_scp: None,
         }
     }
@@ -212,6 +214,14 @@ impl EmbeddedServerBuilder {
     /// same identity).
     pub fn host_key(mut self, key: PrivateKey) -> Self {
         self.host_key = Some(key);
+        self
+    }
+
+    /// Offers only `curve25519-sha256` for key exchange, as an OpenSSH configured with
+    /// `KexAlgorithms curve25519-sha256` would (default: russh's list, which starts with the
+    /// post-quantum hybrid `mlkem768x25519-sha256`, about twice the CPU per login).
+    pub fn curve25519_only(mut self, on: bool) -> Self {
+        self.curve25519_only = on;
         self
     }
 
@@ -437,10 +447,17 @@ impl EmbeddedServer {
         for (user, line) in &b.keys {
             keys.push((user.clone(), parse_public_key(line)?));
         }
-        let preferred = Preferred {
+        let mut preferred = Preferred {
             compression: Cow::Borrowed(&[russh::compression::NONE]),
             ..Preferred::DEFAULT.clone()
         };
+        if b.curve25519_only {
+            preferred.kex = Cow::Borrowed(&[
+                russh::kex::CURVE25519,
+                russh::kex::EXTENSION_SUPPORT_AS_SERVER,
+                russh::kex::EXTENSION_OPENSSH_STRICT_KEX_AS_SERVER,
+            ]);
+        }
         let make_config = |preferred: Preferred| server::Config {
             auth_rejection_time: b.auth_rejection_time,
             auth_rejection_time_initial: Some(Duration::ZERO),
