@@ -234,7 +234,7 @@ impl Host {
     /// Dead-peer detection, like OpenSSH's `ServerAliveInterval`: while a
     /// connection is idle or a command is only producing output, a keepalive
     /// asking for a reply is sent after every `interval` without traffic
-    /// (whole seconds, at least 1); after [`keepalive_count_max`]
+    /// (whole seconds, at least 1); after [`keepalive_count_max`](Host::keepalive_count_max)
     /// (Self::keepalive_count_max) unanswered ones the connection is
     /// declared lost (a running task fails with a Connect error and may be
     /// re-run). `Duration::ZERO` turns it off. Default 15 s.

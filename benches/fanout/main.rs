@@ -13,7 +13,7 @@
 //! Options (after `--`, or as environment variables):
 //! * `--quick` / `FANOUT_QUICK=1`: a reduced set that takes a few minutes;
 //! * `--cases=a,b` / `FANOUT_CASES=a,b`: only these cases (`fanout-*`: every id with
-//!   that prefix); ids: fanout-10/50/200, lockstep-50x20, queues-50x20, sleep-200,
+//!   that prefix); ids: fanout-10/50/200, lockstep-50x20, queues-50x20, sleep-200, sleep10-200,
 //!   out-seq-50, out-4mb-50, put-10, get-10, rsync-10, emb-10/100/1000/10000 (emb-300 in
 //!   the quick run), lat-1x10, lat-200x10 (lat-50x10 in the quick run);
 //! * `FANOUT_TOOLS=ssh-parallel,pssh`: only these tools (prefixes of their names);
@@ -266,6 +266,17 @@ fn cases(o: &Opts, d: &Data) -> Vec<Case> {
             200,
             run("sleep 5", 1, false),
             all_peers(),
+            rounds(3),
+            0,
+        ));
+        // Against sleep-200, the cost of 5 more seconds of waiting, and nothing else.
+        v.push(mk(
+            "sleep10-200",
+            "200 x `sleep 10` (OpenSSH; ours only, for the cost of waiting)".into(),
+            Tier::OpenSsh,
+            200,
+            run("sleep 10", 1, false),
+            vec![Tool::Ours],
             rounds(3),
             0,
         ));
@@ -1280,6 +1291,17 @@ fn targets_section(all: &[Outcome], ctx: &ReportCtx) -> String {
             f.cpu(),
             (extra / 5.0 * 100.0).max(0.0),
             verdict(extra / 5.0 < 0.02)
+        ));
+    }
+    if let (Some(s5), Some(s10)) = (find(all, "sleep-200", Tool::Ours), find(all, "sleep10-200", Tool::Ours)) {
+        let extra = s10.cpu() - s5.cpu();
+        line(format!(
+            "Waiting, 200 x `sleep 10` against 200 x `sleep 5`: client CPU {:.3} s vs {:.3} s: {extra:.3} s for 5 more seconds of waiting = {:.2}% of one core, {:.1} µs per session-second ({})",
+            s10.cpu(),
+            s5.cpu(),
+            (extra / 5.0 * 100.0).max(0.0),
+            (extra / (5.0 * 200.0) * 1e6).max(0.0),
+            verdict(extra / 5.0 < 0.005)
         ));
     }
     // Output.

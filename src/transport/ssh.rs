@@ -3,25 +3,31 @@
 //!
 //! Life of a connection: `Resolving` (names only, on a short-lived helper
 //! thread) -> `Connecting` (non-blocking TCP, every resolved address in turn)
-//! -> `Handshake` -> host-key check -> `Auth` (key files, password,
+//! -> `Handshake` -> host-key check -> `Auth` (keys, agent, password,
 //! keyboard-interactive) -> `Idle`. A `Run` turns `Idle` into `Running` (channel
 //! open, env, pty, exec, stdin, EOF, drain stdout and stderr, close, exit
 //! status) and back; `ScpPut` / `ScpGet` run the same way with the remote
 //! `scp -t` / `scp -f` on the channel, spoken to in the SCP protocol by [`Scp`]
 //! (files and trees, modes and times, data in bounded chunks). A `Cancel`
-//! answers the task at once and closes its channel (`Cancelling`); a channel that cannot be closed within [`CLOSE_TIMEOUT`]
-//! makes the session `Broken`: it is torn down and re-opened transparently by
+//! answers the task at once and closes its channel (`Cancelling`); a channel
+//! that cannot be closed within [`CLOSE_TIMEOUT`] makes the session `Broken`: it is torn down and re-opened transparently by
 //! the next `Run`. `Disconnect` goes through `Disconnecting` (bounded by
 //! [`CLOSE_TIMEOUT`]) to `Closed`.
 //!
+//! While a command runs and the label's queue has another channel task next,
+//! the next channel is opened ahead (the connection's spare), so that a queue
+//! costs one round trip per command instead of two.
+//!
 //! libssh2 rules followed here (see `ENGINEERING-NOTES.md`): we keep the
 //! `TcpStream` and hand libssh2 only its file descriptor; after a `WouldBlock`
-//! the same call is repeated before any other on that session; the socket is
-//! registered edge-triggered for both directions and every state machine runs
-//! until it would block, with a fallback tick for anything libssh2 buffered;
-//! all deadlines are ours (libssh2's timeout does not apply in non-blocking
-//! mode); nothing blocks in `Drop` (sockets are shut down before sessions and
-//! channels are freed).
+//! each operation in flight (the task's, the spare's open) is repeated before
+//! anything new of its own starts, the spare first (libssh2 sends one packet
+//! at a time); the socket is registered edge-triggered for both directions
+//! and every state machine runs until it would block right after a read that
+//! drained the socket, with a backing-off safety step for anything libssh2
+//! might still hold; all deadlines are ours (libssh2's timeout does not apply
+//! in non-blocking mode); nothing blocks in `Drop` (sockets are shut down
+//! before sessions and channels are freed).
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::io::{self, Read, Write};
