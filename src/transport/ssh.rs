@@ -10,9 +10,10 @@
 //! `scp -t` / `scp -f` on the channel, spoken to in the SCP protocol by [`Scp`]
 //! (files and trees, modes and times, data in bounded chunks). A `Cancel`
 //! answers the task at once and closes its channel (`Cancelling`); a channel
-//! that cannot be closed within [`CLOSE_TIMEOUT`] makes the session `Broken`: it is torn down and re-opened transparently by
-//! the next `Run`. `Disconnect` goes through `Disconnecting` (bounded by
-//! [`CLOSE_TIMEOUT`]) to `Closed`.
+//! that cannot be closed within [`CLOSE_TIMEOUT`] makes the session `Broken`:
+//! it is torn down and re-opened transparently by the next `Run`.
+//! `Disconnect` goes through `Disconnecting` (bounded by [`CLOSE_TIMEOUT`])
+//! to `Closed`.
 //!
 //! While a command runs and the label's queue has another channel task next,
 //! the next channel is opened ahead (the connection's spare), so that a queue
