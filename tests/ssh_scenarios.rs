@@ -1311,7 +1311,9 @@ fn timeout_closes_the_channel_and_a_pty_command_gets_sighup(s: &dyn Server) {
     assert!(
         wait_until(Duration::from_secs(10), || fs::read_to_string(&hup)
             .is_ok_and(|t| t == "hup\n")),
-        "the pty command got no SIGHUP"
+        "the pty command got no SIGHUP (hup file: {:?}; shell {shell} {})",
+        fs::read_to_string(&hup),
+        if process_gone(shell) { "gone" } else { "still running" }
     );
     assert!(
         wait_until(Duration::from_secs(10), || process_gone(shell)),
