@@ -142,9 +142,11 @@ fn the_next_commands_channel_is_opened_while_the_current_one_runs() {
     for l in ["a", "b", "c"] {
         pssh.add_host(l, host(&server)).unwrap();
     }
-    // Lockstep: a join between each of the 5 commands.
+    // Lockstep: a join between each of the 5 commands. Each runs for a while,
+    // so that an open sent right behind its exec cannot be read by the server
+    // after it ended, however loaded the machine.
     for i in 0..5 {
-        pssh.all(Command::new(format!("echo {i}-%LABEL%"))).unwrap();
+        pssh.all(Command::new(format!("sleep 0.3; echo {i}-%LABEL%"))).unwrap();
         pssh.all(Join::new("*")).unwrap();
     }
     // A label whose queue ends in a parsub opens no channel ahead of it.
