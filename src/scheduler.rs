@@ -33,6 +33,8 @@ pub(crate) struct Config {
     pub(crate) on_error: Option<OnError>,
     /// Event-loop threads of the SSH transport (at least 1).
     pub(crate) io_threads: usize,
+    /// Open the next channel task's channel ahead (`ParallelBuilder::channels_ahead`).
+    pub(crate) channels_ahead: bool,
 }
 
 /// What a [`Sub`](crate::Sub) closure can see and do.
@@ -738,7 +740,8 @@ impl<'p> Scheduler<'p> {
         self.next_id += 1;
         let token = self.next_id;
         let entry = &self.plan.labels[l];
-        let prefetch = conn.is_some() && entry.head.is_some_and(|h| self.plan.channel_task_follows(h));
+        let prefetch =
+            self.cfg.channels_ahead && conn.is_some() && entry.head.is_some_and(|h| self.plan.channel_task_follows(h));
         let rt = &mut self.rt[l];
         rt.token = token;
         rt.attempt += 1;

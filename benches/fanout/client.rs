@@ -27,7 +27,10 @@ fn run(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
     testbed::raise_fd_limit();
 
     let workers: usize = kv.get("workers").map_or(Ok(n), |w| w.parse())?;
-    let mut builder = Parallel::builder().workers(workers);
+    // Channels opened ahead (one round trip per queued command) are measured on: set
+    // FANOUT_CHANNELS_AHEAD=0 for the library's default (off).
+    let ahead = std::env::var("FANOUT_CHANNELS_AHEAD").map_or(true, |v| v != "0");
+    let mut builder = Parallel::builder().workers(workers).channels_ahead(ahead);
     if let Some(t) = kv.get("io_threads") {
         builder = builder.io_threads(t.parse()?);
     }
