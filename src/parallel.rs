@@ -176,7 +176,7 @@ pub struct ParallelBuilder {
     reconnect_delay: Duration,
     on_error: Option<OnError>,
     io_threads: Option<usize>,
-    channels_ahead: bool,
+    channels_ahead: Option<bool>,
 }
 
 impl ParallelBuilder {
@@ -226,11 +226,10 @@ impl ParallelBuilder {
     /// costs one network round trip per command instead of two (RFC 4254
     /// needs an open and an exec on a new channel). A server that refuses a
     /// second channel (`MaxSessions 1`) is detected and served one at a time.
-    /// Default: off, until an interaction seen only in CI runs is understood
-    /// (a timed-out pty command on the embedded test server occasionally died
-    /// without running its SIGHUP trap).
+    /// Default: on; off saves the server an unused channel when a queue is
+    /// cut short.
     pub fn channels_ahead(mut self, on: bool) -> Self {
-        self.channels_ahead = on;
+        self.channels_ahead = Some(on);
         self
     }
 
@@ -269,7 +268,7 @@ impl ParallelBuilder {
                 reconnect_delay: self.reconnect_delay,
                 on_error: self.on_error,
                 io_threads,
-                channels_ahead: self.channels_ahead,
+                channels_ahead: self.channels_ahead.unwrap_or(true),
             },
             plan: Plan::default(),
             errors: BTreeMap::new(),

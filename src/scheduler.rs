@@ -22,7 +22,7 @@ use crate::transport::{ConnId, Event, Exit, Job, Outcome, Request, Token, Transp
 const CLOSE_GRACE: Duration = Duration::from_secs(10);
 
 /// The scheduler-wide settings (see `ParallelBuilder`).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub(crate) struct Config {
     /// 0: unlimited.
     pub(crate) workers: usize,
@@ -35,6 +35,22 @@ pub(crate) struct Config {
     pub(crate) io_threads: usize,
     /// Open the next channel task's channel ahead (`ParallelBuilder::channels_ahead`).
     pub(crate) channels_ahead: bool,
+}
+
+impl Default for Config {
+    /// The defaults `ParallelBuilder` documents: no limits, no reconnections,
+    /// one I/O thread, channels opened ahead.
+    fn default() -> Config {
+        Config {
+            workers: 0,
+            connections: 0,
+            reconnections: 0,
+            reconnect_delay: Duration::ZERO,
+            on_error: None,
+            io_threads: 1,
+            channels_ahead: true,
+        }
+    }
 }
 
 /// What a [`Sub`](crate::Sub) closure can see and do.

@@ -138,7 +138,7 @@ fn key_login_sends_no_none_probe_password_login_asks_first() {
 #[test]
 fn the_next_commands_channel_is_opened_while_the_current_one_runs() {
     let server = server();
-    let mut pssh = Parallel::builder().channels_ahead(true).build().unwrap();
+    let mut pssh = Parallel::new();
     for l in ["a", "b", "c"] {
         pssh.add_host(l, host(&server)).unwrap();
     }
@@ -186,8 +186,8 @@ fn the_next_commands_channel_is_opened_while_the_current_one_runs() {
     assert_eq!(stats.channels_opened, 3 * 5 + 2, "{stats:?}");
     assert_eq!(stats.channels_opened_ahead, 3 * 4, "{stats:?}");
 
-    // Off by default.
-    let mut pssh = Parallel::new();
+    // Off when asked.
+    let mut pssh = Parallel::builder().channels_ahead(false).build().unwrap();
     pssh.add_host("d", host(&server)).unwrap();
     for i in 0..3 {
         pssh.push("d", Command::new(format!("sleep 0.3; echo {i}"))).unwrap();

@@ -983,7 +983,7 @@ fn a_server_allowing_one_channel_per_connection_runs_a_queue_on_one_login() {
         .start()
         .expect("start sshd");
     trust_line(&server.known_hosts_line);
-    let mut p = Parallel::builder().channels_ahead(true).build().unwrap();
+    let mut p = Parallel::new();
     for l in ["a", "b"] {
         let h = Host::new("127.0.0.1")
             .port(server.port)

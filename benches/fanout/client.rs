@@ -27,8 +27,8 @@ fn run(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
     testbed::raise_fd_limit();
 
     let workers: usize = kv.get("workers").map_or(Ok(n), |w| w.parse())?;
-    // Channels opened ahead (one round trip per queued command) are measured on: set
-    // FANOUT_CHANNELS_AHEAD=0 for the library's default (off).
+    // Channels opened ahead (the library's default) can be turned off with
+    // FANOUT_CHANNELS_AHEAD=0, to see what they save.
     let ahead = std::env::var("FANOUT_CHANNELS_AHEAD").map_or(true, |v| v != "0");
     let mut builder = Parallel::builder().workers(workers).channels_ahead(ahead);
     if let Some(t) = kv.get("io_threads") {

@@ -411,7 +411,7 @@ impl Shared {
 ///   where no `scp` binary is installed). PTY requests are
 ///   accepted (no terminal is allocated; `TERM` is set). Signals from the client are
 ///   delivered to the command's process group, and when the client closes the channel or the
-///   connection the group gets SIGHUP, then SIGKILL after 5 s.
+///   connection the group gets SIGHUP, then SIGKILL after 1 s.
 ///
 /// [`stop`](Self::stop) (or drop) closes every connection and kills running commands; it
 /// waits at most about 2 s.
@@ -1045,7 +1045,7 @@ fn signal_from_number(signo: i32) -> Sig {
 }
 
 /// How long a command has after the SIGHUP of a closed channel before SIGKILL.
-const HANGUP_GRACE: Duration = Duration::from_secs(5);
+const HANGUP_GRACE: Duration = Duration::from_secs(1);
 
 fn kill_group(group: i32, signo: i32) {
     if group > 0 {
@@ -1193,8 +1193,6 @@ async fn run_command(
                     client_gone = true;
                     stdin_tx = None;
                     kill_group(group, libc::SIGHUP);
-                    // Long enough for a trap to run on a loaded 2-core machine: a SIGKILL that
-                    // beats the SIGHUP's trap made the pty scenario fail under CI load.
                     grace.as_mut().reset(tokio::time::Instant::now() + HANGUP_GRACE);
                 }
                 Some(_) => {}
