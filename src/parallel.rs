@@ -236,7 +236,8 @@ impl ParallelBuilder {
     /// Checks the settings: `connections` below `workers`, or `io_threads`
     /// of 0, is an [`ErrorKind::InvalidConfig`] error naming the options.
     pub fn build(self) -> Result<Parallel> {
-        let io_threads = self.io_threads.unwrap_or(1);
+        let defaults = Config::default();
+        let io_threads = self.io_threads.unwrap_or(defaults.io_threads);
         if io_threads == 0 {
             return Err(Error::new(
                 ErrorKind::InvalidConfig,
@@ -268,7 +269,7 @@ impl ParallelBuilder {
                 reconnect_delay: self.reconnect_delay,
                 on_error: self.on_error,
                 io_threads,
-                channels_ahead: self.channels_ahead.unwrap_or(true),
+                channels_ahead: self.channels_ahead.unwrap_or(defaults.channels_ahead),
             },
             plan: Plan::default(),
             errors: BTreeMap::new(),

@@ -1044,6 +1044,14 @@ fn signal_from_number(signo: i32) -> Sig {
     }
 }
 
+/// Sleeps for `delay`, or forever without one (for [`Fault::DropDuringCommand`]).
+async fn sleep_or_never(delay: Option<Duration>) {
+    match delay {
+        Some(delay) => tokio::time::sleep(delay).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// How long a command has after the SIGHUP of a closed channel before SIGKILL.
 const HANGUP_GRACE: Duration = Duration::from_secs(1);
 
@@ -1153,12 +1161,7 @@ async fn run_command(
         child.wait().await
     });
 
-    let drop_timer = async {
-        match drop_after {
-            Some(delay) => tokio::time::sleep(delay).await,
-            None => std::future::pending().await,
-        }
-    };
+    let drop_timer = sleep_or_never(drop_after);
     tokio::pin!(drop_timer);
     let mut dropped = false;
     let mut client_gone = false;
@@ -1268,12 +1271,7 @@ async fn run_builtin_scp(
         crate::scp::Scp::new(cmd, &cwd, umask, input, output).run()
     });
     let mut stdin_tx = Some(stdin_tx);
-    let drop_timer = async {
-        match drop_after {
-            Some(delay) => tokio::time::sleep(delay).await,
-            None => std::future::pending().await,
-        }
-    };
+    let drop_timer = sleep_or_never(drop_after);
     tokio::pin!(drop_timer);
     let mut dropped = false;
     let status = loop {
