@@ -34,7 +34,7 @@ pub(crate) enum Target {
     Ssh,
     /// The scriptable fault-injection transport.
     #[cfg(feature = "fault-injection")]
-    Fault(crate::fault::Fault),
+    Fault(crate::transport::fault::Fault),
 }
 
 /// A host a label runs on: this machine, or an SSH server with its login details.
@@ -155,7 +155,7 @@ impl Host {
 
     #[cfg(feature = "fault-injection")]
     /// A host served by the fault-injection transport, following `script`.
-    pub fn fault(script: crate::fault::Fault) -> Host {
+    pub fn fault(script: crate::transport::fault::Fault) -> Host {
         Host::with_target(Target::Fault(script), "fault".to_owned())
     }
 

@@ -26,37 +26,35 @@
 //! ```
 #![deny(missing_docs)]
 
-mod action;
 mod error;
-#[cfg(feature = "fault-injection")]
-pub mod fault;
 mod host;
-mod output;
 mod parallel;
 mod plan;
 mod policy;
 mod report;
 mod scheduler;
-mod selector;
 mod session;
+mod task;
 mod transport;
-mod vars;
+
+#[cfg(feature = "fault-injection")]
+pub use transport::fault;
 
 /// The README's examples, compiled as doc tests.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 
-pub use action::{
-    Action, Command, Connect, DoneFn, Goto, Here, Join, Parsub, RsyncGet, RsyncPut, ScpGet, ScpPut, Stop, Sub,
-};
 pub use error::{BoxError, Error, ErrorKind, Result};
 pub use host::{Host, HostKeyCheck};
-pub use output::{Output, Stdin, DEFAULT_CAPTURE_LIMIT};
 pub use parallel::{Parallel, ParallelBuilder};
+pub use plan::selector::Selector;
 pub use plan::Selection;
 pub use policy::{ErrorContext, OnError, PolicyFn, RetryPolicy};
 pub use report::{LabelReport, Report, TaskReport, TaskStatus};
 pub use scheduler::SubContext;
-pub use selector::Selector;
 pub use session::{ExecOutput, Session};
+pub use task::output::{Output, Stdin, DEFAULT_CAPTURE_LIMIT};
+pub use task::{
+    Action, Command, Connect, DoneFn, Goto, Here, Join, Parsub, RsyncGet, RsyncPut, ScpGet, ScpPut, Stop, Sub,
+};

@@ -4,13 +4,13 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
-use crate::action::Action;
 use crate::error::{Error, ErrorKind, Result};
 use crate::host::Host;
 use crate::plan::{Plan, Selection};
 use crate::policy::OnError;
 use crate::report::Report;
 use crate::scheduler::{Config, Scheduler};
+use crate::task::Action;
 
 /// Runs tasks on many hosts in parallel: register hosts under labels, push
 /// actions onto the labels' queues with selectors, then [`run`](Self::run).

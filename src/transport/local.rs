@@ -17,9 +17,9 @@ use crossbeam_channel::{Receiver, Sender};
 use parking_lot::Mutex;
 
 use super::{Event, Exit, Job, Outcome, Request, Token, TransportError};
-use crate::action::{Action, Command, Parsub, RsyncGet, RsyncPut, ScpGet, ScpPut, Transfer};
-use crate::output::{OutputKind, Sink, StdinKind, Stream};
 use crate::session::{Session, SessionKind};
+use crate::task::output::{OutputKind, Sink, StdinKind, Stream};
+use crate::task::{Action, Command, Parsub, RsyncGet, RsyncPut, ScpGet, ScpPut, Transfer};
 
 type Work = Box<dyn FnOnce() + Send>;
 

@@ -3,8 +3,9 @@
 //! transport may be a thread pool (local), an event loop (SSH) or a script
 //! (fault injection) without the scheduler knowing which.
 
+#[cfg(feature = "fault-injection")]
+pub mod fault;
 pub(crate) mod local;
-mod rsync;
 pub(crate) mod ssh;
 
 use std::sync::Arc;
@@ -12,10 +13,10 @@ use std::time::SystemTime;
 
 use crossbeam_channel::Sender;
 
-use crate::action::Action;
 use crate::host::{Host, Target};
-use crate::output::Captured;
 use crate::plan::LabelId;
+use crate::task::output::Captured;
+use crate::task::Action;
 
 /// Identifies one connection of one label; a new one for every attempt, so
 /// late events about an old connection are recognised and dropped.
@@ -232,7 +233,7 @@ impl Transports {
                 let events = &self.events;
                 let handles = &mut self.handles;
                 self.fault.get_or_insert_with(|| {
-                    let (tx, h) = crate::fault::spawn(events.clone());
+                    let (tx, h) = crate::transport::fault::spawn(events.clone());
                     handles.push(h);
                     tx
                 })

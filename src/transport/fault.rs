@@ -26,9 +26,9 @@ use std::time::{Duration, Instant, SystemTime};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use parking_lot::Mutex;
 
-use crate::action::Action;
-use crate::output::Captured;
 use crate::plan::LabelId;
+use crate::task::output::Captured;
+use crate::task::Action;
 use crate::transport::{ConnId, Event, Exit, Job, Outcome, Request, Token, TransportError};
 
 /// What a command (or task) does on a fault host.

@@ -5,6 +5,8 @@
 //! a marker task with a `Marker` edge into it, every label in W a wait task
 //! with a `Release` edge out of it, so a join costs O(|W| + |T|) edges.
 
+pub(crate) mod selector;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -12,10 +14,10 @@ use petgraph::graph::{DiGraph, NodeIndex};
 use petgraph::visit::EdgeRef;
 use petgraph::Direction::Outgoing;
 
-use crate::action::Action;
 use crate::error::{Error, ErrorKind, Result};
 use crate::host::Host;
-use crate::selector::{validate_label, Selector};
+use crate::plan::selector::{validate_label, Selector};
+use crate::task::Action;
 
 /// Index of a label in registration order.
 pub(crate) type LabelId = usize;

@@ -11,11 +11,11 @@ use std::time::{Duration, Instant, SystemTime};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use petgraph::graph::NodeIndex;
 
-use crate::action::{Action, Class};
 use crate::error::{BoxError, Error, ErrorKind, Result};
 use crate::plan::{LabelId, Node, Plan, Selection, Step};
 use crate::policy::{Decision, ErrorContext, OnError};
 use crate::report::{LabelReport, Report, TaskOutput, TaskReport, TaskStatus};
+use crate::task::{Action, Class};
 use crate::transport::{ConnId, Event, Exit, Job, Outcome, Request, Token, TransportError, Transports};
 
 /// How long the end of a run waits for connections to close.

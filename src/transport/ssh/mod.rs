@@ -47,13 +47,15 @@ use mio::{Events, Interest, Poll, Registry, Waker};
 use parking_lot::Mutex;
 use ssh2::{BlockDirections, CheckResult, ErrorCode, HashType, KnownHostFileKind, Session};
 
-use super::rsync::{Bridge, Pump, Stage as RsyncStage};
-use super::{signal_number, ConnId, Event, Exit, Job, Outcome, Request, Token, TransportError};
-use crate::action::{Action, Command, RsyncGet, RsyncPut, ScpGet, ScpPut, Transfer};
+mod rsync;
+
+use self::rsync::{Bridge, Pump, Stage as RsyncStage};
 use crate::host::{Host, HostKeyCheck};
-use crate::output::{Output, Sink, StdinKind, Stream};
 use crate::plan::LabelId;
 use crate::session::{Lent, SessionKind};
+use crate::task::output::{Output, Sink, StdinKind, Stream};
+use crate::task::{Action, Command, RsyncGet, RsyncPut, ScpGet, ScpPut, Transfer};
+use crate::transport::{signal_number, ConnId, Event, Exit, Job, Outcome, Request, Token, TransportError};
 
 /// The poll token of the waker; connections use their key.
 const WAKER: mio::Token = mio::Token(usize::MAX);
@@ -462,7 +464,7 @@ impl Loop {
             .spawn(move || {
                 let started = SystemTime::now();
                 let outcome = match &*job.action {
-                    Action::Parsub(p) => super::local::run_parsub(&job, p, started),
+                    Action::Parsub(p) => crate::transport::local::run_parsub(&job, p, started),
                     other => Outcome::new(
                         Err(TransportError::local(format!(
                             "{} needs an SSH connection but none was given (scheduler bug)",
@@ -1388,7 +1390,9 @@ impl Conn {
             .name("ssh-parallel-parsub".into())
             .spawn(move || {
                 let outcome = match &*job.action {
-                    Action::Parsub(p) => super::local::run_parsub_with(&job, p, SessionKind::Ssh(lent), started),
+                    Action::Parsub(p) => {
+                        crate::transport::local::run_parsub_with(&job, p, SessionKind::Ssh(lent), started)
+                    }
                     _ => Outcome::new(Err(TransportError::local("not a parsub (transport bug)")), started),
                 };
                 // The session is gone by now; only then may an abandoned socket close.

@@ -1,5 +1,8 @@
 //! Actions (what a task does) and the options every task takes.
 
+pub(crate) mod output;
+pub(crate) mod vars;
+
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,12 +11,11 @@ use parking_lot::Mutex;
 
 use crate::error::{BoxError, Error, ErrorKind, Result};
 use crate::host::Host;
-use crate::output::{Output, OutputKind, Stdin, StdinKind};
 use crate::policy::OnError;
 use crate::report::TaskReport;
 use crate::scheduler::SubContext;
 use crate::session::Session;
-use crate::vars;
+use crate::task::output::{Output, OutputKind, Stdin, StdinKind};
 
 /// Called when a task has finished, with its label and its report entry.
 pub type DoneFn = Arc<dyn Fn(&str, &TaskReport) + Send + Sync>;

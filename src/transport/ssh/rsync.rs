@@ -19,8 +19,8 @@ use std::process::Stdio;
 use crossbeam_channel::{Receiver, TryRecvError};
 use mio::net::UnixStream;
 
-use crate::action::Transfer;
-use crate::output::Sink;
+use crate::task::output::Sink;
+use crate::task::Transfer;
 
 /// What the remote end of `--rsh` is called in the paths given to rsync.
 const BRIDGE_HOST: &str = "ssh-parallel";
@@ -81,7 +81,7 @@ pub(super) struct Bridge {
     /// The last channel write would block on sending: only that write may be
     /// repeated until it goes through (a libssh2 rule).
     write_pending: bool,
-    pub(super) remote_exit: Option<super::Exit>,
+    pub(super) remote_exit: Option<crate::transport::Exit>,
     /// The remote rsync's stderr (kept for the report and error messages).
     pub(super) remote_err: Vec<u8>,
     pub(super) local: Option<LocalExit>,
@@ -270,7 +270,7 @@ impl Bridge {
                         self.eof_sent = true;
                         progress = true;
                     }
-                    Err(e) if super::ssh::would_block(&e) => return Ok(false),
+                    Err(e) if super::would_block(&e) => return Ok(false),
                     Err(_) => self.eof_sent = true,
                 }
             }
