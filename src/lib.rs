@@ -28,9 +28,11 @@
 
 mod error;
 mod host;
+mod panic;
 mod parallel;
 mod plan;
 mod policy;
+mod process;
 mod report;
 mod scheduler;
 mod session;

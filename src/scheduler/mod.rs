@@ -698,7 +698,7 @@ impl<'p> Scheduler<'p> {
                 l,
                 node,
                 ErrorKind::Local,
-                format!("sub panicked: {}", crate::transport::local::panic_message(&*panic)),
+                format!("sub panicked: {}", crate::panic::message(&*panic)),
             )),
         };
         match error {

@@ -489,7 +489,7 @@ impl FaultLoop {
             let events = self.events.clone();
             let p = p.clone();
             std::thread::spawn(move || {
-                let outcome = crate::transport::local::run_parsub(&job, &p, started);
+                let outcome = crate::transport::parsub::run_parsub(&job, &p, started);
                 let code = if outcome.result.is_ok() { 0 } else { 1 };
                 if let Some(log) = &fault.0.log {
                     log.push(&job.name, FaultEvent::Finished(task, code));

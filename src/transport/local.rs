@@ -17,9 +17,8 @@ use crossbeam_channel::{Receiver, Sender};
 use parking_lot::Mutex;
 
 use super::{Event, Exit, Job, Outcome, Request, Token, TransportError};
-use crate::session::{Session, SessionKind};
 use crate::task::output::{OutputKind, Sink, StdinKind, Stream};
-use crate::task::{Action, Command, Parsub, RsyncGet, RsyncPut, ScpGet, ScpPut, Transfer};
+use crate::task::{Action, Command, RsyncGet, RsyncPut, ScpGet, ScpPut, Transfer};
 
 type Work = Box<dyn FnOnce() + Send>;
 
@@ -134,7 +133,7 @@ fn dispatch(rx: Receiver<Request>, events: Sender<Event>) {
             Request::Cancel { token } => {
                 let mut map = running.lock();
                 match map.get(&token) {
-                    Some((_, Cancel::Process(pgid))) => kill_group(*pgid),
+                    Some((_, Cancel::Process(pgid))) => crate::process::kill_group(*pgid),
                     Some(&(label, Cancel::Abandon)) => {
                         map.remove(&token);
                         drop(map);
@@ -169,53 +168,12 @@ fn run_job(job: Job, running: &Running) -> Outcome {
             Err(e) => fail(TransportError::Transfer(e)),
         },
         Action::RsyncGet(RsyncGet(t)) | Action::RsyncPut(RsyncPut(t)) => run_rsync(&job, t, running, started),
-        Action::Parsub(p) => run_parsub(&job, p, started),
+        Action::Parsub(p) => super::parsub::run_parsub(&job, p, started),
         Action::Connect(_) => Outcome::new(Ok(Exit::OK), started),
         other => fail(TransportError::local(format!(
             "{} is not a remote task (scheduler bug)",
             other.describe()
         ))),
-    }
-}
-
-pub(crate) fn run_parsub(job: &Job, p: &Parsub, started: SystemTime) -> Outcome {
-    let kind = if p.no_ssh {
-        SessionKind::Detached
-    } else {
-        SessionKind::Local
-    };
-    run_parsub_with(job, p, kind, started)
-}
-
-/// Runs a parsub's closure with the given session, turning an `Err` or a panic
-/// into the task's Local error. The session is dropped before this returns.
-pub(crate) fn run_parsub_with(job: &Job, p: &Parsub, kind: SessionKind, started: SystemTime) -> Outcome {
-    let mut session = Session::new(job.name.clone(), kind);
-    let f = p.f.clone();
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&job.name, &mut session)));
-    drop(session);
-    let result = match result {
-        Ok(Ok(())) => Ok(Exit::OK),
-        Ok(Err(e)) => Err(TransportError::Local {
-            message: format!("parsub failed: {e}"),
-            source: Some(e),
-        }),
-        Err(panic) => Err(TransportError::local(format!(
-            "parsub panicked: {}",
-            panic_message(&*panic)
-        ))),
-    };
-    Outcome::new(result, started)
-}
-
-/// The text of a panic payload.
-pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = p.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = p.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "(no message)".to_owned()
     }
 }
 
@@ -321,15 +279,7 @@ fn register_process(running: &Running, token: Token, pid: u32) {
     let pgid = pid as i32;
     match running.lock().get_mut(&token) {
         Some(entry) => entry.1 = Cancel::Process(pgid),
-        None => kill_group(pgid),
-    }
-}
-
-fn kill_group(pgid: i32) {
-    // SAFETY: kill(2) has no memory effects; a negative pid names the process
-    // group that the task's process leads (it was started with process_group(0)).
-    unsafe {
-        libc::kill(-pgid, libc::SIGKILL);
+        None => crate::process::kill_group(pgid),
     }
 }
 

@@ -6,6 +6,7 @@
 #[cfg(feature = "fault-injection")]
 pub mod fault;
 pub(crate) mod local;
+pub(crate) mod parsub;
 pub(crate) mod ssh;
 
 use std::sync::Arc;

@@ -464,7 +464,7 @@ impl Loop {
             .spawn(move || {
                 let started = SystemTime::now();
                 let outcome = match &*job.action {
-                    Action::Parsub(p) => crate::transport::local::run_parsub(&job, p, started),
+                    Action::Parsub(p) => crate::transport::parsub::run_parsub(&job, p, started),
                     other => Outcome::new(
                         Err(TransportError::local(format!(
                             "{} needs an SSH connection but none was given (scheduler bug)",
@@ -1391,7 +1391,7 @@ impl Conn {
             .spawn(move || {
                 let outcome = match &*job.action {
                     Action::Parsub(p) => {
-                        crate::transport::local::run_parsub_with(&job, p, SessionKind::Ssh(lent), started)
+                        crate::transport::parsub::run_parsub_with(&job, p, SessionKind::Ssh(lent), started)
                     }
                     _ => Outcome::new(Err(TransportError::local("not a parsub (transport bug)")), started),
                 };

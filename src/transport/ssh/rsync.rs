@@ -153,7 +153,7 @@ impl Bridge {
                 notify();
             });
         if let Err(e) = spawned {
-            kill_group(pid);
+            crate::process::kill_group(pid);
             return Err(format!("cannot start a thread to wait for rsync: {e}"));
         }
         Ok(Bridge {
@@ -384,7 +384,7 @@ impl Drop for Bridge {
     /// connection died) must not leave it running.
     fn drop(&mut self) {
         if !self.poll_local() {
-            kill_group(self.pid);
+            crate::process::kill_group(self.pid);
         }
     }
 }
@@ -403,14 +403,6 @@ fn local_arg(p: &str) -> String {
     match (p.find(':'), p.find('/')) {
         (Some(c), slash) if slash.map_or(true, |s| c < s) => format!("./{p}"),
         _ => p.to_owned(),
-    }
-}
-
-fn kill_group(pgid: i32) {
-    // SAFETY: kill(2) has no memory effects; the negative pid names the process
-    // group the local rsync leads (it was started with process_group(0)).
-    unsafe {
-        libc::kill(-pgid, libc::SIGKILL);
     }
 }
 
