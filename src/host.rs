@@ -142,6 +142,9 @@ impl Host {
         if host.chars().any(char::is_whitespace) {
             return bad("the host name contains whitespace");
         }
+        if let Some(c) = spec.chars().find(|c| c.is_control()) {
+            return bad(&format!("control character {c:?}"));
+        }
         let mut h = Host::new(host);
         h.user = user;
         if let Some(p) = port {

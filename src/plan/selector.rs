@@ -24,6 +24,11 @@ pub(crate) fn validate_label(label: &str) -> Result<()> {
             "{c:?} is reserved (labels may not contain any of , * ! ( ) < > / {{ }})"
         ));
     }
+    if let Some(c) = label.chars().find(|c| c.is_control()) {
+        return bad(format!(
+            "control character {c:?} (labels name files and prefix output lines)"
+        ));
+    }
     if label.trim() != label {
         return bad("leading or trailing whitespace could never be selected".into());
     }

@@ -1,0 +1,173 @@
+//! Hostile input never panics: labels, selectors, `%VAR%` templates and host
+//! specifications from property tests and from a fixed corpus of nasty
+//! inputs (NUL bytes, control characters, 1 MB lines, non-UTF-8 output). Each
+//! bad input gives a typed error naming the culprit.
+
+use proptest::prelude::*;
+use ssh_parallel::{Command, ErrorKind, Host, Output, Parallel};
+
+/// Any text, weighted towards the characters our grammars care about.
+fn nasty() -> impl Strategy<Value = String> {
+    prop_oneof![
+        any::<String>(),
+        "[a-z0-9%*,!@:\\[\\]()<>/{} \t\n\u{0}.-]{0,40}",
+        "(%[A-Z_]{0,6}%?){0,5}",
+    ]
+}
+
+fn local_plan(labels: &[&str]) -> Parallel {
+    let mut p = Parallel::new();
+    for l in labels {
+        p.add_host(*l, Host::local().var("X", "x-value")).unwrap();
+    }
+    p
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    /// A label is accepted, and then selectable by its own name, or refused
+    /// with `InvalidLabel` naming it.
+    #[test]
+    fn labels_are_accepted_and_selectable_or_refused_by_name(label in nasty()) {
+        let mut p = Parallel::new();
+        match p.add_host(label.clone(), Host::local()) {
+            Ok(()) => {
+                let selected = p.select(&label);
+                prop_assert!(selected.is_ok(), "accepted label {label:?} is not a valid selector: {selected:?}");
+                let selected: Vec<String> = selected.unwrap().into_iter().map(|s| s.to_string()).collect();
+                prop_assert_eq!(selected, vec![label.clone()]);
+            }
+            Err(e) => {
+                prop_assert_eq!(e.kind(), ErrorKind::InvalidLabel);
+                prop_assert!(e.to_string().contains(&format!("{label:?}")), "{e} does not name {label:?}");
+            }
+        }
+    }
+
+    /// A selector selects or is refused with a selector or label error naming it.
+    #[test]
+    fn selectors_select_or_are_refused_by_name(selector in nasty()) {
+        let p = local_plan(&["web1", "web2", "db1"]);
+        match p.select(&selector) {
+            Ok(_) => {}
+            Err(e) => {
+                prop_assert!(
+                    matches!(e.kind(), ErrorKind::InvalidSelector | ErrorKind::UnknownLabel),
+                    "{selector:?}: unexpected kind {:?}: {e}", e.kind()
+                );
+                prop_assert!(!e.to_string().is_empty());
+            }
+        }
+    }
+
+    /// A template expands or is refused with `UnknownVariable` naming the
+    /// variable; the plan is untouched by a refused push.
+    #[test]
+    fn templates_expand_or_name_the_unknown_variable(template in nasty()) {
+        let mut p = local_plan(&["a", "b"]);
+        match p.push("*", Command::new(template.clone())) {
+            Ok(_) => prop_assert_eq!(p.queued_tasks(), 2),
+            Err(e) => {
+                prop_assert_eq!(e.kind(), ErrorKind::UnknownVariable, "{}", e);
+                prop_assert_eq!(p.queued_tasks(), 0);
+            }
+        }
+    }
+
+    /// `Host::parse` gives back what it was built from, or refuses with
+    /// `InvalidHost` naming the whole specification.
+    #[test]
+    fn host_specs_round_trip_or_are_refused_by_name(spec in nasty()) {
+        match Host::parse(&spec) {
+            Ok(h) => {
+                prop_assert!(!h.hostname().is_empty());
+                prop_assert!(!h.hostname().chars().any(|c| c.is_whitespace() || c.is_control()),
+                    "{spec:?} gave the host name {:?}", h.hostname());
+            }
+            Err(e) => {
+                prop_assert_eq!(e.kind(), ErrorKind::InvalidHost);
+                prop_assert!(e.to_string().contains(&format!("{spec:?}")), "{e} does not name {spec:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn well_formed_host_specs_round_trip(
+        user in proptest::option::of("[a-z_][a-z0-9_.-]{0,12}"),
+        host in "[a-z0-9][a-z0-9.-]{0,30}",
+        port in proptest::option::of(1u16..),
+    ) {
+        let mut spec = String::new();
+        if let Some(u) = &user { spec.push_str(u); spec.push('@'); }
+        spec.push_str(&host);
+        if let Some(p) = port { spec.push_str(&format!(":{p}")); }
+        let h = Host::parse(&spec).unwrap();
+        prop_assert_eq!(h.hostname(), host.as_str());
+        prop_assert_eq!(h.user_name(), user.as_deref());
+        prop_assert_eq!(h.port_number(), port);
+    }
+}
+
+#[test]
+fn control_characters_and_nul_bytes_are_refused_in_labels_and_host_names() {
+    for label in ["a\0b", "tab\there", "new\nline", "bell\u{7}"] {
+        let e = Parallel::new().add_host(label, Host::local()).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidLabel, "{label:?}: {e}");
+        assert!(e.to_string().contains(&format!("{label:?}")), "{e}");
+    }
+    for spec in ["web\0.example.com", "user@ho\nst", "host\u{1b}[31m:22"] {
+        let e = Host::parse(spec).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidHost, "{spec:?}: {e}");
+        assert!(e.to_string().contains(&format!("{spec:?}")), "{e}");
+    }
+}
+
+#[test]
+fn megabyte_inputs_are_handled_quickly_and_without_panic() {
+    let big = "a".repeat(1 << 20);
+    let mut p = Parallel::new();
+    p.add_host(big.clone(), Host::local()).unwrap();
+    assert_eq!(p.select(&big).unwrap().len(), 1);
+    let star = format!("{}*", "a".repeat(1 << 20));
+    // Either it selects, or the regex engine's size limit refuses it by name.
+    match p.select(&star) {
+        Ok(v) => assert_eq!(v.len(), 1),
+        Err(e) => assert_eq!(e.kind(), ErrorKind::InvalidSelector, "{}", &e.to_string()[..200]),
+    }
+    let template = "%X%".repeat(100_000);
+    let mut p = local_plan(&["a"]);
+    p.push("a", Command::new(template)).unwrap();
+    let e = p
+        .push("a", Command::new(format!("{}%NOPE%", "x".repeat(1 << 20))))
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::UnknownVariable);
+    assert!(e.to_string().contains("NOPE"), "names the variable");
+    assert!(Host::parse(&format!("u@{}:22", "h".repeat(1 << 20))).is_ok());
+    assert_eq!(
+        Host::parse(&format!("u@{}:99999", "h".repeat(1 << 20)))
+            .unwrap_err()
+            .kind(),
+        ErrorKind::InvalidHost
+    );
+}
+
+#[test]
+fn non_utf8_output_and_megabyte_lines_are_kept_byte_exact() {
+    let mut p = local_plan(&["a"]);
+    // 1 MiB without a newline, then invalid UTF-8, then a NUL byte.
+    p.push(
+        "a",
+        Command::new("head -c 1048576 /dev/zero | tr '\\0' 'z'; printf '\\377\\376\\000end'")
+            .stdout(Output::capture_limit(4 << 20)),
+    )
+    .unwrap();
+    let report = p.run();
+    assert!(report.success(), "{report}");
+    let out = report.label("a").unwrap().tasks()[0].stdout().unwrap().to_vec();
+    assert_eq!(out.len(), (1 << 20) + 6);
+    assert!(out[..1 << 20].iter().all(|&b| b == b'z'));
+    assert_eq!(&out[1 << 20..], b"\xff\xfe\0end");
+    // The lossy text view never panics on it.
+    assert!(report.label("a").unwrap().tasks()[0].stdout_str().ends_with("\0end"));
+}
