@@ -550,6 +550,9 @@ fn transfer_with_empty_path_is_rejected_at_push() {
 
 #[test]
 fn rsync_put_copies_tree_with_extra_args() {
+    if !testbed::prereq::program("rsync", "rsync") {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src");
     fs::create_dir_all(src.join("deep/er")).unwrap();
@@ -596,6 +599,9 @@ fn rsync_put_copies_tree_with_extra_args() {
 
 #[test]
 fn rsync_failure_is_transfer_error() {
+    if !testbed::prereq::program("rsync", "rsync") {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let missing = format!("{}/does-not-exist", path_str(dir.path()));
     let mut p = local(&["a", "b"]);

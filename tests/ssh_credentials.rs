@@ -31,8 +31,7 @@ impl Server {
     }
 
     fn openssh(key: &ClientKey) -> Option<Server> {
-        if let Err(e) = OpenSshServer::check_available() {
-            servers::sshd_optional(&e);
+        if !testbed::prereq::sshd() {
             return None;
         }
         let sshd = OpenSshServer::builder().authorize(key).start().expect("start sshd");

@@ -1,6 +1,6 @@
-//! The SSH transport against the real OpenSSH sshd on 127.0.0.1 (skipped, with
-//! a message, when /usr/sbin/sshd is missing or we are not root; a failure
-//! instead when CI or TESTBED_REQUIRE_SSHD is set).
+//! The SSH transport against the real OpenSSH sshd on 127.0.0.1 (a failure
+//! when /usr/sbin/sshd is missing or we are not root, or a loud, counted skip
+//! with `TESTBED_ALLOW_SKIP=1`: see `testbed::prereq`).
 
 mod common;
 
@@ -98,10 +98,7 @@ fn usable() -> bool {
         .map(|o| o.stdout.starts_with(b"0"))
         .unwrap_or(false);
     if !Path::new(SSHD).exists() || !root {
-        // CI installs openssh-server and runs as root: there, a skip would hide
-        // a broken setup, so it is a failure.
-        assert!(!common::sshd_required(), "CI must provide {SSHD} and root");
-        eprintln!("skipping: needs {SSHD} and root");
+        testbed::prereq::skip(format!("needs {SSHD} (the openssh-server package) and root"));
         return false;
     }
     true
@@ -810,7 +807,7 @@ const TEST_USER: &str = "sshpar-test";
 const TEST_PASSWORD: &str = "sshpar-Throwaway-7";
 
 /// Makes sure the test account exists with its password (needs root). Returns
-/// false to skip (not root, and neither CI nor TESTBED_REQUIRE_SSHD set).
+/// false to skip (not root, and `TESTBED_ALLOW_SKIP=1`: see `testbed::prereq`).
 fn test_user() -> bool {
     static DONE: OnceLock<Result<(), String>> = OnceLock::new();
     let result = DONE.get_or_init(|| match testbed::OpenSshServer::ensure_user(TEST_USER, TEST_PASSWORD) {
@@ -821,11 +818,7 @@ fn test_user() -> bool {
     match result {
         Ok(()) => true,
         Err(why) => {
-            assert!(
-                !common::sshd_required(),
-                "the password tests need the {TEST_USER} account: {why}"
-            );
-            eprintln!("skipping: {why}");
+            testbed::prereq::skip(format!("the password tests need the {TEST_USER} account: {why}"));
             false
         }
     }

@@ -2,8 +2,8 @@
 //! (SEMANTICS §7, and the connection-facing parts of §3 to §6), written once
 //! against a *server under test* and run on both SSH servers of the test bed:
 //! the embedded russh server (`<scenario>_embedded`) and a real OpenSSH sshd
-//! (`<scenario>_openssh`; skipped with a message when sshd cannot run here,
-//! a failure when `CI` or `TESTBED_REQUIRE_SSHD` is set).
+//! (`<scenario>_openssh`; a failure when sshd cannot run here, or a loud,
+//! counted skip with `TESTBED_ALLOW_SKIP=1`: see `testbed::prereq`).
 //!
 //! How things are observed, the same way on both servers:
 //! * logins and TCP connections accepted: the embedded server's counters; for
@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::{open_client_sockets, random_bytes, sha256, sshd_required, statuses, task, tasks, wait_until};
+use common::{open_client_sockets, random_bytes, sha256, statuses, task, tasks, wait_until};
 use ssh_parallel::{
     Command, Connect, ErrorKind, Goto, Here, Host, Join, OnError, Output, Parallel, Report, ScpGet, ScpPut, Stdin,
     Stop, Sub, TaskStatus,
@@ -222,8 +222,8 @@ impl OpenSsh {
                     server: Mutex::new(server),
                 })
             }
-            Err(testbed::Error::Unavailable(why)) if !sshd_required() => {
-                eprintln!("SKIP (OpenSSH tier): {why}");
+            Err(testbed::Error::Unavailable(why)) => {
+                testbed::prereq::skip(format!("OpenSSH tier: {why}"));
                 None
             }
             Err(e) => panic!("cannot start sshd: {e}"),

@@ -79,6 +79,9 @@ fn parsub_runs_commands_with_stdin_on_the_labels_own_connection(server: &Server)
 }
 
 fn parsub_scp_and_sftp_move_files_on_the_session(server: &Server) {
+    if !testbed::prereq::sftp_server() {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src.bin");
     let data: Vec<u8> = (0..1_500_000u32).map(|i| (i * 7 % 251) as u8).collect();
@@ -247,6 +250,9 @@ fn digest(root: &Path) -> std::collections::BTreeMap<String, (String, u32)> {
 }
 
 fn rsync_put_and_get_trees_over_the_labels_own_session(server: &Server) {
+    if !testbed::prereq::program("rsync", "rsync") {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src");
     make_tree(&src);
@@ -280,6 +286,9 @@ fn rsync_put_and_get_trees_over_the_labels_own_session(server: &Server) {
 }
 
 fn rsync_passes_extra_arguments_through(server: &Server) {
+    if !testbed::prereq::program("rsync", "rsync") {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src");
     make_tree(&src);
@@ -308,6 +317,9 @@ fn rsync_passes_extra_arguments_through(server: &Server) {
 }
 
 fn rsync_errors_are_transfer_errors_and_the_session_stays_usable(server: &Server) {
+    if !testbed::prereq::program("rsync", "rsync") {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().display().to_string();
     let mut pssh = Parallel::new();
@@ -339,6 +351,9 @@ fn rsync_errors_are_transfer_errors_and_the_session_stays_usable(server: &Server
 }
 
 fn rsync_timeout_stops_the_transfer_and_the_label_goes_on(server: &Server) {
+    if !testbed::prereq::program("rsync", "rsync") {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let big = dir.path().join("big");
     fs::write(&big, vec![7u8; 8_000_000]).unwrap();

@@ -20,6 +20,9 @@ fn statuses(report: &Report, label: &str) -> Vec<TaskStatus> {
 
 #[test]
 fn label_host_user_port_and_host_vars_expand_in_commands_paths_and_output_files() {
+    if !testbed::prereq::program("rsync", "rsync") {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let d = path_str(dir.path());
     let mut p = Parallel::new();

@@ -11,7 +11,8 @@
 //!   thousands of concurrent connections.
 //! * [`OpenSshServer`]: a real OpenSSH `sshd` process with a throwaway host key and config.
 //!   It needs `/usr/sbin/sshd` and root; otherwise [`OpenSshServer::start`] returns
-//!   [`Error::Unavailable`] so that callers can decide to skip.
+//!   [`Error::Unavailable`]; [`prereq`] turns that into a test failure, or a loud, counted
+//!   skip when `TESTBED_ALLOW_SKIP=1`.
 //!
 //! [`ClientKey`] generates throwaway client key pairs with `ssh-keygen`.
 //!
@@ -31,6 +32,7 @@
 mod embedded;
 mod keys;
 mod openssh;
+pub mod prereq;
 mod proxy;
 mod scp;
 

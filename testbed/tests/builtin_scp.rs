@@ -32,11 +32,7 @@ fn scp_only_server(key: Option<&ClientKey>) -> EmbeddedServer {
 }
 
 fn have_openssh_scp() -> bool {
-    let found = std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("scp").is_file()));
-    if !found {
-        eprintln!("skipping: no `scp` binary on PATH");
-    }
-    found
+    testbed::prereq::program("scp", "openssh-client")
 }
 
 /// `scp -O -q -P PORT ... -i KEY ARGS...` (legacy protocol), run with a timeout.

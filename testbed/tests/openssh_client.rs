@@ -150,8 +150,7 @@ fn scp_legacy_protocol_both_ways_verified_by_checksum() {
 
 #[test]
 fn rsync_over_ssh_verified_by_checksum() {
-    if Command::new("rsync").arg("--version").output().is_err() {
-        eprintln!("SKIP: rsync not installed");
+    if !testbed::prereq::program("rsync", "rsync") {
         return;
     }
     let (server, key) = key_server();
@@ -178,8 +177,7 @@ fn rsync_over_ssh_verified_by_checksum() {
 #[test]
 fn sftp_subsystem() {
     let (server, key) = key_server();
-    if !std::path::Path::new("/usr/lib/openssh/sftp-server").exists() {
-        eprintln!("SKIP: no sftp-server");
+    if !testbed::prereq::sftp_server() || !testbed::prereq::program("sftp", "openssh-client") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

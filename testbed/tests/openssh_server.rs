@@ -1,7 +1,7 @@
 //! The OpenSSH `sshd` helper.
 //!
-//! When sshd cannot run here (not installed, not root) these tests print `SKIP` and pass,
-//! unless `TESTBED_REQUIRE_SSHD=1` is set (CI), in which case they fail.
+//! When sshd cannot run here (not installed, not root) these tests fail, or skip loudly
+//! (counted) with `TESTBED_ALLOW_SKIP=1`: see `testbed::prereq`.
 
 mod common;
 
@@ -17,16 +17,12 @@ fn start(key: &ClientKey) -> Option<OpenSshServer> {
 fn start_with(builder: testbed::OpenSshServerBuilder) -> Option<OpenSshServer> {
     match builder.start() {
         Ok(server) => Some(server),
-        Err(Error::Unavailable(why)) if !sshd_required() => {
-            eprintln!("SKIP: {why}");
+        Err(Error::Unavailable(why)) => {
+            testbed::prereq::skip(why);
             None
         }
         Err(e) => panic!("cannot start sshd: {e}"),
     }
-}
-
-fn sshd_required() -> bool {
-    std::env::var("TESTBED_REQUIRE_SSHD").as_deref() == Ok("1")
 }
 
 /// The throwaway account the password tests log in as (`.ci/run` creates it too).
@@ -36,8 +32,8 @@ const TEST_PASSWORD: &str = "sshpar-Throwaway-7";
 fn ensure_test_user() -> bool {
     match OpenSshServer::ensure_user(TEST_USER, TEST_PASSWORD) {
         Ok(()) => true,
-        Err(Error::Unavailable(why)) if !sshd_required() => {
-            eprintln!("SKIP: {why}");
+        Err(Error::Unavailable(why)) => {
+            testbed::prereq::skip(why);
             false
         }
         Err(e) => panic!("cannot create the test user: {e}"),

@@ -44,13 +44,6 @@ pub fn path_str(p: &Path) -> String {
     p.to_str().unwrap().to_owned()
 }
 
-/// Whether a missing or unusable sshd must fail the SSH tests instead of
-/// skipping them: on CI (`CI` set) or with `TESTBED_REQUIRE_SSHD` set (`.ci/run`).
-pub fn sshd_required() -> bool {
-    std::env::var_os("CI").is_some_and(|v| !v.is_empty())
-        || std::env::var_os("TESTBED_REQUIRE_SSHD").is_some_and(|v| !v.is_empty() && v != "0")
-}
-
 /// The client ends of the TCP connections from this machine to 127.0.0.1:`port`
 /// that are still held open by their owner (connecting, established, or closed
 /// by the peer but not yet by us), from /proc/net/tcp.

@@ -1,6 +1,6 @@
 //! The two SSH servers every over-SSH scenario runs against: the embedded
-//! russh server (always) and OpenSSH's sshd (when it can run here; always in
-//! CI, where a missing sshd fails instead of skipping).
+//! russh server (always) and OpenSSH's sshd (a missing sshd or root fails the
+//! test, or skips it loudly with `TESTBED_ALLOW_SKIP=1`: see `testbed::prereq`).
 //!
 //! Include with `#[path = "common/servers.rs"] mod servers;` and generate one
 //! test per server with [`on_both!`].
@@ -22,16 +22,6 @@ pub enum Server {
     OpenSsh(Box<(OpenSshServer, ClientKey)>),
 }
 
-/// Whether sshd may be missing here (only outside CI).
-pub fn sshd_optional(why: &dyn std::fmt::Display) -> bool {
-    assert!(
-        std::env::var_os("CI").is_none() && std::env::var_os("TESTBED_REQUIRE_SSHD").is_none(),
-        "CI must be able to run sshd: {why}"
-    );
-    eprintln!("skipping the OpenSSH tier: {why}");
-    true
-}
-
 impl Server {
     pub fn embedded() -> Server {
         testbed::raise_fd_limit();
@@ -43,10 +33,10 @@ impl Server {
         ))
     }
 
-    /// `None` (the test is skipped) only when sshd cannot run here and CI is unset.
+    /// `None` (the test is skipped, loudly) only when sshd cannot run here and
+    /// skipping is allowed (`testbed::prereq`); otherwise the test fails.
     pub fn openssh() -> Option<Server> {
-        if let Err(e) = OpenSshServer::check_available() {
-            sshd_optional(&e);
+        if !testbed::prereq::sshd() {
             return None;
         }
         let key = ClientKey::ed25519().expect("generate a client key");
@@ -54,7 +44,7 @@ impl Server {
         Some(Server::OpenSsh(Box::new((sshd, key))))
     }
 
-    /// Both servers (sshd only where it can run).
+    /// Both servers (sshd only where it can run, when skipping is allowed).
     pub fn both() -> Vec<Server> {
         let mut v = vec![Server::embedded()];
         v.extend(Server::openssh());
