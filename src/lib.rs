@@ -27,6 +27,8 @@
 #![deny(missing_docs)]
 
 mod error;
+#[cfg(feature = "fault-injection")]
+pub mod fault;
 mod host;
 mod panic;
 mod parallel;
@@ -39,9 +41,6 @@ mod session;
 mod task;
 mod transport;
 
-#[cfg(feature = "fault-injection")]
-pub use transport::fault;
-
 /// The README's examples, compiled as doc tests.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
@@ -50,13 +49,12 @@ pub struct ReadmeDoctests;
 pub use error::{BoxError, Error, ErrorKind, Result};
 pub use host::{Host, HostKeyCheck};
 pub use parallel::{Parallel, ParallelBuilder};
-pub use plan::selector::Selector;
-pub use plan::Selection;
+pub use plan::{IntoSelector, Selection, Selector};
 pub use policy::{ErrorContext, OnError, PolicyFn, RetryPolicy};
 pub use report::{LabelReport, Report, TaskReport, TaskStatus};
-pub use scheduler::SubContext;
 pub use session::{ExecOutput, Session};
 pub use task::output::{Output, Stdin, DEFAULT_CAPTURE_LIMIT};
 pub use task::{
     Action, Command, Connect, DoneFn, Goto, Here, Join, Parsub, RsyncGet, RsyncPut, ScpGet, ScpPut, Stop, Sub,
+    SubContext,
 };

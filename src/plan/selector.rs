@@ -1,4 +1,10 @@
-//! Labels and the selector mini-language (`web*, db1`).
+//! Labels and the selector mini-language (`web*, db1`): which labels may be
+//! registered, and how a selector is parsed and resolved.
+//!
+//! Invariant: a label that `validate_label` accepts can always be named by an
+//! exact selector part (it holds none of the language's characters).
+//!
+//! May use: `error` only.
 
 use regex::Regex;
 
@@ -126,6 +132,44 @@ impl Selector {
             .filter(|(_, l)| self.matches(l))
             .map(|(i, _)| i)
             .collect()
+    }
+}
+
+/// What `push` and `select` take to name labels: a selector as text (`&str`,
+/// `String`), parsed on the spot, or a [`Selector`] parsed beforehand.
+pub trait IntoSelector {
+    /// The parsed selector; text that does not parse is an
+    /// [`ErrorKind::InvalidSelector`] error.
+    fn into_selector(self) -> Result<Selector>;
+}
+
+impl IntoSelector for Selector {
+    fn into_selector(self) -> Result<Selector> {
+        Ok(self)
+    }
+}
+
+impl IntoSelector for &Selector {
+    fn into_selector(self) -> Result<Selector> {
+        Ok(self.clone())
+    }
+}
+
+impl IntoSelector for &str {
+    fn into_selector(self) -> Result<Selector> {
+        Selector::parse(self)
+    }
+}
+
+impl IntoSelector for String {
+    fn into_selector(self) -> Result<Selector> {
+        Selector::parse(&self)
+    }
+}
+
+impl IntoSelector for &String {
+    fn into_selector(self) -> Result<Selector> {
+        Selector::parse(self)
     }
 }
 
