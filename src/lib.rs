@@ -24,6 +24,12 @@
 //! assert_eq!(report.label("web2").unwrap().tasks()[0].stdout_str(), "hello from web2\n");
 //! # Ok::<(), ssh_parallel::Error>(())
 //! ```
+//!
+//! The data flow, module by module: `Parallel::push` (module `parallel`)
+//! adds tasks (`task`) to the `plan`; `Parallel::run` lends the plan to the
+//! `scheduler`, which sends remote work to a `transport` and turns every
+//! outcome into the `report`. `policy` decides what a failure does; `host`
+//! says where a label runs; `fault` scripts the fault-injection transport.
 #![deny(missing_docs)]
 
 mod error;

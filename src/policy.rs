@@ -38,7 +38,8 @@ pub enum OnError {
     AbortAll,
     /// Run the failed task again, without limit.
     Retry,
-    /// Run the failed task again, up to a number of attempts in all.
+    /// Run the failed task again, up to a number of attempts in all: built
+    /// by [`OnError::retry`].
     RetryUpTo(RetryPolicy),
     /// Ask a closure, which returns one of the other policies.
     Callback(PolicyFn),
@@ -227,5 +228,22 @@ impl OnError {
             }
         }
         Decision::Abort
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_retry_policy_converts_with_its_delay_and_fallback() {
+        let p: OnError = OnError::retry(0)
+            .delay(Duration::from_secs(2))
+            .then(OnError::Ignore)
+            .into();
+        let OnError::RetryUpTo(r) = p else { panic!("{p:?}") };
+        assert_eq!((r.max_attempts, r.delay), (1, Duration::from_secs(2)));
+        assert!(matches!(*r.exhausted, OnError::Ignore));
+        assert_eq!(OnError::retry_forever().max_attempts, u32::MAX);
     }
 }

@@ -1,6 +1,9 @@
 //! Walking and popping a label's queue, and the accessors that take graph
 //! nodes apart: the only code that matches on `Node` and `Step`, so that
 //! everything else reads a task through [`TaskRef`].
+//!
+//! Invariant: `pop` keeps `head`/`tail` consistent (both `None` once the
+//! queue is empty); walks are forward only, along `Next` edges.
 
 use std::sync::Arc;
 

@@ -204,6 +204,20 @@ mod tests {
     }
 
     #[test]
+    fn push_and_select_take_text_or_a_parsed_selector() {
+        let mut p = crate::Parallel::new();
+        for l in ["web1", "web2", "db1"] {
+            p.add_host(l, crate::Host::local()).unwrap();
+        }
+        let sel = Selector::parse("web*").unwrap();
+        assert_eq!(p.select(&sel).unwrap(), vec!["web1", "web2"]);
+        assert_eq!(p.select(String::from("db*")).unwrap(), vec!["db1"]);
+        let pushed = p.push(sel, crate::Here::new("x")).unwrap();
+        assert_eq!(pushed, p.select("web*").unwrap());
+        assert_eq!(p.queued_tasks(), 2);
+    }
+
+    #[test]
     fn malformed_selectors_are_rejected() {
         for bad in ["", "  ", "a,,b", "a,", "!a", "a(b)", "a/b"] {
             let e = Selector::parse(bad).unwrap_err();

@@ -1,5 +1,8 @@
 //! The checks before a run: every goto and or_goto has a later `here` of its
 //! tag, and (in debug builds) the graph is acyclic.
+//!
+//! Invariant: validation only reads the plan; problems are reported, the
+//! first one in full and the count of the rest.
 
 use std::collections::HashMap;
 use std::sync::Arc;

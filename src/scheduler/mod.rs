@@ -88,6 +88,7 @@ enum Timer {
 pub(crate) struct Scheduler<'p> {
     /// Owned for the run; only the scheduler (and the subs it calls) change it.
     plan: &'p mut Plan,
+    /// The settings, fixed for the run.
     cfg: &'p Config,
     /// Per label, the run-time state.
     rt: Vec<Rt>,
@@ -125,6 +126,7 @@ pub(crate) struct Scheduler<'p> {
     abort_all: Option<Arc<str>>,
     /// Scratch for the labels a sub pushed to (kept to reuse its allocation).
     touched: Vec<LabelId>,
+    /// Started on first use, one per kind of target; shut down at the end.
     transports: Transports,
     /// Every transport's answers.
     events: Receiver<Event>,

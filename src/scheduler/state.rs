@@ -1,6 +1,10 @@
 //! Per-label run-time state: where a label stands ([`State`]), its
 //! connection ([`Conn`]), how its queue is being dropped ([`Discard`]), and
 //! the counters of its head task ([`Rt`]).
+//!
+//! Invariant: `Rt`'s per-task counters (`attempt`, `reconnects`, `reruns`,
+//! `timed_out`, `started`) describe the head task and are reset
+//! (`reset_task`) whenever the head changes.
 
 use std::time::{Instant, SystemTime};
 

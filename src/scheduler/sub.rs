@@ -1,6 +1,9 @@
 //! Running a `Sub` on the scheduler thread: the closure gets a
 //! `SubContext`, and every label it pushed to is woken (a finished one
 //! becomes active again).
+//!
+//! Invariant: a sub's panic or error becomes the task's `Local` error; the
+//! labels it pushed to are woken even when it failed.
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};

@@ -1,6 +1,10 @@
 //! [`Action`]: every action type converted into one enum, and what the plan
 //! and the scheduler ask of an action: its options, its [`Class`], a
 //! description, and the checks that need no label.
+//!
+//! Invariant: `Action::check` runs at push, before any label is known, and
+//! the scheduler relies on what it guarantees (non-empty tags, `or_goto`
+//! only on remote tasks, non-empty transfer paths, UTF-8 local paths).
 
 use super::output::{Output, OutputKind, StdinKind};
 use super::{paths, TaskOptions, Transfer};

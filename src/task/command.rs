@@ -1,5 +1,8 @@
 //! [`Command`]: a shell command run on the label's host, with its streams,
 //! environment, pty and accepted exit codes.
+//!
+//! Invariant: `ok_exit_codes` defaults to `[0]`; a command given as words is
+//! quoted so that no word is reinterpreted by the shell.
 
 use super::output::{Output, Stdin};
 use super::TaskOptions;

@@ -1,6 +1,9 @@
 //! Per-label `%VAR%` expansion of an action: which fields are expanded
 //! (command line, output and input file paths, environment values, transfer
 //! paths) and sharing: an action with nothing to expand is not copied.
+//!
+//! Invariant: expansion is all or nothing: an unknown variable in any field
+//! fails the whole action (and so the whole push).
 
 use super::output::{Output, OutputKind, StdinKind};
 use super::{vars, Action, Command, RsyncGet, RsyncPut, ScpGet, ScpPut, Transfer};

@@ -1,5 +1,8 @@
 //! The steps that shape a queue rather than do work: [`Join`], [`Here`],
 //! [`Goto`], [`Stop`], and [`Connect`] (connects, runs nothing).
+//!
+//! Invariant: none of these needs a connection or a worker slot; the
+//! scheduler performs them itself (`Class::Local`), except `Connect`.
 
 use super::TaskOptions;
 

@@ -2,6 +2,9 @@
 //! `timeout`, `on_done`), stored in one [`TaskOptions`] per action and
 //! given to every action type by one macro, so the methods read the same
 //! everywhere.
+//!
+//! Invariant: an option left `None` is inherited (task, else host, else
+//! global), never defaulted here.
 
 use std::fmt;
 use std::sync::Arc;

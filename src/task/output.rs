@@ -1,5 +1,8 @@
 //! Where a command's output goes (capture, file, terminal, callback) and where
 //! its input comes from; plus the sinks transports write into.
+//!
+//! Invariant: a capture never holds more than its limit; what is cut is
+//! flagged as truncated, never silently dropped.
 
 use std::fmt;
 use std::fs::File;

@@ -31,3 +31,36 @@ pub(crate) fn check_local(path: &str) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+
+    use crate::{Action, Command, ErrorKind, Host, Output, Parallel, ScpGet, ScpPut};
+
+    fn not_utf8() -> &'static OsStr {
+        OsStr::from_bytes(b"/tmp/bad-\xff-name")
+    }
+
+    #[test]
+    fn non_utf8_local_paths_are_refused_at_push() {
+        let mut p = Parallel::new();
+        p.add_host("a", Host::local()).unwrap();
+        let actions: [Action; 3] = [
+            Command::new("true").stdout(Output::file(not_utf8())).into(),
+            ScpGet::new("/remote", not_utf8()).into(),
+            ScpPut::many([not_utf8()], "/remote").into(),
+        ];
+        for action in actions {
+            let e = p.push("a", action).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidConfig, "{e}");
+        }
+        assert_eq!(p.queued_tasks(), 0);
+    }
+
+    #[test]
+    fn utf8_local_paths_are_kept_as_given() {
+        assert_eq!(super::local(std::path::Path::new("/tmp/ü %LABEL%")), "/tmp/ü %LABEL%");
+    }
+}
