@@ -1,5 +1,10 @@
 //! The public error type: one `Error` with a field-less [`ErrorKind`], like
 //! `std::io::Error`, carrying the label, the task and a readable message.
+//!
+//! Invariant: an `ErrorKind` never changes once made; what is added later
+//! (label, task, exit status, source) only adds context.
+//!
+//! May use: nothing else in the crate (a leaf).
 
 use std::fmt;
 use std::sync::Arc;

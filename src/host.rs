@@ -1,4 +1,9 @@
 //! Host descriptions: where a label's tasks run and how to reach it.
+//!
+//! Invariant: a `Host` is plain data, shared read-only (`Arc<Host>`) by the
+//! plan and every job once registered.
+//!
+//! May use: `error`, `policy` (`OnError`), `fault` (a fault host's script).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -34,7 +39,7 @@ pub(crate) enum Target {
     Ssh,
     /// The scriptable fault-injection transport.
     #[cfg(feature = "fault-injection")]
-    Fault(crate::transport::fault::Fault),
+    Fault(crate::fault::Fault),
 }
 
 /// A host a label runs on: this machine, or an SSH server with its login details.
@@ -158,7 +163,7 @@ impl Host {
 
     #[cfg(feature = "fault-injection")]
     /// A host served by the fault-injection transport, following `script`.
-    pub fn fault(script: crate::transport::fault::Fault) -> Host {
+    pub fn fault(script: crate::fault::Fault) -> Host {
         Host::with_target(Target::Fault(script), "fault".to_owned())
     }
 

@@ -24,9 +24,17 @@
 //! assert_eq!(report.label("web2").unwrap().tasks()[0].stdout_str(), "hello from web2\n");
 //! # Ok::<(), ssh_parallel::Error>(())
 //! ```
+//!
+//! The data flow, module by module: `Parallel::push` (module `parallel`)
+//! adds tasks (`task`) to the `plan`; `Parallel::run` lends the plan to the
+//! `scheduler`, which sends remote work to a `transport` and turns every
+//! outcome into the `report`. `policy` decides what a failure does; `host`
+//! says where a label runs; `fault` scripts the fault-injection transport.
 #![deny(missing_docs)]
 
 mod error;
+#[cfg(feature = "fault-injection")]
+pub mod fault;
 mod host;
 mod panic;
 mod parallel;
@@ -39,9 +47,6 @@ mod session;
 mod task;
 mod transport;
 
-#[cfg(feature = "fault-injection")]
-pub use transport::fault;
-
 /// The README's examples, compiled as doc tests.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
@@ -50,13 +55,12 @@ pub struct ReadmeDoctests;
 pub use error::{BoxError, Error, ErrorKind, Result};
 pub use host::{Host, HostKeyCheck};
 pub use parallel::{Parallel, ParallelBuilder};
-pub use plan::selector::Selector;
-pub use plan::Selection;
+pub use plan::{IntoSelector, Selection, Selector};
 pub use policy::{ErrorContext, OnError, PolicyFn, RetryPolicy};
 pub use report::{LabelReport, Report, TaskReport, TaskStatus};
-pub use scheduler::SubContext;
 pub use session::{ExecOutput, Session};
 pub use task::output::{Output, Stdin, DEFAULT_CAPTURE_LIMIT};
 pub use task::{
     Action, Command, Connect, DoneFn, Goto, Here, Join, Parsub, RsyncGet, RsyncPut, ScpGet, ScpPut, Stop, Sub,
+    SubContext,
 };

@@ -1,4 +1,11 @@
-//! `Parallel`, the public entry point, and its builder.
+//! `Parallel`, the public entry point, and its builder: what users call to
+//! build a plan and run it.
+//!
+//! Invariant: between runs the plan's queues hold exactly what was pushed
+//! since the last run; a run empties them.
+//!
+//! May use: `error`, `host`, `plan`, `policy`, `report`, `scheduler`, `task`
+//! (it is the top of the crate: nothing uses it but `lib`).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -6,7 +13,7 @@ use std::time::Duration;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::host::Host;
-use crate::plan::{Plan, Selection};
+use crate::plan::{IntoSelector, Plan, Selection};
 use crate::policy::OnError;
 use crate::report::Report;
 use crate::scheduler::{Config, Scheduler};
@@ -63,8 +70,8 @@ impl Parallel {
 
     /// Appends `action` to the queue of every label `selector` names and
     /// returns those labels (empty when none matched: not an error).
-    pub fn push(&mut self, selector: &str, action: impl Into<Action>) -> Result<Selection> {
-        self.plan.push(selector, action.into()).map(|(s, _)| s)
+    pub fn push(&mut self, selector: impl IntoSelector, action: impl Into<Action>) -> Result<Selection> {
+        self.plan.push(selector.into_selector()?, action.into()).map(|(s, _)| s)
     }
 
     /// `push("*", action)`.
@@ -72,14 +79,11 @@ impl Parallel {
         self.push("*", action)
     }
 
-    /// The labels `selector` names now, in registration order.
-    pub fn select(&self, selector: &str) -> Result<Vec<&str>> {
-        Ok(self
-            .plan
-            .select(selector)?
-            .into_iter()
-            .map(|i| &*self.plan.labels[i].name)
-            .collect())
+    /// The labels `selector` names now, in registration order, as `push`
+    /// would select them.
+    pub fn select(&self, selector: impl IntoSelector) -> Result<Selection> {
+        let ids = self.plan.select(&selector.into_selector()?);
+        Ok(self.plan.selection(&ids))
     }
 
     /// Every registered label, in registration order.
@@ -206,8 +210,8 @@ impl ParallelBuilder {
     }
 
     /// The policy for tasks and hosts that set none (default [`OnError::Abort`]).
-    pub fn on_error(mut self, policy: OnError) -> Self {
-        self.on_error = Some(policy);
+    pub fn on_error(mut self, policy: impl Into<OnError>) -> Self {
+        self.on_error = Some(policy.into());
         self
     }
 

@@ -1,12 +1,20 @@
-//! Error policies: what happens to a label's queue when one of its tasks fails.
+//! Error policies: what happens to a label's queue when one of its tasks
+//! fails. [`OnError`] is what users write; [`OnError::decide`] resolves it
+//! (bounds, callbacks) into the [`Decision`] the scheduler carries out.
+//!
+//! Invariant: `decide` always ends (callbacks that return callbacks are
+//! followed a few levels, then the label aborts) and never panics (a
+//! panicking callback aborts the label).
+//!
+//! May use: `error` and `report` only (the run's results, through
+//! `LabelsView`); never the plan or the scheduler.
 
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::Error;
-use crate::plan::Plan;
-use crate::report::{LabelReport, TaskReport};
+use crate::report::{LabelsView, TaskReport};
 
 /// The closure behind [`OnError::callback`].
 pub type PolicyFn = Arc<dyn Fn(&ErrorContext<'_>) -> OnError + Send + Sync>;
@@ -30,13 +38,23 @@ pub enum OnError {
     AbortAll,
     /// Run the failed task again, without limit.
     Retry,
-    /// Run the failed task again, up to a number of attempts in all.
+    /// Run the failed task again, up to a number of attempts in all: built
+    /// by [`OnError::retry`].
     RetryUpTo(RetryPolicy),
     /// Ask a closure, which returns one of the other policies.
     Callback(PolicyFn),
 }
 
-/// A bounded retry: see [`OnError::retry`].
+/// A bounded retry, built by [`OnError::retry`] or [`OnError::retry_forever`];
+/// it converts into [`OnError`] wherever a policy is taken. Only a retry has
+/// a delay and a policy for when its attempts are spent, so only this type
+/// has the methods that set them.
+///
+/// ```
+/// use ssh_parallel::{Command, OnError};
+/// use std::time::Duration;
+/// let c = Command::new("flaky").on_error(OnError::retry(3).delay(Duration::from_secs(2)).then(OnError::Ignore));
+/// ```
 #[derive(Clone, Debug)]
 pub struct RetryPolicy {
     /// The most times the task runs in all (the first run included).
@@ -47,45 +65,50 @@ pub struct RetryPolicy {
     pub exhausted: Box<OnError>,
 }
 
+impl RetryPolicy {
+    /// The pause before each new attempt (default none).
+    pub fn delay(self, delay: Duration) -> RetryPolicy {
+        RetryPolicy { delay, ..self }
+    }
+
+    /// The policy applied once the attempts are spent (default `Abort`).
+    pub fn then(self, exhausted: impl Into<OnError>) -> RetryPolicy {
+        RetryPolicy {
+            exhausted: Box::new(exhausted.into()),
+            ..self
+        }
+    }
+}
+
+impl From<RetryPolicy> for OnError {
+    fn from(r: RetryPolicy) -> OnError {
+        OnError::RetryUpTo(r)
+    }
+}
+
 impl OnError {
-    /// Retry up to `max_attempts` runs in all, then `Abort` (see [`OnError::then`]).
-    pub fn retry(max_attempts: u32) -> OnError {
-        OnError::RetryUpTo(RetryPolicy {
+    /// Retry up to `max_attempts` runs in all (at least one), then `Abort`
+    /// unless [`RetryPolicy::then`] says otherwise.
+    pub fn retry(max_attempts: u32) -> RetryPolicy {
+        RetryPolicy {
             max_attempts: max_attempts.max(1),
             delay: Duration::ZERO,
             exhausted: Box::new(OnError::Abort),
-        })
+        }
+    }
+
+    /// Retry without a practical limit (`u32::MAX` runs): [`OnError::Retry`]
+    /// with a [`delay`](RetryPolicy::delay) to set.
+    pub fn retry_forever() -> RetryPolicy {
+        RetryPolicy {
+            max_attempts: u32::MAX,
+            ..OnError::retry(1)
+        }
     }
 
     /// Decide with a closure that receives the [`ErrorContext`].
     pub fn callback(f: impl Fn(&ErrorContext<'_>) -> OnError + Send + Sync + 'static) -> OnError {
         OnError::Callback(Arc::new(f))
-    }
-
-    /// For a retry policy, the pause before each new attempt; unbounded `Retry`
-    /// becomes a bounded one with `u32::MAX` attempts. Other policies are unchanged.
-    pub fn delay(self, delay: Duration) -> OnError {
-        match self {
-            OnError::Retry => OnError::RetryUpTo(RetryPolicy {
-                max_attempts: u32::MAX,
-                delay,
-                exhausted: Box::new(OnError::Abort),
-            }),
-            OnError::RetryUpTo(r) => OnError::RetryUpTo(RetryPolicy { delay, ..r }),
-            other => other,
-        }
-    }
-
-    /// For a bounded retry, the policy applied once its attempts are spent.
-    /// Other policies are unchanged.
-    pub fn then(self, exhausted: OnError) -> OnError {
-        match self {
-            OnError::RetryUpTo(r) => OnError::RetryUpTo(RetryPolicy {
-                exhausted: Box::new(exhausted),
-                ..r
-            }),
-            other => other,
-        }
     }
 }
 
@@ -112,8 +135,8 @@ pub struct ErrorContext<'a> {
     /// False when another run cannot change the outcome (a failed join):
     /// bounded retries go straight to their `exhausted` policy.
     pub(crate) retryable: bool,
-    pub(crate) plan: &'a Plan,
-    pub(crate) reports: &'a [LabelReport],
+    /// Every label and its results so far.
+    pub(crate) labels: LabelsView<'a>,
 }
 
 impl fmt::Debug for ErrorContext<'_> {
@@ -150,17 +173,17 @@ impl ErrorContext<'_> {
 
     /// The scheduler's view: the outcomes so far of `label`'s tasks in this run.
     pub fn results(&self, label: &str) -> Option<&[TaskReport]> {
-        self.plan.id(label).map(|id| self.reports[id].tasks())
+        self.labels.results(label)
     }
 
     /// The error that stopped `label` in this run, if any.
     pub fn label_error(&self, label: &str) -> Option<&Error> {
-        self.plan.id(label).and_then(|id| self.reports[id].error())
+        self.labels.label_error(label)
     }
 
     /// Every registered label.
     pub fn labels(&self) -> impl Iterator<Item = &str> {
-        self.plan.labels.iter().map(|l| &*l.name)
+        self.labels.labels()
     }
 }
 
@@ -205,5 +228,22 @@ impl OnError {
             }
         }
         Decision::Abort
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_retry_policy_converts_with_its_delay_and_fallback() {
+        let p: OnError = OnError::retry(0)
+            .delay(Duration::from_secs(2))
+            .then(OnError::Ignore)
+            .into();
+        let OnError::RetryUpTo(r) = p else { panic!("{p:?}") };
+        assert_eq!((r.max_attempts, r.delay), (1, Duration::from_secs(2)));
+        assert!(matches!(*r.exhausted, OnError::Ignore));
+        assert_eq!(OnError::retry_forever().max_attempts, u32::MAX);
     }
 }

@@ -1,5 +1,12 @@
-//! The run report: every task's outcome, per label.
+//! The run report: every task's outcome, per label; and [`LabelsView`], the
+//! read-only window on a run in progress that subs and error callbacks see.
+//!
+//! Invariant: a run's `LabelReport`s are in label registration order, one per
+//! label, so a label's position in the plan is its position here.
+//!
+//! May use: `error` only (a leaf: everything else may use it).
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -212,6 +219,42 @@ impl LabelReport {
     /// The tasks whose status is `status`.
     pub fn with_status(&self, status: TaskStatus) -> impl Iterator<Item = &TaskReport> {
         self.tasks.iter().filter(move |t| t.status == status)
+    }
+}
+
+/// What a sub or an error callback may look at while a run goes on: every
+/// label and its results so far. The one place label look-ups by name happen
+/// for them, so `SubContext` and `ErrorContext` answer alike.
+#[derive(Clone, Copy)]
+pub(crate) struct LabelsView<'a> {
+    /// Label name to its position (in the plan and in `reports`).
+    index: &'a HashMap<Arc<str>, usize>,
+    /// One entry per registered label, in registration order.
+    reports: &'a [LabelReport],
+}
+
+impl<'a> LabelsView<'a> {
+    pub(crate) fn new(index: &'a HashMap<Arc<str>, usize>, reports: &'a [LabelReport]) -> LabelsView<'a> {
+        LabelsView { index, reports }
+    }
+
+    fn report(&self, label: &str) -> Option<&'a LabelReport> {
+        self.index.get(label).and_then(|&i| self.reports.get(i))
+    }
+
+    /// The outcomes so far of `label`'s tasks.
+    pub(crate) fn results(&self, label: &str) -> Option<&'a [TaskReport]> {
+        self.report(label).map(LabelReport::tasks)
+    }
+
+    /// The error that stopped `label`, if any.
+    pub(crate) fn label_error(&self, label: &str) -> Option<&'a Error> {
+        self.report(label).and_then(LabelReport::error)
+    }
+
+    /// Every registered label, in registration order.
+    pub(crate) fn labels(&self) -> impl Iterator<Item = &'a str> + 'a {
+        self.reports.iter().map(LabelReport::label)
     }
 }
 

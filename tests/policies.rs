@@ -765,7 +765,7 @@ fn abort_all_interrupts_a_retry_delay() {
         .unwrap();
     pssh.push(
         "r",
-        Command::new("flaky").on_error(OnError::Retry.delay(Duration::from_secs(20))),
+        Command::new("flaky").on_error(OnError::retry_forever().delay(Duration::from_secs(20))),
     )
     .unwrap();
     let report = pssh.run();
@@ -843,8 +843,11 @@ fn retry_unbounded_with_delay_waits_between_attempts() {
     let delay = Duration::from_millis(30);
     let mut pssh = Parallel::new();
     pssh.add_host("a", Host::local()).unwrap();
-    pssh.push("a", succeed_on_run(&counter, 3).on_error(OnError::Retry.delay(delay)))
-        .unwrap();
+    pssh.push(
+        "a",
+        succeed_on_run(&counter, 3).on_error(OnError::retry_forever().delay(delay)),
+    )
+    .unwrap();
     let report = pssh.run();
     assert!(report.success(), "{report}");
     assert_eq!(runs(&counter), 3);

@@ -834,7 +834,7 @@ fn lost_connection_with_reconnections_exhausted_under_each_policy(s: &dyn Server
         ("done", OnError::Done),
         ("abort", OnError::Abort),
         ("abort-all", OnError::AbortAll),
-        ("retry", OnError::retry(2)),
+        ("retry", OnError::retry(2).into()),
     ];
     for (name, policy) in cases {
         let dir = tempdir();
@@ -1083,7 +1083,7 @@ fn connect_error_under_each_policy(s: &dyn Server, bad_host: &dyn Fn() -> Host, 
         },
         Case {
             name: "retry(3)",
-            policy: OnError::retry(3),
+            policy: OnError::retry(3).into(),
             reconnections: 0,
             bad: [Failed, Cancelled],
             attempts: 3,
@@ -1094,7 +1094,7 @@ fn connect_error_under_each_policy(s: &dyn Server, bad_host: &dyn Fn() -> Host, 
         },
         Case {
             name: "retry(2).then(ignore)",
-            policy: OnError::retry(2).then(OnError::Ignore),
+            policy: OnError::retry(2).then(OnError::Ignore).into(),
             reconnections: 0,
             bad: [Ignored, Succeeded],
             attempts: 2,

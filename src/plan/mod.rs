@@ -4,20 +4,37 @@
 //! pushed with `push(W, Join::new(T))` is one `Join` node: every label in T gets
 //! a marker task with a `Marker` edge into it, every label in W a wait task
 //! with a `Release` edge out of it, so a join costs O(|W| + |T|) edges.
+//!
+//! Layout: this file holds the types, label registration and `push`;
+//! [`selector`] the selector language; `queue` walking and popping a
+//! label's queue (and the accessors that take nodes apart, the only place
+//! that does); `validate` the checks before a run.
+//!
+//! Invariants: a label's `head..=tail` is its queue, linked by `Next` edges
+//! (`head` and `tail` are both `None` or both `Some`); pushes only add edges
+//! into new nodes, so the graph is acyclic; a `Join` node's `remaining`
+//! counts its markers not yet reached or discarded; a push that fails
+//! changes nothing.
+//!
+//! May use: `error`, `host`, `report` (to build a `LabelsView`), `task` (the
+//! actions it stores).
 
+mod queue;
 pub(crate) mod selector;
+mod validate;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use petgraph::graph::{DiGraph, NodeIndex};
-use petgraph::visit::EdgeRef;
-use petgraph::Direction::Outgoing;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::host::Host;
-use crate::plan::selector::{validate_label, Selector};
+use crate::report::{LabelReport, LabelsView};
 use crate::task::Action;
+pub(crate) use queue::TaskRef;
+use selector::validate_label;
+pub use selector::{IntoSelector, Selector};
 
 /// Index of a label in registration order.
 pub(crate) type LabelId = usize;
@@ -25,8 +42,11 @@ pub(crate) type LabelId = usize;
 /// A registered label.
 pub(crate) struct LabelEntry {
     pub(crate) name: Arc<str>,
+    /// Shared with every job sent to a transport for this label.
     pub(crate) host: Arc<Host>,
+    /// The first task of its queue (`None`: empty).
     pub(crate) head: Option<NodeIndex>,
+    /// The last task of its queue, where pushes append.
     pub(crate) tail: Option<NodeIndex>,
     /// The report position of the next task pushed (markers take none).
     pub(crate) next_seq: usize,
@@ -53,11 +73,13 @@ pub(crate) struct JoinState {
     pub(crate) failed_by: Option<Arc<str>>,
 }
 
+/// A node of the graph: a task in one label's queue, or a join.
 pub(crate) enum Node {
     Task { label: LabelId, seq: usize, step: Step },
     Join(JoinState),
 }
 
+/// An edge of the graph.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Edge {
     /// The next task in the same label's queue.
@@ -68,7 +90,8 @@ pub(crate) enum Edge {
     Release,
 }
 
-/// The labels pushed to, as returned by `push`.
+/// The labels a selector named, in registration order: what `push` pushed
+/// to, or what `select` found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Selection {
     labels: Vec<Arc<str>>,
@@ -96,10 +119,21 @@ impl Selection {
     }
 }
 
+/// Compares the labels, in order: `assert_eq!(pssh.select("web*")?, vec!["web1", "web2"])`.
+impl<S: AsRef<str>> PartialEq<Vec<S>> for Selection {
+    fn eq(&self, other: &Vec<S>) -> bool {
+        self.labels.len() == other.len() && self.labels.iter().zip(other).all(|(a, b)| **a == *b.as_ref())
+    }
+}
+
+/// The labels and their queues; owned by `Parallel`, lent to the scheduler
+/// for a run.
 #[derive(Default)]
 pub(crate) struct Plan {
     pub(crate) graph: DiGraph<Node, Edge>,
+    /// In registration order: a `LabelId` is a position here.
     pub(crate) labels: Vec<LabelEntry>,
+    /// Name to position in `labels`; same keys as `labels`' names.
     index: HashMap<Arc<str>, LabelId>,
     /// Whether a goto or or_goto was pushed since the last run: only then can
     /// `validate` find anything.
@@ -131,23 +165,35 @@ impl Plan {
         self.index.get(label).copied()
     }
 
-    pub(crate) fn select(&self, selector: &str) -> Result<Vec<LabelId>> {
-        let sel = Selector::parse(selector)?;
-        Ok(sel.resolve(self.labels.iter().map(|l| &*l.name), |n| self.id(n)))
+    /// The labels `sel` names now, in registration order.
+    pub(crate) fn select(&self, sel: &Selector) -> Vec<LabelId> {
+        sel.resolve(self.labels.iter().map(|l| &*l.name), |n| self.id(n))
+    }
+
+    /// `ids` as a [`Selection`].
+    pub(crate) fn selection(&self, ids: &[LabelId]) -> Selection {
+        Selection {
+            labels: ids.iter().map(|&i| self.labels[i].name.clone()).collect(),
+        }
+    }
+
+    /// What subs and error callbacks see of a run whose results are `reports`.
+    pub(crate) fn view<'a>(&'a self, reports: &'a [LabelReport]) -> LabelsView<'a> {
+        LabelsView::new(&self.index, reports)
     }
 
     /// Appends `action` to every label `selector` names. Nothing is appended
     /// unless every label's copy could be prepared (variables expanded, join
     /// targets resolved), so a failed push leaves the plan as it was.
     /// Returns the labels pushed to.
-    pub(crate) fn push(&mut self, selector: &str, action: Action) -> Result<(Selection, Vec<LabelId>)> {
+    pub(crate) fn push(&mut self, selector: Selector, action: Action) -> Result<(Selection, Vec<LabelId>)> {
         action
             .check()
-            .map_err(|e| Error::new(e.kind(), format!("push to {selector:?}: {}", e.detail())))?;
-        let ids = self.select(selector)?;
+            .map_err(|e| Error::new(e.kind(), format!("push to {:?}: {}", selector.as_str(), e.detail())))?;
+        let ids = self.select(&selector);
         let targets = match &action {
             Action::Join(j) => {
-                let t = self.select(&j.selector)?;
+                let t = self.select(&Selector::parse(&j.selector)?);
                 if t.is_empty() {
                     log::debug!(target: "ssh_parallel", "join {:?} matches no label: nothing pushed", j.selector);
                     return Ok((Selection::default(), Vec::new()));
@@ -193,10 +239,7 @@ impl Plan {
             }
             touched.push(id);
         }
-        let selection = Selection {
-            labels: ids.iter().map(|&i| self.labels[i].name.clone()).collect(),
-        };
-        Ok((selection, touched))
+        Ok((self.selection(&ids), touched))
     }
 
     fn append(&mut self, label: LabelId, step: Step) -> NodeIndex {
@@ -215,176 +258,5 @@ impl Plan {
         }
         entry.tail = Some(n);
         n
-    }
-
-    /// The task after `n` in its label's queue.
-    pub(crate) fn next(&self, n: NodeIndex) -> Option<NodeIndex> {
-        self.graph
-            .edges_directed(n, Outgoing)
-            .find(|e| *e.weight() == Edge::Next)
-            .map(|e| e.target())
-    }
-
-    /// Whether a task that needs a channel (a command or a transfer) is likely
-    /// to follow `n` in its queue, looking past markers, joins, `here`s, subs
-    /// and connects (a `goto` usually loops back to commands). The SSH
-    /// transport then opens that channel while `n` runs.
-    pub(crate) fn channel_task_follows(&self, n: NodeIndex) -> bool {
-        let mut cur = self.next(n);
-        // Bounded: a queue of thousands of local steps is not worth walking.
-        for _ in 0..16 {
-            let Some(node) = cur else { return false };
-            match &self.graph[node] {
-                Node::Task {
-                    step: Step::Action { action, .. },
-                    ..
-                } => match &**action {
-                    Action::Command(_)
-                    | Action::ScpGet(_)
-                    | Action::ScpPut(_)
-                    | Action::RsyncGet(_)
-                    | Action::RsyncPut(_)
-                    | Action::Goto(_) => return true,
-                    Action::Parsub(_) | Action::Stop(_) => return false,
-                    Action::Join(_) | Action::Here(_) | Action::Sub(_) | Action::Connect(_) => {}
-                },
-                Node::Task {
-                    step: Step::Marker(_), ..
-                } => {}
-                Node::Join(_) => return false,
-            }
-            cur = self.next(node);
-        }
-        false
-    }
-
-    /// Removes the head of `label`'s queue.
-    pub(crate) fn pop(&mut self, label: LabelId) {
-        let entry = &self.labels[label];
-        let next = entry.head.and_then(|h| self.next(h));
-        let entry = &mut self.labels[label];
-        entry.head = next;
-        if next.is_none() {
-            entry.tail = None;
-        }
-    }
-
-    /// The tasks waiting on join node `j`.
-    pub(crate) fn waiters(&self, j: NodeIndex) -> Vec<NodeIndex> {
-        self.graph
-            .edges_directed(j, Outgoing)
-            .filter(|e| *e.weight() == Edge::Release)
-            .map(|e| e.target())
-            .collect()
-    }
-
-    /// The first `here tag` after `from` in its label's queue.
-    pub(crate) fn find_here(&self, from: NodeIndex, tag: &str) -> Option<NodeIndex> {
-        let mut cur = self.next(from);
-        while let Some(n) = cur {
-            if let Node::Task {
-                step: Step::Action { action, .. },
-                ..
-            } = &self.graph[n]
-            {
-                if matches!(&**action, Action::Here(h) if h.tag == tag) {
-                    return Some(n);
-                }
-            }
-            cur = self.next(n);
-        }
-        None
-    }
-
-    /// Checks the plan before running: every goto and or_goto must have a
-    /// later `here` (except `END`), and the graph must be acyclic.
-    pub(crate) fn validate(&self) -> Result<()> {
-        let mut problems = Vec::new();
-        for entry in &self.labels {
-            // Tags jumped to but not yet seen, walking the chain forward.
-            let mut pending: HashMap<&str, Vec<&str>> = HashMap::new();
-            let mut cur = entry.head;
-            while let Some(n) = cur {
-                if let Node::Task {
-                    step: Step::Action { action, desc, .. },
-                    ..
-                } = &self.graph[n]
-                {
-                    if let Action::Here(h) = &**action {
-                        pending.remove(h.tag.as_str());
-                    }
-                    let goto = match &**action {
-                        Action::Goto(g) => Some(g.tag.as_str()),
-                        _ => None,
-                    };
-                    let or_goto = action.opts().and_then(|o| o.or_goto.as_deref());
-                    for tag in goto.into_iter().chain(or_goto) {
-                        if tag != "END" {
-                            pending.entry(tag).or_default().push(desc);
-                        }
-                    }
-                }
-                cur = self.next(n);
-            }
-            let mut missing: Vec<_> = pending.into_iter().collect();
-            missing.sort();
-            for (tag, tasks) in missing {
-                problems.push(
-                    Error::new(
-                        ErrorKind::MissingTag,
-                        format!("no `here {tag}` after {} to jump to", tasks.join(", ")),
-                    )
-                    .with_label(entry.name.clone()),
-                );
-            }
-        }
-        // Pushes only ever add edges to new nodes, so a cycle is a bug: check
-        // in debug builds, where the O(V + E) walk is affordable.
-        if cfg!(debug_assertions) && petgraph::algo::is_cyclic_directed(&self.graph) {
-            problems.push(Error::new(
-                ErrorKind::InvalidConfig,
-                "the task graph has a cycle (this is a bug)",
-            ));
-        }
-        match problems.len() {
-            0 => Ok(()),
-            1 => Err(problems.remove(0)),
-            n => {
-                let first = problems.remove(0);
-                let detail = format!("{} (and {} more problems)", first.detail(), n - 1);
-                let label = first.label().map(Arc::<str>::from);
-                let mut e = Error::new(first.kind(), detail);
-                if let Some(l) = label {
-                    e = e.with_label(l);
-                }
-                Err(e)
-            }
-        }
-    }
-
-    /// Forgets every task; called when a run has emptied every queue.
-    pub(crate) fn clear_tasks(&mut self) {
-        self.graph.clear();
-        self.has_jumps = false;
-        for l in &mut self.labels {
-            l.head = None;
-            l.tail = None;
-            l.next_seq = 0;
-        }
-    }
-
-    pub(crate) fn task_count(&self) -> usize {
-        self.graph
-            .node_weights()
-            .filter(|n| {
-                matches!(
-                    n,
-                    Node::Task {
-                        step: Step::Action { .. },
-                        ..
-                    }
-                )
-            })
-            .count()
     }
 }

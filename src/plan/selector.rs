@@ -1,4 +1,10 @@
-//! Labels and the selector mini-language (`web*, db1`).
+//! Labels and the selector mini-language (`web*, db1`): which labels may be
+//! registered, and how a selector is parsed and resolved.
+//!
+//! Invariant: a label that `validate_label` accepts can always be named by an
+//! exact selector part (it holds none of the language's characters).
+//!
+//! May use: `error` only.
 
 use regex::Regex;
 
@@ -134,6 +140,44 @@ impl Selector {
     }
 }
 
+/// What `push` and `select` take to name labels: a selector as text (`&str`,
+/// `String`), parsed on the spot, or a [`Selector`] parsed beforehand.
+pub trait IntoSelector {
+    /// The parsed selector; text that does not parse is an
+    /// [`ErrorKind::InvalidSelector`] error.
+    fn into_selector(self) -> Result<Selector>;
+}
+
+impl IntoSelector for Selector {
+    fn into_selector(self) -> Result<Selector> {
+        Ok(self)
+    }
+}
+
+impl IntoSelector for &Selector {
+    fn into_selector(self) -> Result<Selector> {
+        Ok(self.clone())
+    }
+}
+
+impl IntoSelector for &str {
+    fn into_selector(self) -> Result<Selector> {
+        Selector::parse(self)
+    }
+}
+
+impl IntoSelector for String {
+    fn into_selector(self) -> Result<Selector> {
+        Selector::parse(&self)
+    }
+}
+
+impl IntoSelector for &String {
+    fn into_selector(self) -> Result<Selector> {
+        Selector::parse(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,6 +206,20 @@ mod tests {
     fn parts_are_trimmed_and_unioned() {
         let s = Selector::parse(" a , b* ").unwrap();
         assert!(s.matches("a") && s.matches("bb") && !s.matches(" a"));
+    }
+
+    #[test]
+    fn push_and_select_take_text_or_a_parsed_selector() {
+        let mut p = crate::Parallel::new();
+        for l in ["web1", "web2", "db1"] {
+            p.add_host(l, crate::Host::local()).unwrap();
+        }
+        let sel = Selector::parse("web*").unwrap();
+        assert_eq!(p.select(&sel).unwrap(), vec!["web1", "web2"]);
+        assert_eq!(p.select(String::from("db*")).unwrap(), vec!["db1"]);
+        let pushed = p.push(sel, crate::Here::new("x")).unwrap();
+        assert_eq!(pushed, p.select("web*").unwrap());
+        assert_eq!(p.queued_tasks(), 2);
     }
 
     #[test]

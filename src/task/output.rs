@@ -1,5 +1,8 @@
 //! Where a command's output goes (capture, file, terminal, callback) and where
 //! its input comes from; plus the sinks transports write into.
+//!
+//! Invariant: a capture never holds more than its limit; what is cut is
+//! flagged as truncated, never silently dropped.
 
 use std::fmt;
 use std::fs::File;
@@ -11,7 +14,7 @@ use std::sync::Arc;
 pub const DEFAULT_CAPTURE_LIMIT: usize = 1 << 20;
 
 /// A line callback: receives the label and one line (without its newline).
-pub type LineFn = Arc<dyn Fn(&str, &str) + Send + Sync>;
+pub(crate) type LineFn = Arc<dyn Fn(&str, &str) + Send + Sync>;
 
 /// Where one output stream (stdout or stderr) of a command goes.
 #[derive(Clone)]
@@ -38,19 +41,20 @@ impl Output {
         Output(OutputKind::Capture(limit))
     }
 
-    /// Write to a file, truncating it first; `%LABEL%` and other variables are
-    /// expanded, so every label can have its own.
-    pub fn file(path: impl Into<String>) -> Output {
+    /// Write to a local file, truncating it first; `%LABEL%` and other
+    /// variables are expanded, so every label can have its own. The path must
+    /// be valid UTF-8 (checked at push).
+    pub fn file(path: impl Into<PathBuf>) -> Output {
         Output(OutputKind::File {
-            path: path.into(),
+            path: super::paths::local(path),
             append: false,
         })
     }
 
-    /// Append to a file (variables expanded as for [`Output::file`]).
-    pub fn append(path: impl Into<String>) -> Output {
+    /// Append to a local file (variables expanded as for [`Output::file`]).
+    pub fn append(path: impl Into<PathBuf>) -> Output {
         Output(OutputKind::File {
-            path: path.into(),
+            path: super::paths::local(path),
             append: true,
         })
     }
@@ -113,9 +117,10 @@ impl Stdin {
         Stdin(StdinKind::Data(bytes.into().into()))
     }
 
-    /// The contents of a local file (variables expanded in the path).
-    pub fn file(path: impl Into<String>) -> Stdin {
-        Stdin(StdinKind::File(path.into()))
+    /// The contents of a local file (variables expanded in the path, which
+    /// must be valid UTF-8).
+    pub fn file(path: impl Into<PathBuf>) -> Stdin {
+        Stdin(StdinKind::File(super::paths::local(path)))
     }
 }
 

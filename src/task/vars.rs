@@ -1,4 +1,9 @@
 //! `%NAME%` variable expansion in commands, paths and output file names.
+//!
+//! Invariant: `%%` is a literal `%`; an unknown name is an error, never left
+//! as it was or replaced by nothing.
+//!
+//! May use: `error` only.
 
 use std::borrow::Cow;
 use std::sync::OnceLock;
