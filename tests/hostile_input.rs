@@ -35,7 +35,7 @@ proptest! {
             Ok(()) => {
                 let selected = p.select(&label);
                 prop_assert!(selected.is_ok(), "accepted label {label:?} is not a valid selector: {selected:?}");
-                let selected: Vec<String> = selected.unwrap().into_iter().map(|s| s.to_string()).collect();
+                let selected: Vec<String> = selected.unwrap().labels().map(|s| s.to_string()).collect();
                 prop_assert_eq!(selected, vec![label.clone()]);
             }
             Err(e) => {
