@@ -3,7 +3,8 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -32,7 +33,6 @@ error); 2 usage error (bad option, node set, -o directive, unknown host);
     subcommand_value_name = "SUBCOMMAND",
     subcommand_help_heading = "Subcommands",
     after_help = EXAMPLES,
-    args_conflicts_with_subcommands = true,
     subcommand_negates_reqs = true
 )]
 pub struct Cli {
@@ -57,6 +57,21 @@ pub struct Cli {
         required = true
     )]
     pub command: Vec<String>,
+}
+
+impl Cli {
+    /// Parses the process arguments. Options given after `copy`/`rcopy` land
+    /// in the subcommand's matches (clap keeps a global option's value where
+    /// it was typed), so they are merged into the top-level ones.
+    pub fn parse_all() -> Cli {
+        let matches = Cli::command().get_matches();
+        let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+        if let Some((_, sub)) = matches.subcommand() {
+            let more = Common::from_arg_matches(sub).unwrap_or_else(|e| e.exit());
+            cli.common.merge(more, sub);
+        }
+        cli
+    }
 }
 
 /// Options that select the hosts and the way to reach them.
@@ -108,17 +123,35 @@ pub struct Common {
     pub verbose: u8,
 }
 
+impl Common {
+    /// Adds the options typed after the subcommand name (`sub`'s matches).
+    fn merge(&mut self, more: Common, sub: &ArgMatches) {
+        let typed = |id: &str| sub.value_source(id) == Some(ValueSource::CommandLine);
+        self.hosts.extend(more.hosts);
+        self.exclude.extend(more.exclude);
+        self.identity.extend(more.identity);
+        self.options.extend(more.options);
+        if typed("fanout") {
+            self.fanout = more.fanout;
+        }
+        self.user = more.user.or(self.user.take());
+        self.connect_timeout = more.connect_timeout.or(self.connect_timeout);
+        self.command_timeout = more.command_timeout.or(self.command_timeout);
+        self.max_status |= more.max_status;
+        self.verbose = self.verbose.max(more.verbose);
+    }
+}
+
 /// Output modes (one at most).
 #[derive(Args, Debug, Clone)]
-#[group(multiple = false)]
 pub struct OutputArgs {
     /// Gather hosts with identical output and exit status under one folded
     /// node set, after completion (like `clubak -b`, `dshbak -c`).
-    #[arg(short = 'b', long = "gather")]
+    #[arg(short = 'b', long = "gather", conflicts_with_all = ["by_host", "json"])]
     pub gather: bool,
 
     /// Each host's output after completion, hosts in node order.
-    #[arg(short = 'L', long = "by-host")]
+    #[arg(short = 'L', long = "by-host", conflicts_with = "json")]
     pub by_host: bool,
 
     /// JSON Lines on stdout: output lines, per-host results, a summary.
@@ -126,7 +159,7 @@ pub struct OutputArgs {
     pub json: bool,
 
     /// Do not prefix output lines with the host name (live and -L).
-    #[arg(short = 'N', long = "no-prefix")]
+    #[arg(short = 'N', long = "no-prefix", conflicts_with_all = ["gather", "json"])]
     pub no_prefix: bool,
 }
 

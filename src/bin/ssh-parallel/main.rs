@@ -12,7 +12,6 @@ use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use clap::Parser;
 use ssh_parallel::{Action, Command, Parallel, RsyncGet, RsyncPut, ScpGet, ScpPut, TaskReport};
 
 use args::{Action as Sub, Cli, CopyArgs};
@@ -30,7 +29,7 @@ impl<E: std::fmt::Display> From<E> for Usage {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let cli = Cli::parse_all();
     init_logging(cli.common.verbose);
     match run(cli) {
         Ok(code) => std::process::exit(code),
