@@ -297,12 +297,23 @@ fn exit_codes_with_and_without_max_status_and_the_failure_summary() {
     let out = c.run(&["-S", "-w", &all, "--", "exit $(cat id.txt)"]);
     assert_eq!(out.code(), 7, "{out:?}");
 
-    let refused = closed_port();
-    let out = c.run(&["-S", "-w", &format!("{},127.0.0.1:{refused}", c.host(2)), "--", "true"]);
+    // Hosts failing the same way share one line, under a folded node set.
+    let r1 = closed_port();
+    let r2 = std::iter::repeat_with(closed_port).find(|p| *p != r1).unwrap();
+    let hosts = format!("{},127.0.0.1:[{r1},{r2}]", c.host(2));
+    let out = c.run(&["-S", "-w", &hosts, "--", "true"]);
     assert_eq!(out.code(), 255, "{out:?}");
-    let line = out.stderr();
-    assert!(line.starts_with(&format!("127.0.0.1:{refused}: connect: ")), "{out:?}");
-    assert_eq!(line.lines().count(), 1, "{out:?}");
+    let (lo, hi) = (r1.min(r2), r1.max(r2));
+    let set = if hi == lo + 1 {
+        format!("127.0.0.1:[{lo}-{hi}]")
+    } else {
+        format!("127.0.0.1:[{lo},{hi}]")
+    };
+    assert_eq!(
+        out.stderr(),
+        format!("{set}: connect: Connection refused (os error 111)\n"),
+        "{out:?}"
+    );
 }
 
 #[test]
@@ -480,4 +491,118 @@ fn first_ctrl_c_prints_the_summary_and_exits_130() {
 fn closed_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().port()
+}
+
+/// Runs the binary in a pseudo-terminal through util-linux `script`; `None`
+/// where `script` is missing.
+fn in_pty(c: &Cluster, args: &[&str], no_color: bool) -> Option<String> {
+    let mut line = vec![BIN.to_owned(), "-l".into(), USER.into(), "-i".into()];
+    line.push(c.key.private_path().display().to_string());
+    line.extend(["-o", "StrictHostKeyChecking=no", "-o", "IdentitiesOnly=yes"].map(String::from));
+    line.extend(args.iter().map(|a| a.to_string()));
+    let quoted: Vec<String> = line.iter().map(|a| format!("'{}'", a.replace('\'', "'\\''"))).collect();
+    let mut cmd = Command::new("script");
+    cmd.args(["-qec", &quoted.join(" "), "/dev/null"])
+        .env("HOME", c.home.path())
+        .env("TERM", "xterm")
+        .env_remove("SSH_AUTH_SOCK")
+        .stdin(Stdio::null());
+    if no_color {
+        cmd.env("NO_COLOR", "1");
+    } else {
+        cmd.env_remove("NO_COLOR");
+    }
+    let out = cmd.output().ok()?;
+    assert!(out.status.success(), "{out:?}");
+    Some(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[test]
+fn on_a_terminal_progress_is_drawn_and_colour_honours_no_color() {
+    let c = Cluster::start(&["a", "b"]);
+    let all = c.nodeset(&[0, 1]);
+    let Some(screen) = in_pty(&c, &["-b", "-w", &all, "--", "sleep 1; cat id.txt"], false) else {
+        eprintln!("skipped: no `script` to make a pseudo-terminal");
+        return;
+    };
+    assert!(
+        screen.contains("2/2 done, 0 failed") || screen.contains("/2 done, "),
+        "{screen:?}"
+    );
+    assert!(screen.contains("\x1b[34m"), "gathered headers are coloured: {screen:?}");
+    let screen = in_pty(&c, &["-b", "-w", &all, "--", "sleep 1; cat id.txt"], true).unwrap();
+    assert!(screen.contains("/2 done, "), "{screen:?}");
+    assert!(!screen.contains("\x1b[34m"), "NO_COLOR: {screen:?}");
+    let screen = in_pty(&c, &["-w", &all, "--", "cat id.txt"], false).unwrap();
+    assert!(
+        screen.contains(&format!("\x1b[36m{}: \x1b[0ma", c.host(0))),
+        "{screen:?}"
+    );
+    assert!(
+        !screen.contains(" done, "),
+        "no progress display with live output: {screen:?}"
+    );
+}
+
+#[test]
+fn ssh_config_directives_and_the_connect_timeout() {
+    let c = Cluster::start(&["a"]);
+    let port = c.servers[0].port().to_string();
+    let key = c.key.private_path().display().to_string();
+    let run = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .env("HOME", c.home.path())
+            .env_remove("SSH_AUTH_SOCK")
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        Out(out)
+    };
+    let port_opt = format!("Port={port}");
+    let user_opt = format!("User={USER}");
+    let key_opt = format!("IdentityFile={key}");
+    let base = [
+        "-N",
+        "-o",
+        &port_opt,
+        "-o",
+        &user_opt,
+        "-o",
+        &key_opt,
+        "-o",
+        "IdentityAgent=none",
+    ];
+    // The host key is unknown: the default (strict) refuses it.
+    let out = run(&[&base[..], &["-w", "127.0.0.1", "--", "cat id.txt"]].concat());
+    assert_eq!(out.code(), 1, "{out:?}");
+    assert!(out.stderr().starts_with("127.0.0.1: connect: "), "{out:?}");
+    // accept-new records it in $HOME/.ssh/known_hosts; strict then accepts it.
+    std::fs::create_dir_all(c.home.path().join(".ssh")).unwrap();
+    for check in ["accept-new", "yes"] {
+        let opt = format!("StrictHostKeyChecking={check}");
+        let out = run(&[&base[..], &["-o", &opt, "-w", "127.0.0.1", "--", "cat id.txt"]].concat());
+        assert_eq!((out.code(), out.stdout().as_str()), (0, "a\n"), "{check}: {out:?}");
+    }
+
+    // A listener that never speaks SSH: only the connect timeout ends it.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_host = format!("127.0.0.1:{}", silent.local_addr().unwrap().port());
+    let t = Instant::now();
+    let out = run(&[
+        "-t",
+        "0.5",
+        "-w",
+        &silent_host,
+        "-o",
+        "StrictHostKeyChecking=no",
+        "--",
+        "true",
+    ]);
+    assert!(t.elapsed() < Duration::from_secs(5), "{out:?}");
+    assert_eq!(out.code(), 1, "{out:?}");
+    assert!(
+        out.stderr().starts_with(&format!("{silent_host}: connect: ")),
+        "{out:?}"
+    );
 }

@@ -145,7 +145,7 @@ impl Tracker {
         }
         let outcomes: Vec<(&str, Outcome)> = hosts
             .iter()
-            .map(|(l, t)| (*l, self.outcome(t, report.is_some())))
+            .map(|(l, t)| (*l, self.outcome(l, t, report.is_some())))
             .collect();
         let _ = std::io::stdout().flush();
         self.print_failures(&outcomes, interrupted);
@@ -164,7 +164,7 @@ impl Tracker {
         Some(code)
     }
 
-    fn outcome(&self, tasks: &[TaskReport], complete: bool) -> Outcome {
+    fn outcome(&self, label: &str, tasks: &[TaskReport], complete: bool) -> Outcome {
         let exit_code = tasks.iter().filter_map(TaskReport::exit_code).max();
         if let Some(e) = tasks
             .iter()
@@ -173,7 +173,7 @@ impl Tracker {
         {
             let message = match (e.kind(), e.exit_code()) {
                 (_, Some(c)) => format!("exited with status {c}"),
-                (kind, None) => format!("{kind}: {}", e.detail()),
+                (kind, None) => format!("{kind}: {}", without_host(e.detail(), label)),
             };
             return Outcome::Failed { message, exit_code };
         }
@@ -232,4 +232,40 @@ impl Tracker {
 
 fn failed(tasks: &[TaskReport]) -> bool {
     tasks.iter().any(|t| t.status() == TaskStatus::Failed)
+}
+
+/// `detail` without the `: `-separated parts that name the host, so that
+/// hosts failing the same way share one summary line: "cannot connect to
+/// alice@web3:22: web3:22: Connection refused" becomes "Connection refused".
+fn without_host(detail: &str, label: &str) -> String {
+    let host = ssh_parallel::Host::parse(label).map_or_else(|_| label.to_owned(), |h| h.hostname().to_owned());
+    let kept: Vec<&str> = detail.split(": ").filter(|part| !mentions(part, &host)).collect();
+    if kept.is_empty() {
+        detail.to_owned()
+    } else {
+        kept.join(": ")
+    }
+}
+
+/// Whether `text` contains `name` as a whole word (so `web1` is not found in `web10`).
+fn mentions(text: &str, name: &str) -> bool {
+    let word = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '-' || c == '.' || c == '_');
+    text.match_indices(name).any(|(i, _)| {
+        let before = text[..i].chars().next_back();
+        let after = text[i + name.len()..].chars().next();
+        !word(before) && !word(after)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_names_are_taken_out_of_messages() {
+        let d = "cannot connect to alice@127.0.0.1:35591: 127.0.0.1:35591: Connection refused (os error 111)";
+        assert_eq!(without_host(d, "127.0.0.1:35591"), "Connection refused (os error 111)");
+        assert_eq!(without_host("web10: refused", "web1"), "web10: refused");
+        assert_eq!(without_host("web1", "web1"), "web1");
+    }
 }
