@@ -124,7 +124,7 @@ fn actions(cli: &Cli, targets: &[hosts::Target]) -> Result<Vec<(String, Action)>
         }
         Some(Sub::Copy(c)) => {
             check_transfer(c)?;
-            let (sources, dest) = split_paths(c);
+            let (sources, dest) = split_paths(c)?;
             for s in sources {
                 if std::fs::symlink_metadata(s).is_err() {
                     return Err(Usage(format!("copy: local source {s:?} does not exist")));
@@ -145,7 +145,7 @@ fn actions(cli: &Cli, targets: &[hosts::Target]) -> Result<Vec<(String, Action)>
         }
         Some(Sub::Rcopy(c)) => {
             check_transfer(c)?;
-            let (sources, dest) = split_paths(c);
+            let (sources, dest) = split_paths(c)?;
             if !Path::new(dest).is_dir() {
                 return Err(Usage(format!("rcopy: local directory {dest:?} does not exist")));
             }
@@ -180,10 +180,12 @@ fn check_transfer(c: &CopyArgs) -> Result<(), Usage> {
     Ok(())
 }
 
-fn split_paths(c: &CopyArgs) -> (&[String], &String) {
-    // clap guarantees two paths at least.
-    let (dest, sources) = c.paths.split_last().expect("clap requires 2 paths or more");
-    (sources, dest)
+/// The sources and the destination (clap already asks for two paths).
+fn split_paths(c: &CopyArgs) -> Result<(&[String], &String), Usage> {
+    match c.paths.split_last() {
+        Some((dest, sources)) if !sources.is_empty() => Ok((sources, dest)),
+        _ => Err(Usage("give one source at least, then the destination".into())),
+    }
 }
 
 /// Adds the output sinks, timeout and progress callback every action gets.
