@@ -1,6 +1,8 @@
 //! `ssh-parallel`: the command line. Runs a command (or copies files) on a
 //! node set of hosts with pdsh/clush habits, on the library's public API only.
 
+#![deny(missing_docs)]
+
 mod args;
 mod exit;
 mod hosts;
