@@ -1,0 +1,194 @@
+//! Node sets: the `-w` / `-x` arguments expanded into the hosts to work on,
+//! in node-set order, and host names folded back for display.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read;
+use std::net::{IpAddr, ToSocketAddrs};
+
+use nodeset::NodeSet;
+
+/// One host to work on: its label (the node name, `host[:port]`) and the
+/// user named in its `user@` prefix, if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The node name, used as the label and the output prefix.
+    pub label: String,
+    /// The user of a `user@node` entry.
+    pub user: Option<String>,
+}
+
+/// Expands the `-w` values minus the `-x` values. `^FILE` reads node sets from
+/// a file and `-` from standard input (one or more a line, `#` comments).
+pub fn select(hosts: &[String], exclude: &[String]) -> Result<Vec<Target>, String> {
+    let mut stdin_used = false;
+    let (included, users) = expand_all(hosts, &mut stdin_used)?;
+    let (excluded, _) = expand_all(exclude, &mut stdin_used)?;
+    let chosen = included.difference(&excluded);
+    Ok(chosen
+        .iter()
+        .map(|label| Target {
+            user: users.get(label.as_str()).cloned(),
+            label,
+        })
+        .collect())
+}
+
+fn expand_all(values: &[String], stdin_used: &mut bool) -> Result<(NodeSet, BTreeMap<String, String>), String> {
+    let mut all = NodeSet::new();
+    let mut users = BTreeMap::new();
+    for value in values {
+        for text in sources(value, stdin_used)? {
+            let (set, user_of) = parse_with_users(&text)?;
+            all = all.union(&set);
+            users.extend(user_of);
+        }
+    }
+    Ok((all, users))
+}
+
+/// The node-set texts a `-w`/`-x` value stands for.
+fn sources(value: &str, stdin_used: &mut bool) -> Result<Vec<String>, String> {
+    let content = if let Some(path) = value.strip_prefix('^') {
+        std::fs::read_to_string(path).map_err(|e| format!("cannot read host file {path:?}: {e}"))?
+    } else if value == "-" {
+        if *stdin_used {
+            return Err("'-' (hosts from standard input) may be given only once".into());
+        }
+        *stdin_used = true;
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .map_err(|e| format!("cannot read hosts from standard input: {e}"))?;
+        s
+    } else {
+        return Ok(vec![value.to_owned()]);
+    };
+    Ok(content
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim().to_owned())
+        .filter(|l| !l.is_empty())
+        .collect())
+}
+
+/// Parses one node-set text whose comma-separated entries may carry a
+/// `user@` prefix; the node-set parser would read `@` as a group reference.
+fn parse_with_users(text: &str) -> Result<(NodeSet, BTreeMap<String, String>), String> {
+    let mut set = NodeSet::new();
+    let mut users = BTreeMap::new();
+    for entry in split_top_level(text) {
+        let entry = entry.trim();
+        if entry.is_empty() {
+            return Err(format!("invalid node set {text:?}: empty entry (check the commas)"));
+        }
+        let (user, nodes) = match entry.split_once('@') {
+            Some((u, rest)) if !u.is_empty() => (Some(u), rest),
+            _ => (None, entry),
+        };
+        if let Some(u) = user {
+            if u.chars().any(|c| c.is_whitespace() || "[]!&^,".contains(c)) {
+                return Err(format!("invalid user {u:?} in node set {text:?}"));
+            }
+        }
+        let part: NodeSet = nodes.parse().map_err(|e| format!("invalid node set {text:?}: {e}"))?;
+        if let Some(u) = user {
+            for node in part.iter() {
+                users.insert(node, u.to_owned());
+            }
+        }
+        set = set.union(&part);
+    }
+    Ok((set, users))
+}
+
+/// Splits on the commas outside brackets.
+fn split_top_level(text: &str) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let mut depth = 0i32;
+    let mut start = 0;
+    for (i, c) in text.char_indices() {
+        match c {
+            '[' => depth += 1,
+            ']' => depth -= 1,
+            ',' if depth == 0 => {
+                parts.push(&text[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(&text[start..]);
+    parts
+}
+
+/// Folds node names into the shortest node set (`web[01-03,07]`); names the
+/// node-set syntax cannot hold are listed as they are.
+pub fn fold<'a>(names: impl IntoIterator<Item = &'a str>) -> String {
+    let names: Vec<&str> = names.into_iter().collect();
+    let joined = names.join(",");
+    match joined.parse::<NodeSet>() {
+        Ok(set) if set.len() == names.iter().collect::<BTreeSet<_>>().len() => set.to_string(),
+        _ => joined,
+    }
+}
+
+/// The host names (not IP addresses) among `names` that do not resolve,
+/// looked up a few at a time.
+pub fn unresolvable(names: &[String]) -> Vec<String> {
+    let to_check: Vec<&String> = names
+        .iter()
+        .filter(|n| n.parse::<IpAddr>().is_err())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let mut bad = Vec::new();
+    // getaddrinfo blocks, and a slow DNS server would make a serial loop
+    // over hundreds of names crawl.
+    for chunk in to_check.chunks(32) {
+        let found: Vec<Option<String>> = std::thread::scope(|s| {
+            let handles: Vec<_> = chunk
+                .iter()
+                .map(|name| {
+                    s.spawn(move || match (name.as_str(), 22).to_socket_addrs() {
+                        Ok(addrs) if addrs.len() > 0 => None,
+                        _ => Some((*name).clone()),
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap_or(None)).collect()
+        });
+        bad.extend(found.into_iter().flatten());
+    }
+    bad
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(w: &[&str], x: &[&str]) -> Vec<String> {
+        let w: Vec<String> = w.iter().map(|s| s.to_string()).collect();
+        let x: Vec<String> = x.iter().map(|s| s.to_string()).collect();
+        select(&w, &x).unwrap().into_iter().map(|t| t.label).collect()
+    }
+
+    #[test]
+    fn ranges_users_and_exclusions() {
+        assert_eq!(
+            labels(&["web[01-03],db1", "web05"], &["web02"]),
+            ["db1", "web01", "web03", "web05"]
+        );
+        let t = select(&["alice@h[1-2],h3".into()], &[]).unwrap();
+        assert_eq!(t[0].user.as_deref(), Some("alice"));
+        assert_eq!(t[2].user, None);
+        assert_eq!(
+            labels(&["127.0.0.1:[4001-4002]"], &[]),
+            ["127.0.0.1:4001", "127.0.0.1:4002"]
+        );
+    }
+
+    #[test]
+    fn folding() {
+        assert_eq!(fold(["web03", "web07", "web01", "web02"]), "web[01-03,07]");
+        assert!(select(&["web[1-".into()], &[]).is_err());
+    }
+}

@@ -1,0 +1,247 @@
+//! `ssh-parallel`: the command line. Runs a command (or copies files) on a
+//! node set of hosts with pdsh/clush habits, on the library's public API only.
+
+#![deny(missing_docs)]
+
+mod args;
+mod exit;
+mod hosts;
+mod output;
+mod sshopts;
+mod track;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use ssh_parallel::{Action, Command, Parallel, RsyncGet, RsyncPut, ScpGet, ScpPut, TaskReport};
+
+use args::{Action as Sub, Cli, CopyArgs};
+use output::{Colours, Mode, Stream};
+use sshopts::SshOptions;
+use track::Tracker;
+
+/// A usage error: printed as one line, exits with [`exit::USAGE`].
+struct Usage(String);
+
+impl<E: std::fmt::Display> From<E> for Usage {
+    fn from(e: E) -> Self {
+        Usage(e.to_string())
+    }
+}
+
+fn main() {
+    let cli = Cli::parse_all();
+    init_logging(cli.common.verbose);
+    match run(cli) {
+        Ok(code) => std::process::exit(code),
+        Err(Usage(msg)) => {
+            eprintln!("ssh-parallel: error: {msg}");
+            std::process::exit(exit::USAGE);
+        }
+    }
+}
+
+/// `-v` sets the level of this program and the library; `RUST_LOG` wins.
+fn init_logging(verbose: u8) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
+        .target(env_logger::Target::Stderr)
+        .init();
+}
+
+fn run(cli: Cli) -> Result<i32, Usage> {
+    let common = &cli.common;
+    if common.hosts.is_empty() {
+        return Err(Usage("no hosts: give them with -w NODESET".into()));
+    }
+    let targets = hosts::select(&common.hosts, &common.exclude).map_err(Usage)?;
+    if targets.is_empty() {
+        return Err(Usage("the node set is empty once -x is applied".into()));
+    }
+    if common.fanout == 0 {
+        return Err(Usage("-f/--fanout must be at least 1".into()));
+    }
+    let options = SshOptions::parse(&common.options).map_err(Usage)?;
+    let timeout = common.command_timeout.map(sshopts::secs).transpose().map_err(Usage)?;
+
+    let mut pssh = Parallel::builder().workers(common.fanout).build()?;
+    let mut names = Vec::new();
+    for t in &targets {
+        let host = options.host_for(t, common).map_err(Usage)?;
+        names.push(host.hostname().to_owned());
+        pssh.add_host(t.label.clone(), host)?;
+    }
+    let actions = actions(&cli, &targets)?;
+    let unknown = hosts::unresolvable(&names);
+    if !unknown.is_empty() {
+        let set = hosts::fold(unknown.iter().map(String::as_str));
+        return Err(Usage(format!("unknown host {set}: the name does not resolve")));
+    }
+
+    let mode = Mode::from_args(&cli.output);
+    let colours = Colours::detect();
+    let order: Vec<String> = targets.iter().map(|t| t.label.clone()).collect();
+    let per_host = actions.len() / targets.len().max(1);
+    let tracker = Arc::new(Tracker::new(
+        mode,
+        colours,
+        order,
+        per_host,
+        common.fanout,
+        common.max_status,
+    ));
+    for (label, action) in actions {
+        let action = finish_action(action, mode, colours, timeout, &tracker);
+        pssh.push(&label, action)?;
+    }
+    install_interrupt(&tracker);
+    let report = pssh.run();
+    match tracker.finish(Some(&report)) {
+        Some(code) => Ok(code),
+        // Ctrl-C got there first and is printing its summary; it exits.
+        None => loop {
+            std::thread::park();
+        },
+    }
+}
+
+/// The actions to push, label by label: the command, or the copies.
+fn actions(cli: &Cli, targets: &[hosts::Target]) -> Result<Vec<(String, Action)>, Usage> {
+    let mut out = Vec::new();
+    match &cli.action {
+        None => {
+            let line = cli.command.join(" ");
+            if line.trim().is_empty() {
+                return Err(Usage("the command is empty".into()));
+            }
+            for t in targets {
+                out.push((t.label.clone(), Command::new(line.clone()).into()));
+            }
+        }
+        Some(Sub::Copy(c)) => {
+            check_transfer(c)?;
+            let (sources, dest) = split_paths(c)?;
+            for s in sources {
+                if std::fs::symlink_metadata(s).is_err() {
+                    return Err(Usage(format!("copy: local source {s:?} does not exist")));
+                }
+            }
+            for t in targets {
+                let action: Action = if c.rsync {
+                    RsyncPut::many(sources.iter().cloned(), dest.clone())
+                        .recursive(c.recursive)
+                        .into()
+                } else {
+                    ScpPut::many(sources.iter().cloned(), dest.clone())
+                        .recursive(c.recursive)
+                        .into()
+                };
+                out.push((t.label.clone(), action));
+            }
+        }
+        Some(Sub::Rcopy(c)) => {
+            check_transfer(c)?;
+            let (sources, dest) = split_paths(c)?;
+            if !Path::new(dest).is_dir() {
+                return Err(Usage(format!("rcopy: local directory {dest:?} does not exist")));
+            }
+            for t in targets {
+                for s in sources {
+                    let base = Path::new(s.trim_end_matches('/'))
+                        .file_name()
+                        .map(|b| b.to_string_lossy().into_owned())
+                        .ok_or_else(|| Usage(format!("rcopy: remote path {s:?} names no file")))?;
+                    // Like `clush --rcopy`: each host's copy gets its name appended.
+                    let target = Path::new(dest).join(format!("{base}.{}", t.label));
+                    let target = target.to_string_lossy().into_owned();
+                    let action: Action = if c.rsync {
+                        RsyncGet::new(s.clone(), target).recursive(c.recursive).into()
+                    } else {
+                        ScpGet::new(s.clone(), target).recursive(c.recursive).into()
+                    };
+                    out.push((t.label.clone(), action));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn check_transfer(c: &CopyArgs) -> Result<(), Usage> {
+    if c.sftp {
+        return Err(Usage(
+            "--sftp is not supported yet (SFTP transfers are planned); use scp (the default) or --rsync".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The sources and the destination (clap already asks for two paths).
+fn split_paths(c: &CopyArgs) -> Result<(&[String], &String), Usage> {
+    match c.paths.split_last() {
+        Some((dest, sources)) if !sources.is_empty() => Ok((sources, dest)),
+        _ => Err(Usage("give one source at least, then the destination".into())),
+    }
+}
+
+/// Adds the output sinks, timeout and progress callback every action gets.
+fn finish_action(
+    action: Action,
+    mode: Mode,
+    colours: Colours,
+    timeout: Option<std::time::Duration>,
+    tracker: &Arc<Tracker>,
+) -> Action {
+    let t = tracker.clone();
+    let done = move |label: &str, r: &TaskReport| t.on_done(label, r);
+    macro_rules! opts {
+        ($a:expr) => {{
+            let a = $a.on_done(done);
+            match timeout {
+                Some(d) => a.timeout(d),
+                None => a,
+            }
+        }};
+    }
+    match action {
+        Action::Command(c) => opts!(c
+            .stdout(output::sink(mode, Stream::Stdout, colours))
+            .stderr(output::sink(mode, Stream::Stderr, colours)))
+        .into(),
+        Action::ScpPut(a) => opts!(a).into(),
+        Action::ScpGet(a) => opts!(a).into(),
+        Action::RsyncPut(a) => opts!(a).into(),
+        Action::RsyncGet(a) => opts!(a).into(),
+        other => other,
+    }
+}
+
+/// First Ctrl-C: print what finished and exit 130; a second one exits at
+/// once. Remote commands still running are not cancelled (the library has
+/// no cancellable run yet): their channels close when this process exits.
+fn install_interrupt(tracker: &Arc<Tracker>) {
+    static PRESSED: AtomicUsize = AtomicUsize::new(0);
+    let tracker = tracker.clone();
+    let result = ctrlc::set_handler(move || {
+        if PRESSED.fetch_add(1, Ordering::SeqCst) > 0 {
+            std::process::exit(exit::INTERRUPTED);
+        }
+        let tracker = tracker.clone();
+        // The summary may block on a full pipe: print it off the handler
+        // thread so that the next Ctrl-C is still heard.
+        std::thread::spawn(move || {
+            if tracker.finish(None).is_some() {
+                std::process::exit(exit::INTERRUPTED);
+            }
+        });
+    });
+    if let Err(e) = result {
+        log::warn!("cannot catch Ctrl-C: {e}");
+    }
+}
