@@ -4,7 +4,6 @@
 //! reach them), so hosts are `127.0.0.1:PORT` node-set entries. Each server
 //! runs commands in its own directory, holding an `id.txt` that tells the
 //! hosts apart.
-#![cfg(feature = "cli")]
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
