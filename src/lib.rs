@@ -36,6 +36,7 @@ mod process;
 mod report;
 mod scheduler;
 mod session;
+pub mod ssh_config;
 mod task;
 mod transport;
 
@@ -56,6 +57,7 @@ pub use policy::{ErrorContext, OnError, PolicyFn, RetryPolicy};
 pub use report::{LabelReport, Report, TaskReport, TaskStatus};
 pub use scheduler::SubContext;
 pub use session::{ExecOutput, Session};
+pub use ssh_config::{ConfigError, ResolveEnv, SshConfig};
 pub use task::output::{Output, Stdin, DEFAULT_CAPTURE_LIMIT};
 pub use task::{
     Action, Command, Connect, DoneFn, Goto, Here, Join, Parsub, RsyncGet, RsyncPut, ScpGet, ScpPut, Stop, Sub,
