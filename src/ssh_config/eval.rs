@@ -159,7 +159,7 @@ impl Pass<'_> {
                         .ok_or(format!("missing Match criteria for {name}"))?;
                     match name.as_str() {
                         "host" => match_list(&host.to_lowercase(), arg, true) == ListMatch::Yes,
-                        "originalhost" => match_list(&self.original, arg, false) == ListMatch::Yes,
+                        "originalhost" => match_list(&self.original.to_lowercase(), arg, true) == ListMatch::Yes,
                         "user" => {
                             let user = self.cfg.user.as_deref().unwrap_or(&self.env.local_user);
                             match_list(user, arg, false) == ListMatch::Yes
