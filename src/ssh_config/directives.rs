@@ -184,9 +184,17 @@ pub(crate) fn apply(cfg: &mut SshConfig, line: &Line, active: bool, origin: &Ori
                 cfg.origins.insert("proxycommand", origin.clone());
             }
         }
-        "connecttimeout" => first!(active, cfg.connect_timeout, time(single(line)?)?),
+        "connecttimeout" => {
+            if let Some(value) = time_or_none(single(line)?)? {
+                first!(active, cfg.connect_timeout, value);
+            }
+        }
         "connectionattempts" => first!(active, cfg.connection_attempts, int(single(line)?)?),
-        "serveraliveinterval" => first!(active, cfg.server_alive_interval, time(single(line)?)?),
+        "serveraliveinterval" => {
+            if let Some(value) = time_or_none(single(line)?)? {
+                first!(active, cfg.server_alive_interval, value);
+            }
+        }
         "serveralivecountmax" => first!(active, cfg.server_alive_count_max, int(single(line)?)?),
         "stricthostkeychecking" => {
             let value = match single(line)?.to_ascii_lowercase().as_str() {
@@ -300,9 +308,37 @@ fn int(arg: &str) -> Result<u32, String> {
         .ok_or_else(|| format!("invalid integer \"{arg}\""))
 }
 
-/// A TCP port, 1 to 65535.
+/// A TCP port, 1 to 65535, or a tcp service name from `/etc/services`
+/// (OpenSSH's `a2port` accepts `Port ssh`).
 pub(crate) fn port(arg: &str) -> Option<u16> {
-    arg.parse::<u16>().ok().filter(|&p| p > 0)
+    if arg.bytes().all(|b| b.is_ascii_digit()) {
+        return arg.parse::<u16>().ok().filter(|&p| p > 0);
+    }
+    let services = std::fs::read_to_string("/etc/services").ok()?;
+    services
+        .lines()
+        .find_map(|line| service_port(line.split('#').next().unwrap_or_default(), arg))
+}
+
+/// The port of an `/etc/services` line (`name port/proto aliases...`) when
+/// it is a tcp service named or aliased `name`.
+fn service_port(line: &str, name: &str) -> Option<u16> {
+    let mut words = line.split_whitespace();
+    let first = words.next()?;
+    let (port, proto) = words.next()?.split_once('/')?;
+    let named = first == name || words.any(|alias| alias == name);
+    (named && proto == "tcp")
+        .then(|| port.parse::<u16>().ok().filter(|&p| p > 0))
+        .flatten()
+}
+
+/// A time directive: `none` leaves it unset (a later line may still set
+/// it, as with OpenSSH), anything else goes through `convtime`.
+fn time_or_none(arg: &str) -> Result<Option<Duration>, String> {
+    if arg.eq_ignore_ascii_case("none") {
+        return Ok(None);
+    }
+    time(arg).map(Some)
 }
 
 /// OpenSSH's `convtime`: `90`, `1m30s`, `2h`, units s m h d w.
@@ -467,6 +503,10 @@ mod tests {
         assert_eq!(time("90").unwrap(), Duration::from_secs(90));
         assert_eq!(time("1m30s").unwrap(), Duration::from_secs(90));
         assert_eq!(time("1h1W").unwrap(), Duration::from_secs(3600 + 604800));
+        assert_eq!(time_or_none("None").unwrap(), None);
+        assert_eq!(port("ssh"), Some(22));
+        assert_eq!(port("022"), Some(22));
+        assert_eq!(port("0x16"), None);
         for bad in ["", "x", "1x", "-1", "99999999999w"] {
             assert!(time(bad).is_err(), "{bad}");
         }

@@ -186,7 +186,9 @@ impl Pass<'_> {
         let home = env.home.to_string_lossy();
         let short = env.local_host.split('.').next().unwrap_or_default();
         let uid = env.uid.to_string();
+        let hash = tokens::connection_hash(&env.local_host, host, &port, user);
         let table = [
+            ('C', hash.as_str()),
             ('L', short),
             ('d', home.as_ref()),
             ('h', host),

@@ -169,7 +169,9 @@ fn finalize(env: &ResolveEnv, cfg: &mut SshConfig) -> Result<(), ConfigError> {
     let short = env.local_host.split('.').next().unwrap_or_default().to_string();
     let uid = env.uid.to_string();
     let key_alias = cfg.host_key_alias.clone().unwrap_or_else(|| cfg.alias.clone());
+    let hash = tokens::connection_hash(&env.local_host, &host, &port, &user);
     let files_table = [
+        ('C', hash.as_str()),
         ('d', home.as_str()),
         ('h', host.as_str()),
         ('i', uid.as_str()),
