@@ -105,6 +105,12 @@ const IGNORED: &[&str] = &[
     "afstokenpassing",
     "kerberosauthentication",
     "kerberostgtpassing",
+    // Newer than OpenSSH 9.2: accepted so that a config written for a newer ssh still works.
+    "channeltimeout",
+    "obscurekeystroketiming",
+    "tag",
+    "refuseconnection",
+    "warnweakcrypto",
 ];
 
 /// Most entries OpenSSH keeps in a known-hosts file list.

@@ -44,7 +44,7 @@ struct Flags {
 impl Pass<'_> {
     /// Reads one top-level file.
     pub(crate) fn read_top(&mut self, file: &ConfigFile) -> Result<(), ConfigError> {
-        let bytes = match std::fs::read(&file.path) {
+        let bytes = match read_capped(&file.path) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !file.required => return Ok(()),
             Err(source) => {
@@ -254,7 +254,7 @@ impl Pass<'_> {
             }
             let outer = *active;
             for file in files {
-                let bytes = match std::fs::read(&file) {
+                let bytes = match read_capped(&file) {
                     Ok(bytes) => bytes,
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                     Err(e) => return Err(invalid(format!("can't open included file {}: {e}", file.display()))),
@@ -271,6 +271,26 @@ impl Pass<'_> {
         }
         Ok(())
     }
+}
+
+/// Largest configuration file read: `Include /dev/zero` must fail, not
+/// exhaust memory.
+const MAX_FILE_SIZE: u64 = 16 << 20;
+
+/// Reads a whole file of at most [`MAX_FILE_SIZE`] bytes.
+fn read_capped(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(MAX_FILE_SIZE + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_FILE_SIZE {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "file larger than 16 MiB",
+        ));
+    }
+    Ok(bytes)
 }
 
 /// OpenSSH refuses files that others than their owner (or root) can write.

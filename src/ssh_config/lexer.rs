@@ -35,7 +35,14 @@ pub(crate) fn parse(bytes: &[u8], path: &Path) -> Result<Vec<Line>, ConfigError>
         if raw.contains(&0) {
             return Err(invalid("NUL byte in line".into()));
         }
-        let text = std::str::from_utf8(raw).map_err(|_| invalid("line is not valid UTF-8".into()))?;
+        let Ok(text) = std::str::from_utf8(raw) else {
+            // Comments are free text: a Latin-1 name in one must not break
+            // a file OpenSSH reads; anything else must be UTF-8.
+            if raw.trim_ascii_start().starts_with(b"#") {
+                continue;
+            }
+            return Err(invalid("line is not valid UTF-8".into()));
+        };
         if let Some(line) = parse_line(text, number).map_err(invalid)? {
             lines.push(line);
         }
@@ -159,6 +166,30 @@ mod tests {
         assert_eq!(one("ProxyCommand nc \"%h\" %p # c").rest, "nc \"%h\" %p # c");
     }
 
+    /// Random lines from an alphabet of the characters that matter never
+    /// panic, and every line kept has a keyword and an argument.
+    #[test]
+    fn random_input_never_panics() {
+        let alphabet = b" \t\r\n=\"'\\#%$~{}!*?,Hh0aZ\xc3\xa9\x00\xff";
+        let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+        for _ in 0..5000 {
+            let len = (state % 40) as usize;
+            let mut bytes = Vec::with_capacity(len);
+            for _ in 0..len {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                bytes.push(alphabet[(state % alphabet.len() as u64) as usize]);
+            }
+            if let Ok(lines) = parse(&bytes, Path::new("/fuzz")) {
+                assert!(
+                    lines.iter().all(|l| !l.keyword.is_empty() && !l.rest.is_empty()),
+                    "{bytes:?}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn malformed_lines_name_the_line() {
         for text in ["\nPort", "Port \"22", "=22", "a\0b", "Port 2=2\n\"x\" y"] {
@@ -166,6 +197,7 @@ mod tests {
             assert!(err.starts_with("/f:"), "{err}");
         }
         assert!(parse(b"Port \xff", Path::new("/f")).is_err());
+        assert_eq!(parse(b"  # caf\xe9\nPort 1", Path::new("/f")).unwrap()[0].number, 2);
         assert!(parse(b"# only\n\n   \n", Path::new("/f")).unwrap().is_empty());
     }
 }

@@ -165,3 +165,9 @@ fn match_final_sees_the_hostname() {
     let cfg = resolve_in("Host b.example\n User fin\n", "a").unwrap();
     assert_eq!(cfg.user, None);
 }
+
+#[test]
+fn endless_include_is_refused() {
+    let err = resolve_in("Host *\n Include /dev/zero\n", "x").unwrap_err().to_string();
+    assert!(err.contains(":2:") && err.contains("16 MiB"), "{err}");
+}
