@@ -106,9 +106,16 @@ fn render(cfg: &SshConfig, env: &ResolveEnv) -> Rendered {
     match &cfg.proxy {
         None | Some(Proxy::None) => {}
         Some(Proxy::Command { raw, .. }) => put("proxycommand", raw.clone()),
-        Some(Proxy::Jump(jumps)) => {
+        Some(Proxy::Jump { spec, jumps }) => {
+            // ssh -G prints the hops before the last as written, the last
+            // one normalised.
+            let extra = spec
+                .rsplit_once(',')
+                .map(|(extra, _)| format!("{extra},"))
+                .unwrap_or_default();
             let hops: Vec<String> = jumps
-                .iter()
+                .last()
+                .into_iter()
                 .map(|j| {
                     let numeric = j.host.contains(':') || j.host.chars().all(|c| c.is_ascii_digit() || c == '.');
                     let host = if numeric {
@@ -121,7 +128,7 @@ fn render(cfg: &SshConfig, env: &ResolveEnv) -> Rendered {
                     format!("{user}{host}{port}")
                 })
                 .collect();
-            put("proxyjump", hops.join(","));
+            put("proxyjump", format!("{extra}{}", hops.join(",")));
         }
     }
     put(

@@ -173,6 +173,7 @@ pub(crate) fn apply(cfg: &mut SshConfig, line: &Line, active: bool, origin: &Ori
             let value = proxy_jump(single(line)?)?;
             if active && cfg.proxy.is_none() {
                 cfg.proxy = Some(value);
+                cfg.origins.insert("proxyjump", origin.clone());
             }
         }
         "proxycommand" => {
@@ -447,21 +448,30 @@ pub(crate) fn proxy_jump(arg: &str) -> Result<Proxy, String> {
         return Ok(Proxy::None);
     }
     let jumps = arg.split(',').map(jump).collect::<Option<Vec<_>>>();
-    jumps
-        .map(Proxy::Jump)
-        .ok_or_else(|| format!("invalid ProxyJump \"{arg}\""))
+    let jumps = jumps.ok_or_else(|| format!("invalid ProxyJump \"{arg}\""))?;
+    Ok(Proxy::Jump {
+        spec: arg.to_string(),
+        jumps,
+    })
 }
 
-/// One hop: `ssh://[user@]host[:port][/]` or `[user@]host[:port]`.
+/// One hop: `ssh://[user[;params]@]host[:port][/]` or `[user@]host[:port]`.
 fn jump(s: &str) -> Option<Jump> {
     if let Some(uri) = s.strip_prefix("ssh://") {
+        // OpenSSH 9.2's parse_uri refuses an empty port before the path,
+        // and bracketed addresses.
+        if uri.ends_with(":/") {
+            return None;
+        }
         let uri = uri.strip_suffix('/').unwrap_or(uri);
-        if uri.contains('/') {
+        if uri.contains(['/', '[']) {
             return None;
         }
         let (user, hostport) = match uri.split_once('@') {
-            Some((user, rest)) if !user.is_empty() && !user.contains(';') => (Some(user.to_string()), rest),
-            Some(_) => return None,
+            Some((user, rest)) => {
+                let user = user.split(';').next().unwrap_or_default();
+                (Some(url_decode(user).filter(|u| !u.is_empty())?), rest)
+            }
             None => (None, uri),
         };
         let (host, port) = host_port(hostport)?;
@@ -476,7 +486,25 @@ fn jump(s: &str) -> Option<Jump> {
     Some(Jump { user, host, port })
 }
 
-/// `host`, `host:port`, `[v6]`, `[v6]:port`.
+/// `%XX` decoding of a URI's user part.
+fn url_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// `host`, `host:port`, `[v6]`, `[v6]:port`; an empty port is no port.
 fn host_port(s: &str) -> Option<(String, Option<u16>)> {
     let (host, port) = if let Some(rest) = s.strip_prefix('[') {
         let (host, after) = rest.split_once(']')?;
@@ -494,8 +522,8 @@ fn host_port(s: &str) -> Option<(String, Option<u16>)> {
         return None;
     }
     let port = match port {
+        Some("") | None => None,
         Some(p) => Some(self::port(p)?),
-        None => None,
     };
     Some((host.to_string(), port))
 }
@@ -520,7 +548,8 @@ mod tests {
 
     #[test]
     fn jumps() {
-        let Proxy::Jump(j) = proxy_jump("u@a:2,[::1]:22,ssh://me@h:44/,x@y@z").unwrap() else {
+        let Proxy::Jump { jumps: j, .. } = proxy_jump("u@a:2,[::1]:22,ssh://me;x@h:44/,x@y@z,ssh://u%41@h:").unwrap()
+        else {
             panic!()
         };
         assert_eq!(
@@ -548,8 +577,26 @@ mod tests {
             }
         );
         assert_eq!(j[3].user.as_deref(), Some("x@y"));
+        assert_eq!(
+            j[4],
+            Jump {
+                user: Some("uA".into()),
+                host: "h".into(),
+                port: None
+            }
+        );
         assert_eq!(proxy_jump("NONE").unwrap(), Proxy::None);
-        for bad in ["a:0", "@a", "a,,b", "a:x", "ssh://a/p", "[::1"] {
+        for bad in [
+            "a:0",
+            "@a",
+            "a,,b",
+            "a:x",
+            "ssh://a/p",
+            "[::1",
+            "ssh://[::1]",
+            "ssh://",
+            "ssh://%zz@h",
+        ] {
             assert!(proxy_jump(bad).is_err(), "{bad}");
         }
     }

@@ -207,18 +207,32 @@ fn finalize(env: &ResolveEnv, cfg: &mut SshConfig) -> Result<(), ConfigError> {
             expand_path(p)?;
         }
     }
-    if let Some(Proxy::Command { raw, command }) = &mut cfg.proxy {
-        let table = [
-            ('h', host.as_str()),
-            ('n', cfg.alias.as_str()),
-            ('p', port.as_str()),
-            ('r', user.as_str()),
-        ];
-        let origin = cfg.origins.get("proxycommand").cloned().unwrap_or_else(|| Origin {
+    let table = [
+        ('h', host.as_str()),
+        ('n', cfg.alias.as_str()),
+        ('p', port.as_str()),
+        ('r', user.as_str()),
+    ];
+    let origin_of = |key| {
+        cfg.origins.get(key).cloned().unwrap_or_else(|| Origin {
             file: PathBuf::new(),
             line: 0,
-        });
-        *command = tokens::expand(raw, &table, None).map_err(|m| ConfigError::at(&origin, m))?;
+        })
+    };
+    match &mut cfg.proxy {
+        Some(Proxy::Command { raw, command }) => {
+            *command = tokens::expand(raw, &table, None).map_err(|m| ConfigError::at(&origin_of("proxycommand"), m))?;
+        }
+        Some(Proxy::Jump { jumps, .. }) => {
+            let origin = origin_of("proxyjump");
+            for jump in jumps {
+                jump.host = tokens::expand(&jump.host, &table, None).map_err(|m| ConfigError::at(&origin, m))?;
+                if let Some(user) = &mut jump.user {
+                    *user = tokens::expand(user, &table, None).map_err(|m| ConfigError::at(&origin, m))?;
+                }
+            }
+        }
+        _ => {}
     }
     Ok(())
 }

@@ -63,6 +63,19 @@ fn tokens_expand_where_openssh_expands_them() {
             command: "nc h.example.com 22".into()
         })
     );
+    let cfg = resolve_in("Host j\n User u\n ProxyJump %r@gw-%n:2,%h\n", "j").unwrap();
+    let Some(Proxy::Jump { jumps, .. }) = cfg.proxy else {
+        panic!("{:?}", cfg.proxy)
+    };
+    assert_eq!(
+        jumps[0],
+        Jump {
+            user: Some("u".into()),
+            host: "gw-j".into(),
+            port: Some(2)
+        }
+    );
+    assert_eq!(jumps[1].host, "j");
     let err = resolve_in("Host *\n HostName %p\n", "x").unwrap_err().to_string();
     assert!(err.contains(":2:") && err.contains("%p"), "{err}");
     let err = resolve_in("IdentityFile ${NOPE}\n", "x").unwrap_err().to_string();

@@ -64,9 +64,16 @@ pub struct Jump {
 pub enum Proxy {
     /// `ProxyJump none` or `ProxyCommand none`: connect directly.
     None,
-    /// Hops in connection order: the first is reached directly, each next
-    /// one through the previous, the target through the last.
-    Jump(Vec<Jump>),
+    /// `ProxyJump` hops.
+    Jump {
+        /// As written (what `ssh -G` prints for all hops but the last).
+        spec: String,
+        /// Hops in connection order: the first is reached directly, each
+        /// next one through the previous, the target through the last. The
+        /// `%h %n %p %r %%` tokens in users and hosts are expanded (OpenSSH
+        /// expands them through the `ssh -J` command it builds).
+        jumps: Vec<Jump>,
+    },
     /// `ProxyCommand`, run through the shell.
     Command {
         /// As written.
