@@ -15,6 +15,23 @@
 //! them. Known but unhonoured OpenSSH keywords are logged at debug level;
 //! unknown keywords and malformed values are errors naming file:line.
 //!
+//! ```
+//! use ssh_parallel::ssh_config::{resolve, ConfigFile, Proxy, Query, ResolveEnv};
+//!
+//! let dir = tempfile::tempdir()?;
+//! let file = dir.path().join("config");
+//! std::fs::write(&file, "Host web*\n  HostName %h.example.com\n  ProxyJump ops@bastion:2222\nHost *\n  User deploy\n")?;
+//! // Like `ssh -F FILE`: only that file (`from_system` alone reads ~/.ssh/config then /etc/ssh/ssh_config).
+//! let env = ResolveEnv::from_system()?.with_only_file(Some(ConfigFile::explicit(&file)));
+//! let cfg = resolve(&env, &Query::new("web1"))?;
+//! assert_eq!(cfg.hostname.as_deref(), Some("web1.example.com"));
+//! assert_eq!(cfg.user.as_deref(), Some("deploy"));
+//! assert_eq!(cfg.port, None); // not set: the caller's default applies
+//! let Some(Proxy::Jump { jumps, .. }) = &cfg.proxy else { unreachable!() };
+//! assert_eq!((jumps[0].host.as_str(), jumps[0].port), ("bastion", Some(2222)));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! Module tree: `lexer` (bytes to lines, pure), `pattern` (globs and pattern
 //! lists), `tokens` (`~`, `${}`, `%`), `directives` (one line into
 //! [`SshConfig`]), `eval` (one pass: Host, Match, Include), `env`, `types`.
