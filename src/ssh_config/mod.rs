@@ -34,12 +34,13 @@
 //!
 //! Module tree: `lexer` (bytes to lines, pure), `pattern` (globs and pattern
 //! lists), `tokens` (`~`, `${}`, `%`), `directives` (one line into
-//! [`SshConfig`]), `eval` (one pass: Host, Match, Include), `env`, `types`.
-//! The module uses nothing else of the crate.
+//! [`SshConfig`]), `jump` (ProxyJump syntax), `eval` (one pass: Host, Match,
+//! Include), `env`, `types`. The module uses nothing else of the crate.
 
 mod directives;
 mod env;
 mod eval;
+mod jump;
 mod lexer;
 mod pattern;
 mod tokens;
