@@ -184,3 +184,26 @@ fn endless_include_is_refused() {
     let err = resolve_in("Host *\n Include /dev/zero\n", "x").unwrap_err().to_string();
     assert!(err.contains(":2:") && err.contains("16 MiB"), "{err}");
 }
+
+#[test]
+fn system_files_include_from_their_own_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = env_in(dir.path(), "");
+    std::fs::create_dir_all(dir.path().join("etc/conf.d")).unwrap();
+    std::fs::write(dir.path().join("etc/conf.d/a.conf"), "Port 5001\n").unwrap();
+    let system = dir.path().join("etc/ssh_config");
+    std::fs::write(&system, "Include conf.d/*.conf\nUser sys\n").unwrap();
+    env.files = vec![
+        ConfigFile::user_default(dir.path().join(".ssh/config")),
+        ConfigFile::system(&system),
+    ];
+    std::fs::write(dir.path().join(".ssh/config"), "User mine\n").unwrap();
+    let cfg = resolve(&env, &Query::new("x")).unwrap();
+    assert_eq!((cfg.user.as_deref(), cfg.port), (Some("mine"), Some(5001)));
+    std::fs::write(&system, "Include ~/x\n").unwrap();
+    let err = resolve(&env, &Query::new("x")).unwrap_err().to_string();
+    assert!(
+        err.contains("ssh_config:1:") && err.contains("bad include path"),
+        "{err}"
+    );
+}
