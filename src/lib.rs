@@ -44,6 +44,7 @@ mod process;
 mod report;
 mod scheduler;
 mod session;
+pub mod ssh_config;
 mod task;
 mod transport;
 
@@ -59,6 +60,7 @@ pub use plan::{IntoSelector, Selection, Selector};
 pub use policy::{ErrorContext, OnError, PolicyFn, RetryPolicy};
 pub use report::{LabelReport, Report, TaskReport, TaskStatus};
 pub use session::{ExecOutput, Session};
+pub use ssh_config::{ConfigError, ResolveEnv, SshConfig};
 pub use task::output::{Output, Stdin, DEFAULT_CAPTURE_LIMIT};
 pub use task::{
     Action, Command, Connect, DoneFn, Goto, Here, Join, Parsub, RsyncGet, RsyncPut, ScpGet, ScpPut, Stop, Sub,
