@@ -72,11 +72,24 @@ impl Agent {
             .stderr(Stdio::null())
             .spawn()
             .expect("start ssh-agent (openssh-client)");
+        // The socket file appears at bind(), before the agent listens: wait
+        // until `ssh-add -l` reaches it (exit 1 means "no identities", 2
+        // "cannot connect").
         let t0 = Instant::now();
-        while !socket.exists() {
+        loop {
+            let listed = Process::new("ssh-add")
+                .arg("-l")
+                .env("SSH_AUTH_SOCK", &socket)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .expect("run ssh-add (openssh-client)");
+            if matches!(listed.code(), Some(0 | 1)) {
+                break;
+            }
             assert!(
                 t0.elapsed() < Duration::from_secs(10),
-                "ssh-agent did not create its socket"
+                "ssh-agent did not answer on its socket"
             );
             std::thread::sleep(Duration::from_millis(10));
         }
