@@ -228,7 +228,7 @@ impl Conn {
     }
 
     /// How long after its last step a busy session gets a safety step: the
-    /// backing-off `safety_every` while a command only waits for output,
+    /// backing-off `safety.every` while a command only waits for output,
     /// [`EXCHANGE_TICK`] in the middle of an exchange.
     pub(super) fn safety_interval(&self) -> Duration {
         match &self.phase {
@@ -239,7 +239,7 @@ impl Conn {
     }
 
     /// Its timer fired: a deadline passed, a refused channel is due to be
-    /// tried again, or a busy session had no event for `safety_every` (a due
+    /// tried again, or a busy session had no event for `safety.every` (a due
     /// keepalive is sent when the turn settles).
     pub(super) fn timer_due(&mut self, cx: &Cx<'_>, now: Instant) {
         if self.deadline.is_some_and(|d| d <= now) {
