@@ -1,4 +1,4 @@
-//! The SSH transport: a fixed number of I/O threads, each a mio [`Poll`]
+//! The SSH transport: a fixed number of I/O threads, each a [`mio::Poll`]
 //! driving many non-blocking libssh2 sessions, each an explicit
 //! per-connection state machine.
 //!
@@ -18,10 +18,9 @@
 //! costs one round trip per command instead of two.
 //!
 //! libssh2 rules followed here (the glue is [`crate::transport::libssh2`]):
-//! we keep the `TcpStream` and hand libssh2
-//! only its file descriptor; after a would-block each operation in flight (the
-//! task's, the spare's open) is repeated before anything new of its own
-//! starts, the spare first (libssh2 sends one packet at a time); the socket is
+//! we keep the `TcpStream` and hand libssh2 only its file descriptor; after a
+//! would-block each operation in flight (the task's, the spare's open) is
+//! repeated before anything new of its own starts, the spare first (libssh2 sends one packet at a time); the socket is
 //! registered edge-triggered for both directions and every state machine runs
 //! until it would block right after a read that drained the socket, with a
 //! safety step for anything libssh2 might still hold (frequent mid-exchange,
@@ -31,9 +30,9 @@
 //!
 //! The tree, each module a seam of the connection's life:
 //! - [`event_loop`]: the I/O thread (poll, requests, timer set, settling);
-//! - [`conn`]: `Conn`, its `Phase`, the step dispatch and its fate (up, lost,
-//!   torn down); [`keepalive`]: dead-peer detection and the safety step's
-//!   timing;
+//! - [`conn`]: `Conn`, its `Phase`, its timers (deadline, safety step), the
+//!   step dispatch and its fate (up, lost, torn down); [`keepalive`]:
+//!   dead-peer detection;
 //! - [`connect`] (resolve, TCP, handshake), [`hostkey`] (known_hosts),
 //!   [`auth`];
 //! - [`channel`]: opening a task's channel (and the spare), exec, close;
