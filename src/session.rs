@@ -1,4 +1,14 @@
-//! The blocking session handle a [`Parsub`](crate::Parsub) closure receives.
+//! The blocking session handle a [`Parsub`](crate::Parsub) closure receives:
+//! local processes, nothing (`no_ssh`), or the label's own libssh2 session
+//! lent by the SSH event loop (exec with stdin, `scp_put`/`scp_get`, `sftp`,
+//! the raw `ssh2::Session`).
+//!
+//! Invariant: a lent session is in blocking mode and belongs to the calling
+//! thread until the closure returns; `exec` switches it to non-blocking only
+//! for its own call (so stdin and output cannot deadlock on the shared
+//! window) and always switches it back.
+//!
+//! May use: `error`, `transport::libssh2`; nothing of the event loop.
 
 use std::fmt;
 use std::io::{self, Read, Write};
@@ -9,7 +19,7 @@ use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::transport::ssh::would_block;
+use crate::transport::libssh2::{exit_of, read_pass, send_eof, would_block, write_blocked_on_input, ReadError};
 
 /// What [`Session::exec`] returns.
 #[derive(Debug, Clone)]
@@ -33,6 +43,11 @@ impl ExecOutput {
     /// Stdout as text (lossy UTF-8).
     pub fn stdout_str(&self) -> String {
         String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+
+    /// Stderr as text (lossy UTF-8).
+    pub fn stderr_str(&self) -> String {
+        String::from_utf8_lossy(&self.stderr).into_owned()
     }
 }
 
@@ -90,11 +105,7 @@ impl Session {
     /// Runs `cmd` with `stdin` as its input (a password for `sudo -S`, say).
     pub fn exec_with_stdin(&mut self, cmd: &str, stdin: &[u8]) -> Result<ExecOutput> {
         match self.kind {
-            SessionKind::Detached => Err(Error::new(
-                ErrorKind::Local,
-                format!("cannot run `{cmd}`: this parsub was declared no_ssh and has no session"),
-            )
-            .with_label(self.label.clone())),
+            SessionKind::Detached => Err(self.detached(cmd).with_label(self.label.clone())),
             SessionKind::Local => local_exec(cmd, stdin).map_err(|e| e.with_label(self.label.clone())),
             SessionKind::Ssh(ref l) => ssh_exec(l, cmd, stdin).map_err(|e| e.with_label(self.label.clone())),
         }
@@ -102,34 +113,30 @@ impl Session {
 
     /// Copies the local file `local` to `remote` over SCP, keeping its mode and
     /// times. On a local host this is a file copy.
+    ///
+    /// Both paths take anything path-like (`&str`, `String`, `PathBuf`...):
+    /// `local` names a file on this machine, `remote` one on the label's host.
     pub fn scp_put(&mut self, local: impl AsRef<Path>, remote: impl AsRef<Path>) -> Result<()> {
         let (local, remote) = (local.as_ref(), remote.as_ref());
-        let r = match &self.kind {
-            SessionKind::Detached => Err(self.detached(&format!("scp_put {}", local.display()))),
-            SessionKind::Local => std::fs::copy(local, remote).map(drop).map_err(|e| {
-                transfer_err(
-                    format!("cannot copy {} to {}: {e}", local.display(), remote.display()),
-                    e,
-                )
-            }),
-            SessionKind::Ssh(l) => ssh_scp_put(l, local, remote),
-        };
-        r.map_err(|e| e.with_label(self.label.clone()))
+        self.copy("scp_put", local, remote, |l| ssh_scp_put(l, local, remote))
     }
 
     /// Copies the remote file `remote` to `local` over SCP, keeping its mode.
-    /// On a local host this is a file copy.
+    /// On a local host this is a file copy. Paths as in [`scp_put`](Session::scp_put).
     pub fn scp_get(&mut self, remote: impl AsRef<Path>, local: impl AsRef<Path>) -> Result<()> {
         let (remote, local) = (remote.as_ref(), local.as_ref());
+        self.copy("scp_get", remote, local, |l| ssh_scp_get(l, remote, local))
+    }
+
+    /// Copies `from` to `to`: over `ssh` on an SSH host, as a file copy on a
+    /// local one.
+    fn copy(&self, what: &str, from: &Path, to: &Path, ssh: impl FnOnce(&Lent) -> Result<()>) -> Result<()> {
         let r = match &self.kind {
-            SessionKind::Detached => Err(self.detached(&format!("scp_get {}", remote.display()))),
-            SessionKind::Local => std::fs::copy(remote, local).map(drop).map_err(|e| {
-                transfer_err(
-                    format!("cannot copy {} to {}: {e}", remote.display(), local.display()),
-                    e,
-                )
-            }),
-            SessionKind::Ssh(l) => ssh_scp_get(l, remote, local),
+            SessionKind::Detached => Err(self.detached(&format!("{what} {}", from.display()))),
+            SessionKind::Local => std::fs::copy(from, to)
+                .map(drop)
+                .map_err(|e| transfer_err(format!("cannot copy {} to {}: {e}", from.display(), to.display()), e)),
+            SessionKind::Ssh(l) => ssh(l),
         };
         r.map_err(|e| e.with_label(self.label.clone()))
     }
@@ -215,12 +222,11 @@ fn retry<T>(l: &Lent, mut f: impl FnMut() -> std::result::Result<T, ssh2::Error>
 fn ssh_exec_nb(l: &Lent, cmd: &str, stdin: &[u8]) -> std::result::Result<ExecOutput, String> {
     let mut ch = retry(l, || l.sess.channel_session())?;
     retry(l, || ch.exec(cmd))?;
-    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+    let mut output = [Vec::new(), Vec::new()];
     let mut off = 0;
     let mut eof_sent = false;
     let mut eofs = [false, false];
-    let mut buf = vec![0u8; 32 * 1024];
-    while !(eofs[0] && eofs[1]) {
+    while eofs != [true, true] {
         let mut progress = false;
         if off < stdin.len() {
             match ch.write(&stdin[off..]) {
@@ -229,9 +235,7 @@ fn ssh_exec_nb(l: &Lent, cmd: &str, stdin: &[u8]) -> std::result::Result<ExecOut
                     progress = true;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    // A half-sent packet must be finished before anything else,
-                    // unless the window is shut and only reading can open it.
-                    if !matches!(l.sess.block_directions(), ssh2::BlockDirections::Inbound) {
+                    if !write_blocked_on_input(&l.sess) {
                         wait_socket(l);
                         continue;
                     }
@@ -240,51 +244,27 @@ fn ssh_exec_nb(l: &Lent, cmd: &str, stdin: &[u8]) -> std::result::Result<ExecOut
                 Err(_) => off = stdin.len(),
             }
         } else if !eof_sent {
-            match ch.send_eof() {
-                Ok(()) => eof_sent = true,
-                Err(e) if would_block(&e) => {
-                    wait_socket(l);
-                    continue;
-                }
-                Err(_) => eof_sent = true,
-            }
-            progress = true;
-        }
-        for (i, sink) in [&mut stdout, &mut stderr].into_iter().enumerate() {
-            if eofs[i] {
+            if !send_eof(&mut ch) {
+                wait_socket(l);
                 continue;
             }
-            let mut s = ch.stream(i as i32);
-            loop {
-                match s.read(&mut buf) {
-                    Ok(0) => {
-                        eofs[i] = true;
-                        break;
-                    }
-                    Ok(n) => {
-                        sink.extend_from_slice(&buf[..n]);
-                        progress = true;
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(format!("reading the output: {e}")),
-                }
-            }
+            eof_sent = true;
+            progress = true;
         }
-        if !(progress || eofs[0] && eofs[1]) {
+        progress |= read_pass(&mut ch, &mut eofs, &mut output).map_err(|e| match e {
+            ReadError::Channel { error, .. } => format!("reading the output: {error}"),
+            ReadError::Sink(never) => match never {},
+        })?;
+        if !(progress || eofs == [true, true]) {
             wait_socket(l);
         }
     }
     retry(l, || ch.close())?;
-    let signal = ch
-        .exit_signal()
-        .ok()
-        .and_then(|s| s.exit_signal)
-        .map(|name| crate::transport::signal_number(&name));
-    let exit_code = if signal.is_some() { None } else { ch.exit_status().ok() };
+    let exit = exit_of(&ch);
+    let [stdout, stderr] = output;
     Ok(ExecOutput {
-        exit_code,
-        signal,
+        exit_code: exit.code,
+        signal: exit.signal,
         stdout,
         stderr,
     })

@@ -1,5 +1,11 @@
 //! The local transport: a dispatcher thread feeding a cached thread pool that
 //! runs commands under `sh -c`, copies files for scp, and runs the local rsync.
+//!
+//! Invariant: every child runs in a process group of its own, so a cancel
+//! kills all it started; every `Run` is answered once, by `Finished`.
+//!
+//! May use: the `transport` protocol and `parsub`, `task` (actions, output),
+//! `process`.
 
 use std::collections::HashMap;
 use std::fs;

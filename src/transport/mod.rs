@@ -2,9 +2,18 @@
 //! crossbeam channels: it sends [`Request`]s and receives [`Event`]s, so a
 //! transport may be a thread pool (local), an event loop (SSH) or a script
 //! (fault injection) without the scheduler knowing which.
+//!
+//! Invariant: every `Run` is answered by exactly one `Finished`, every
+//! `Connect` by `Connected` or `ConnectFailed`, every `Disconnect` by
+//! `Closed`, whatever happens to the connection meanwhile.
+//!
+//! May use: `host`, `plan` (`LabelId`), `task` (actions, output), `session`,
+//! `process`, `panic`, `error`; the scheduler uses this module, never the
+//! other way round.
 
 #[cfg(feature = "fault-injection")]
 pub mod fault;
+pub(crate) mod libssh2;
 pub(crate) mod local;
 pub(crate) mod parsub;
 pub(crate) mod ssh;

@@ -10,6 +10,13 @@
 //! Why a shell bridge: rsync only talks to a remote shell *program*; `sh` and
 //! `cat` exist wherever rsync does, so nothing extra has to be installed or
 //! shipped, and no TCP port is opened (the socketpair is private to us).
+//!
+//! Invariant: nothing blocks: the socket is non-blocking, the local rsync is
+//! awaited on a thread of its own, and after a channel write would block on
+//! sending only that write is repeated. A dropped bridge kills the local
+//! rsync's process group.
+//!
+//! May use: `transport::libssh2`, `task` (`Transfer`, sinks), `process`.
 
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
@@ -21,6 +28,7 @@ use mio::net::UnixStream;
 
 use crate::task::output::Sink;
 use crate::task::Transfer;
+use crate::transport::libssh2::{read_pass, send_eof, write_blocked_on_input, OutputSink, ReadError};
 
 /// What the remote end of `--rsh` is called in the paths given to rsync.
 const BRIDGE_HOST: &str = "ssh-parallel";
@@ -36,6 +44,8 @@ const BRIDGE_SCRIPT: &str =
 /// Longest remote command line accepted from the bridge.
 const MAX_COMMAND: usize = 256 * 1024;
 const CHUNK: usize = 32 * 1024;
+/// How much of the remote rsync's stderr is kept for error messages.
+const REMOTE_ERR_KEEP: usize = 64 * 1024;
 
 /// How the local rsync ended, with what it printed.
 pub(super) struct LocalExit {
@@ -64,28 +74,43 @@ pub(super) enum Stage {
 /// One rsync transfer bridged over a session.
 pub(super) struct Bridge {
     pub(super) stage: Stage,
+    /// Our end of the socketpair (the bridge has fd 3), non-blocking and
+    /// registered under the connection's auxiliary token.
     pub(super) sock: UnixStream,
+    /// The remote command line, complete (NUL stripped) from `Open` on.
     pub(super) command: Vec<u8>,
-    /// From the local rsync, not yet written to the channel.
+    /// From the local rsync, not yet written to the channel (`up[up_off..]`);
+    /// nothing more is read from the socket until it is all written.
     up: Vec<u8>,
     up_off: usize,
     /// The local rsync closed its side.
     up_eof: bool,
+    /// EOF was sent on the channel (after `up_eof` and `up` written).
     eof_sent: bool,
-    /// From the channel, not yet written to the local rsync.
+    /// From the channel, not yet written to the local rsync
+    /// (`down[down_off..]`); nothing more is read from the channel's stdout
+    /// until it is all written.
     down: Vec<u8>,
     down_off: usize,
     /// The remote stdout and stderr have ended.
     remote_eofs: [bool; 2],
+    /// Our socket's write side was shut down (after the remote stdout ended
+    /// and `down` was delivered): the bridge's foreground `cat` ends.
     sock_shut: bool,
     /// The last channel write would block on sending: only that write may be
     /// repeated until it goes through (a libssh2 rule).
     write_pending: bool,
+    /// The remote command's exit, once its channel is closed.
     pub(super) remote_exit: Option<crate::transport::Exit>,
-    /// The remote rsync's stderr (kept for the report and error messages).
+    /// The start of the remote rsync's stderr, for error messages (reads are
+    /// kept while it is under [`REMOTE_ERR_KEEP`] bytes; all of it goes to
+    /// the report's sink).
     pub(super) remote_err: Vec<u8>,
+    /// How the local rsync ended, once it has.
     pub(super) local: Option<LocalExit>,
+    /// The thread waiting for the local rsync answers here, once.
     waiter: Receiver<LocalExit>,
+    /// The local rsync's pid, which leads its own process group.
     pid: i32,
 }
 
@@ -257,7 +282,7 @@ impl Bridge {
                         progress = true;
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        self.write_pending = !matches!(sess.block_directions(), ssh2::BlockDirections::Inbound);
+                        self.write_pending = !write_blocked_on_input(sess);
                         if self.write_pending {
                             return Ok(false);
                         }
@@ -265,52 +290,26 @@ impl Bridge {
                     Err(e) => return Err(Pump::Lost(format!("writing to the remote rsync: {e}"))),
                 }
             } else if self.up_eof && !self.eof_sent {
-                match ch.send_eof() {
-                    Ok(()) => {
-                        self.eof_sent = true;
-                        progress = true;
-                    }
-                    Err(e) if super::would_block(&e) => return Ok(false),
-                    Err(_) => self.eof_sent = true,
+                if !send_eof(ch) {
+                    return Ok(false);
                 }
+                self.eof_sent = true;
+                progress = true;
             }
             // channel -> rsync, and the remote stderr.
-            if self.down_off == self.down.len() && !self.remote_eofs[0] {
-                self.down.resize(CHUNK, 0);
-                self.down_off = 0;
-                match ch.stream(0).read(&mut self.down) {
-                    Ok(0) => {
-                        self.down.clear();
-                        self.remote_eofs[0] = true;
-                        progress = true;
-                    }
-                    Ok(n) => {
-                        self.down.truncate(n);
-                        progress = true;
-                    }
-                    Err(e) => {
-                        self.down.clear();
-                        if !matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) {
-                            return Err(Pump::Lost(format!("reading from the remote rsync: {e}")));
-                        }
-                    }
+            let mut down = Down {
+                buf: &mut self.down,
+                off: &mut self.down_off,
+                remote_err: &mut self.remote_err,
+                out,
+            };
+            progress |= read_pass(ch, &mut self.remote_eofs, &mut down).map_err(|e| match e {
+                ReadError::Channel { stream: 0, error } => {
+                    Pump::Lost(format!("reading from the remote rsync: {error}"))
                 }
-            }
-            if !self.remote_eofs[1] {
-                let mut buf = [0u8; 4096];
-                match ch.stream(1).read(&mut buf) {
-                    Ok(0) => self.remote_eofs[1] = true,
-                    Ok(n) => {
-                        out.write(&buf[..n]).map_err(Pump::Local)?;
-                        if self.remote_err.len() < 64 * 1024 {
-                            self.remote_err.extend_from_slice(&buf[..n]);
-                        }
-                        progress = true;
-                    }
-                    Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {}
-                    Err(e) => return Err(Pump::Lost(format!("reading the remote rsync's stderr: {e}"))),
-                }
-            }
+                ReadError::Channel { error, .. } => Pump::Lost(format!("reading the remote rsync's stderr: {error}")),
+                ReadError::Sink(m) => Pump::Local(m),
+            })?;
             if self.down_off < self.down.len() {
                 match self.sock.write(&self.down[self.down_off..]) {
                     Ok(n) => {
@@ -386,6 +385,38 @@ impl Drop for Bridge {
         if !self.poll_local() {
             crate::process::kill_group(self.pid);
         }
+    }
+}
+
+/// Where the remote rsync's output goes: stdout into the buffer for the
+/// local rsync (read only once that is empty), stderr to the task's sink and
+/// the start of it kept for messages.
+struct Down<'a> {
+    buf: &'a mut Vec<u8>,
+    off: &'a mut usize,
+    remote_err: &'a mut Vec<u8>,
+    out: &'a mut Sink,
+}
+
+impl OutputSink for Down<'_> {
+    type Error = String;
+
+    fn room(&self, stream: usize) -> bool {
+        stream == 1 || *self.off == self.buf.len()
+    }
+
+    fn put(&mut self, stream: usize, data: &[u8]) -> Result<(), String> {
+        if stream == 0 {
+            self.buf.clear();
+            self.buf.extend_from_slice(data);
+            *self.off = 0;
+            return Ok(());
+        }
+        self.out.write(data)?;
+        if self.remote_err.len() < REMOTE_ERR_KEEP {
+            self.remote_err.extend_from_slice(data);
+        }
+        Ok(())
     }
 }
 

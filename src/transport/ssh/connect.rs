@@ -1,0 +1,195 @@
+//! Connecting: resolving the name (on a helper thread: getaddrinfo blocks),
+//! non-blocking TCP to each address in turn, creating the session and the
+//! SSH handshake, then the host-key check; and what a passed deadline means
+//! in each phase.
+//!
+//! Invariant: `connect_timeout` bounds resolving, TCP and the handshake,
+//! `auth_timeout` authentication; libssh2's own read timeout is set beyond
+//! both, so ours always fire first.
+//!
+//! May use: `conn`, `event_loop` (`Cx`, `Resolved`), `hostkey`, `auth`,
+//! `transport::libssh2`, `host`.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::os::fd::{AsRawFd, RawFd};
+use std::time::{Duration, Instant};
+
+use mio::net::TcpStream;
+use mio::Interest;
+use ssh2::Session;
+
+use super::auth::Auth;
+use super::conn::{Conn, Flow, Phase};
+use super::event_loop::Cx;
+use super::hostkey::check_host_key;
+use crate::transport::libssh2::{self, set_read_timeout, would_block};
+
+/// Connecting and authenticating, when the host sets no `connect_timeout`.
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Authentication deadline when the host sets none.
+pub(super) const DEFAULT_AUTH_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Hands libssh2 the socket's descriptor while we keep the socket itself.
+struct Fd(RawFd);
+
+impl AsRawFd for Fd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0
+    }
+}
+
+impl Conn {
+    /// Starts (or restarts) connecting, with the connect deadline.
+    pub(super) fn start_connect(&mut self, cx: &Cx<'_>) {
+        self.gen += 1;
+        let timeout = self.host.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+        self.deadline = Some(Instant::now() + timeout);
+        if let Ok(ip) = self.host.hostname.parse::<IpAddr>() {
+            self.phase = Phase::Connecting {
+                addrs: vec![SocketAddr::new(ip, self.port)],
+                next: 0,
+                errors: Vec::new(),
+            };
+            return;
+        }
+        self.phase = Phase::Resolving;
+        let (key, gen, port) = (self.key, self.gen, self.port);
+        let name = self.host.hostname.clone();
+        let tx = cx.resolved.clone();
+        let waker = cx.waker.clone();
+        // getaddrinfo blocks: never on the I/O thread.
+        let spawned = std::thread::Builder::new()
+            .name("ssh-parallel-resolve".into())
+            .spawn(move || {
+                let r = (name.as_str(), port)
+                    .to_socket_addrs()
+                    .map(|a| a.collect())
+                    .map_err(|e| e.to_string());
+                let _ = tx.send((key, gen, r));
+                let _ = waker.wake();
+            });
+        if let Err(e) = spawned {
+            self.connect_failed(cx, format!("cannot start a resolver thread: {e}"));
+        }
+    }
+    /// Non-blocking TCP connect, trying each address in turn; then creates the session.
+    pub(super) fn step_tcp(&mut self, cx: &Cx<'_>) -> Result<Flow, String> {
+        let target = self.target();
+        let Phase::Connecting { addrs, next, errors } = &mut self.phase else {
+            return Ok(Flow::Again);
+        };
+        if let Some(s) = &self.stream {
+            let failed = match s.take_error() {
+                Ok(Some(e)) | Err(e) => Some(e.to_string()),
+                Ok(None) => match s.peer_addr() {
+                    Ok(_) => None,
+                    Err(e) if e.kind() == io::ErrorKind::NotConnected || e.kind() == io::ErrorKind::WouldBlock => {
+                        return Ok(Flow::Wait)
+                    }
+                    Err(e) => Some(e.to_string()),
+                },
+            };
+            match failed {
+                None => {
+                    let _ = s.set_nodelay(true);
+                    let mut sess = Session::new().map_err(|e| format!("cannot create an SSH session: {e}"))?;
+                    sess.set_blocking(false);
+                    let ours = [self.host.connect_timeout, self.host.auth_timeout]
+                        .into_iter()
+                        .flatten()
+                        .chain([DEFAULT_CONNECT_TIMEOUT, DEFAULT_AUTH_TIMEOUT])
+                        .max()
+                        .unwrap_or(DEFAULT_AUTH_TIMEOUT);
+                    set_read_timeout(&sess, ours + Duration::from_secs(60));
+                    sess.set_tcp_stream(Fd(s.as_raw_fd()));
+                    self.sess = Some(sess);
+                    self.phase = Phase::Handshake;
+                    return Ok(Flow::Again);
+                }
+                Some(e) => {
+                    errors.push(format!("{}: {e}", addrs[*next - 1]));
+                    if let Some(mut s) = self.stream.take() {
+                        let _ = cx.registry.deregister(&mut s);
+                    }
+                }
+            }
+        }
+        let Some(addr) = addrs.get(*next).copied() else {
+            return Err(format!("cannot connect to {target}: {}", errors.join("; ")));
+        };
+        *next += 1;
+        match TcpStream::connect(addr) {
+            Ok(mut s) => {
+                if let Err(e) =
+                    cx.registry
+                        .register(&mut s, mio::Token(self.key), Interest::READABLE | Interest::WRITABLE)
+                {
+                    errors.push(format!("{addr}: cannot poll the socket: {e}"));
+                } else {
+                    self.stream = Some(s);
+                }
+            }
+            Err(e) => errors.push(format!("{addr}: {e}")),
+        }
+        Ok(Flow::Again)
+    }
+
+    /// The SSH handshake, then the host-key check.
+    pub(super) fn step_handshake(&mut self) -> Result<Flow, String> {
+        let target = self.target();
+        let sess = self.sess.as_mut().expect("session in handshake");
+        match sess.handshake() {
+            Ok(()) => {}
+            Err(e) if would_block(&e) => return Ok(Flow::Wait),
+            Err(e) => return Err(handshake_error(&target, &e)),
+        }
+        check_host_key(sess, &self.host, self.port)?;
+        self.phase = Phase::Auth(Box::new(Auth::new(&self.host)));
+        self.deadline = Some(Instant::now() + self.host.auth_timeout.unwrap_or(DEFAULT_AUTH_TIMEOUT));
+        Ok(Flow::Again)
+    }
+
+    /// A connect, cancel or disconnect deadline passed.
+    pub(super) fn deadline_passed(&mut self, cx: &Cx<'_>) {
+        self.deadline = None;
+        let mut timeout = self.host.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+        let what = match self.phase {
+            Phase::Resolving => "resolving the name",
+            Phase::Connecting { .. } => "connecting",
+            Phase::Handshake => "in the SSH handshake",
+            Phase::Auth(_) => {
+                timeout = self.host.auth_timeout.unwrap_or(DEFAULT_AUTH_TIMEOUT);
+                "authenticating"
+            }
+            Phase::Cancelling(_) => {
+                self.broken(cx, "closing a cancelled channel timed out".into());
+                return;
+            }
+            Phase::Disconnecting => {
+                self.closed(cx);
+                return;
+            }
+            _ => return,
+        };
+        let msg = format!("{}: timed out after {timeout:?} {what}", self.target());
+        self.connect_failed(cx, msg);
+    }
+}
+
+/// The handshake failure message; says so when SHA-1-only algorithms are the likely cause.
+fn handshake_error(target: &str, e: &ssh2::Error) -> String {
+    let c = libssh2::code(e);
+    if c == libssh2::LIBSSH2_ERROR_KEX_FAILURE
+        || c == libssh2::LIBSSH2_ERROR_KEY_EXCHANGE_FAILURE
+        || e.message().contains("exchange encryption keys")
+    {
+        format!(
+            "{target}: SSH handshake failed: {e}. This client's libssh2 has SHA-1 and DSA compiled out: \
+             a server offering only ssh-rsa (SHA-1) or ssh-dss host keys, *-sha1 key exchange or hmac-sha1 \
+             cannot be reached; enable SHA-2 algorithms (rsa-sha2-256/512, ed25519, curve25519) on the server"
+        )
+    } else {
+        format!("{target}: SSH handshake failed: {e}")
+    }
+}

@@ -1,0 +1,225 @@
+//! The sink side of an SCP transfer (this machine receives): records from
+//! the remote `scp -f` become files and directories under the target, with
+//! their modes and times.
+//!
+//! Invariant: a received name is one path component (no `/`, `.` or `..`),
+//! so nothing is written outside the target; a directory's mode and times
+//! are set at its `E`, after its contents.
+//!
+//! May use: its parent `scp`.
+
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use super::{error_text, remote_quote, Scp, ScpDir, ScpStep, Times};
+use crate::task::Transfer;
+use crate::transport::TransportError;
+
+/// The sink side (this machine receives).
+pub(super) struct GetState {
+    target: PathBuf,
+    target_is_dir: bool,
+    /// From the last `T` record, for the next `C` or `D`.
+    times: Option<Times>,
+    /// Directories entered (`D`), with the mode and times to set at their `E`.
+    dirs: Vec<(PathBuf, u32, Option<Times>)>,
+    step: GetStep,
+}
+
+enum GetStep {
+    Record,
+    /// Receiving a file; `left` bytes to go, then the source's status byte.
+    Data {
+        file: std::fs::File,
+        left: u64,
+        path: PathBuf,
+        mode: u32,
+        times: Option<Times>,
+    },
+}
+
+impl Scp {
+    /// `ScpGet`: checks the local target, then runs `scp -f` on the sources.
+    pub(super) fn get(t: &Transfer) -> Result<Scp, TransportError> {
+        let fail = |m: String| TransportError::Transfer(m);
+        if t.sources.is_empty() {
+            return Err(fail("scp_get: no source given".into()));
+        }
+        let target = PathBuf::from(&t.target);
+        let target_is_dir = target.is_dir();
+        if t.sources.len() > 1 && !target_is_dir {
+            return Err(fail(format!(
+                "{}: copying several files needs an existing directory as target",
+                t.target
+            )));
+        }
+        let mut cmd = "scp -f -p".to_owned();
+        if t.recursive {
+            cmd.push_str(" -r");
+        }
+        cmd.push_str(" --");
+        for src in &t.sources {
+            cmd.push(' ');
+            cmd.push_str(&remote_quote(src).map_err(fail)?);
+        }
+        let mut scp = Scp::new(
+            cmd,
+            ScpDir::Get(GetState {
+                target,
+                target_is_dir,
+                times: None,
+                dirs: Vec::new(),
+                step: GetStep::Record,
+            }),
+        );
+        // The sink starts by saying it is ready.
+        scp.out.push(0);
+        Ok(scp)
+    }
+
+    pub(super) fn advance_get(&mut self, g: &mut GetState) -> Result<ScpStep, String> {
+        if let GetStep::Data {
+            file,
+            left,
+            path,
+            mode,
+            times,
+        } = &mut g.step
+        {
+            if *left > 0 {
+                if self.remote.inb.is_empty() {
+                    return Ok(ScpStep::NeedInput);
+                }
+                let n = (*left).min(self.remote.inb.len() as u64) as usize;
+                file.write_all(&self.remote.inb[..n])
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                self.remote.inb.drain(..n);
+                *left -= n as u64;
+                return Ok(ScpStep::Progress);
+            }
+            return match self.response()? {
+                None => Ok(ScpStep::NeedInput),
+                Some(Err(msg)) => Err(format!("{}: remote scp: {msg}", path.display())),
+                Some(Ok(())) => {
+                    if let Some(t) = times {
+                        file.set_times(file_times(*t))
+                            .map_err(|e| format!("{}: cannot keep the modification time: {e}", path.display()))?;
+                    }
+                    file.set_permissions(std::fs::Permissions::from_mode(*mode))
+                        .map_err(|e| format!("{}: cannot set its mode: {e}", path.display()))?;
+                    g.step = GetStep::Record;
+                    self.out.push(0);
+                    Ok(ScpStep::Progress)
+                }
+            };
+        }
+        let Some(line) = self.take_line()? else {
+            if self.eof[0] && self.remote.inb.is_empty() && g.dirs.is_empty() {
+                return Ok(ScpStep::Done);
+            }
+            return Ok(ScpStep::NeedInput);
+        };
+        let text = || String::from_utf8_lossy(&line).into_owned();
+        let bad = || format!("unexpected record from the remote scp: {:?}", text());
+        match line.first() {
+            Some(1 | 2) => {
+                let msg = error_text(&line[1..]);
+                let hint = if msg.contains("not a regular file") {
+                    " (a directory needs .recursive(true))"
+                } else {
+                    ""
+                };
+                Err(format!("remote scp: {msg}{hint}"))
+            }
+            Some(b'T') => {
+                let f: Vec<&[u8]> = line[1..].split(|&b| b == b' ').collect();
+                let num = |i: usize| -> Option<i64> { std::str::from_utf8(f.get(i)?).ok()?.parse().ok() };
+                g.times = Some((num(0).ok_or_else(bad)?, num(2).ok_or_else(bad)?));
+                self.out.push(0);
+                Ok(ScpStep::Progress)
+            }
+            Some(b'C' | b'D') => {
+                let (mode, size, name) = parse_record(&line[1..]).ok_or_else(bad)?;
+                let dest = g.dest(name)?;
+                let times = g.times.take();
+                if line[0] == b'D' {
+                    if dest.exists() {
+                        if !dest.is_dir() {
+                            return Err(format!("{}: not a directory", dest.display()));
+                        }
+                    } else {
+                        std::fs::create_dir(&dest).map_err(|e| format!("{}: {e}", dest.display()))?;
+                    }
+                    g.dirs.push((dest, mode, times));
+                } else {
+                    let file = std::fs::File::options()
+                        .write(true)
+                        .create(true)
+                        .truncate(true)
+                        .open(&dest)
+                        .map_err(|e| format!("{}: {e}", dest.display()))?;
+                    g.step = GetStep::Data {
+                        file,
+                        left: size,
+                        path: dest,
+                        mode,
+                        times,
+                    };
+                }
+                self.out.push(0);
+                Ok(ScpStep::Progress)
+            }
+            Some(b'E') => {
+                let (dir, mode, times) = g.dirs.pop().ok_or_else(bad)?;
+                // Mode and times last: a read-only directory must still take its contents.
+                std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode))
+                    .map_err(|e| format!("{}: cannot set its mode: {e}", dir.display()))?;
+                if let Some(t) = times {
+                    std::fs::File::open(&dir)
+                        .and_then(|f| f.set_times(file_times(t)))
+                        .map_err(|e| format!("{}: cannot keep the modification time: {e}", dir.display()))?;
+                }
+                self.out.push(0);
+                Ok(ScpStep::Progress)
+            }
+            _ => Err(bad()),
+        }
+    }
+}
+
+impl GetState {
+    /// Where a received `C` or `D` record goes.
+    fn dest(&self, name: &[u8]) -> Result<PathBuf, String> {
+        if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') {
+            return Err(format!(
+                "the remote scp sent an unsafe file name {:?}",
+                String::from_utf8_lossy(name)
+            ));
+        }
+        let name = std::ffi::OsStr::from_bytes(name);
+        Ok(match self.dirs.last() {
+            Some((dir, ..)) => dir.join(name),
+            None if self.target_is_dir => self.target.join(name),
+            None => self.target.clone(),
+        })
+    }
+}
+
+/// Parses `<mode> <size> <name>` (after the `C` or `D`).
+fn parse_record(rest: &[u8]) -> Option<(u32, u64, &[u8])> {
+    let mut parts = rest.splitn(3, |&b| b == b' ');
+    let mode = u32::from_str_radix(std::str::from_utf8(parts.next()?).ok()?, 8).ok()?;
+    let size = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
+    Some((mode & 0o7777, size, parts.next()?))
+}
+
+/// `FileTimes` from (mtime, atime) in seconds since the epoch.
+fn file_times((mtime, atime): Times) -> std::fs::FileTimes {
+    let at = |s: i64| SystemTime::UNIX_EPOCH + Duration::from_secs(s.max(0) as u64);
+    std::fs::FileTimes::new()
+        .set_modified(at(mtime))
+        .set_accessed(at(atime))
+}

@@ -1,0 +1,200 @@
+//! The source side of an SCP transfer (this machine sends): local sources
+//! become `T`, `C` (with the file's data) and `D` ... `E` records, each
+//! acknowledged by the remote `scp -t` before the next.
+//!
+//! Invariant: a directory is sent only with `recursive`, its entries sorted
+//! by name; a file is sent in chunks of at most `SCP_CHUNK` bytes, and one
+//! that shrinks while it is sent fails the transfer.
+//!
+//! May use: its parent `scp`.
+
+use std::io::{self, Read};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use super::{remote_quote, Scp, ScpDir, ScpStep, SCP_CHUNK};
+use crate::task::Transfer;
+use crate::transport::TransportError;
+
+/// The source side (this machine sends).
+pub(super) struct PutState {
+    recursive: bool,
+    /// What remains to send, last item first.
+    stack: Vec<PutItem>,
+    step: PutStep,
+}
+
+enum PutItem {
+    /// A local path not yet looked at.
+    Path(PathBuf),
+    /// A record line, acknowledged by the sink; the path names it in errors.
+    Line(Vec<u8>, PathBuf),
+    /// A file's contents (announced by the preceding `C` line).
+    Data(std::fs::File, u64, PathBuf),
+}
+
+enum PutStep {
+    /// Waiting for the sink's answer about the path (`None`: its first `\0`).
+    Ack(Option<PathBuf>),
+    Next,
+    Data {
+        file: std::fs::File,
+        left: u64,
+        path: PathBuf,
+    },
+    Done,
+}
+
+impl Scp {
+    /// `ScpPut`: checks the local sources, then runs `scp -t` on the target.
+    pub(super) fn put(t: &Transfer) -> Result<Scp, TransportError> {
+        let fail = |m: String| TransportError::Transfer(m);
+        if t.sources.is_empty() {
+            return Err(fail("scp_put: no source given".into()));
+        }
+        for src in &t.sources {
+            let meta = std::fs::metadata(src).map_err(|e| fail(format!("{src}: {e}")))?;
+            if meta.is_dir() && !t.recursive {
+                return Err(fail(format!("{src}: is a directory (use .recursive(true))")));
+            }
+            if Path::new(src).file_name().is_none() {
+                return Err(fail(format!("{src}: has no file name to copy into {}", t.target)));
+            }
+        }
+        let mut cmd = "scp -t -p".to_owned();
+        if t.recursive {
+            cmd.push_str(" -r");
+        }
+        if t.sources.len() > 1 {
+            // The sink insists that the target is a directory.
+            cmd.push_str(" -d");
+        }
+        cmd.push_str(" -- ");
+        cmd.push_str(&remote_quote(&t.target).map_err(fail)?);
+        Ok(Scp::new(
+            cmd,
+            ScpDir::Put(PutState {
+                recursive: t.recursive,
+                stack: t
+                    .sources
+                    .iter()
+                    .rev()
+                    .map(|s| PutItem::Path(PathBuf::from(s)))
+                    .collect(),
+                step: PutStep::Ack(None),
+            }),
+        ))
+    }
+
+    pub(super) fn advance_put(&mut self, p: &mut PutState) -> Result<ScpStep, String> {
+        match &mut p.step {
+            PutStep::Ack(path) => match self.response()? {
+                None => Ok(ScpStep::NeedInput),
+                Some(Ok(())) => {
+                    p.step = PutStep::Next;
+                    Ok(ScpStep::Progress)
+                }
+                Some(Err(msg)) => Err(match path {
+                    Some(path) => format!("{}: remote scp: {msg}", path.display()),
+                    None => format!("remote scp: {msg}"),
+                }),
+            },
+            PutStep::Next => {
+                match p.stack.pop() {
+                    None => {
+                        p.step = PutStep::Done;
+                        return Ok(ScpStep::Done);
+                    }
+                    Some(PutItem::Line(line, path)) => {
+                        self.out.extend_from_slice(&line);
+                        p.step = PutStep::Ack(Some(path));
+                    }
+                    Some(PutItem::Data(file, left, path)) => p.step = PutStep::Data { file, left, path },
+                    Some(PutItem::Path(path)) => {
+                        let items = put_items(&path, p.recursive)?;
+                        p.stack.extend(items.into_iter().rev());
+                    }
+                }
+                Ok(ScpStep::Progress)
+            }
+            PutStep::Data { file, left, path } => {
+                if *left == 0 {
+                    // The source's "file sent" status.
+                    self.out.push(0);
+                    p.step = PutStep::Ack(Some(std::mem::take(path)));
+                    return Ok(ScpStep::Progress);
+                }
+                let n = (*left).min(SCP_CHUNK as u64) as usize;
+                self.out.resize(n, 0);
+                let got = loop {
+                    match file.read(&mut self.out[..n]) {
+                        Ok(got) => break got,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(format!("{}: {e}", path.display())),
+                    }
+                };
+                if got == 0 {
+                    return Err(format!("{}: the file shrank while it was being sent", path.display()));
+                }
+                self.out.truncate(got);
+                *left -= got as u64;
+                Ok(ScpStep::Progress)
+            }
+            PutStep::Done => Ok(ScpStep::Done),
+        }
+    }
+}
+
+impl PutState {
+    pub(super) fn empty() -> PutState {
+        PutState {
+            recursive: false,
+            stack: Vec::new(),
+            step: PutStep::Done,
+        }
+    }
+}
+
+/// The records that send one local path: `T` and `C` plus its data, or `T`,
+/// `D`, its entries (sorted by name) and `E`.
+fn put_items(path: &Path, recursive: bool) -> Result<Vec<PutItem>, String> {
+    let shown = || path.display().to_string();
+    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", shown()))?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| format!("{}: has no file name", shown()))?
+        .as_bytes();
+    if name.contains(&b'\n') {
+        return Err(format!("{}: a file name with a newline cannot be sent by scp", shown()));
+    }
+    let times = format!("T{} 0 {} 0\n", meta.mtime().max(0), meta.atime().max(0)).into_bytes();
+    let mode = meta.mode() & 0o7777;
+    let mut items = vec![PutItem::Line(times, path.to_path_buf())];
+    let record = |kind: char, size: u64| {
+        let mut l = format!("{kind}{mode:04o} {size} ").into_bytes();
+        l.extend_from_slice(name);
+        l.push(b'\n');
+        l
+    };
+    if meta.is_dir() {
+        if !recursive {
+            return Err(format!("{}: is a directory (use .recursive(true))", shown()));
+        }
+        let mut entries = std::fs::read_dir(path)
+            .and_then(|rd| rd.map(|e| e.map(|e| e.path())).collect::<io::Result<Vec<_>>>())
+            .map_err(|e| format!("{}: {e}", shown()))?;
+        entries.sort();
+        items.push(PutItem::Line(record('D', 0), path.to_path_buf()));
+        items.extend(entries.into_iter().map(PutItem::Path));
+        items.push(PutItem::Line(b"E\n".to_vec(), path.to_path_buf()));
+    } else if meta.is_file() {
+        let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", shown()))?;
+        let size = file.metadata().map_err(|e| format!("{}: {e}", shown()))?.len();
+        items.push(PutItem::Line(record('C', size), path.to_path_buf()));
+        items.push(PutItem::Data(file, size, path.to_path_buf()));
+    } else {
+        return Err(format!("{}: not a regular file", shown()));
+    }
+    Ok(items)
+}

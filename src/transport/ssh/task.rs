@@ -1,0 +1,144 @@
+//! The task a connection runs on a channel: what every kind shares (its
+//! token, its channel, whether to open the next one ahead) and an enum of
+//! the kinds, each with its own state: a command ([`exec`](super::exec)), an
+//! SCP transfer ([`scp`](super::scp)), an rsync bridge
+//! ([`rsync_step`](super::rsync_step)).
+//!
+//! Invariant: a task is answered exactly once, by [`Task::finish`], which
+//! consumes it; whoever takes a task out of `Phase::Running` must finish it.
+//!
+//! May use: `conn`, `channel`, `exec`, `scp`, `rsync_step`, `event_loop`
+//! (`Cx`), `transport` (protocol), `task` (actions).
+
+use std::time::{Instant, SystemTime};
+
+use crossbeam_channel::Sender;
+
+use super::channel::TaskChannel;
+use super::conn::{Conn, Flow, Phase, TaskFail};
+use super::event_loop::Cx;
+use super::exec::CommandRun;
+use super::finish;
+use super::rsync_step::RsyncRun;
+use super::scp::ScpRun;
+use super::CLOSE_TIMEOUT;
+use crate::plan::LabelId;
+use crate::task::{Action, RsyncGet, RsyncPut, ScpGet, ScpPut};
+use crate::transport::{Event, Exit, Job, Token, TransportError};
+
+/// A task running on a session.
+pub(super) struct Task {
+    /// Who the answer goes to: the job's label and token.
+    label: LabelId,
+    token: Token,
+    /// When the job was taken up (the report's start time).
+    started: SystemTime,
+    /// Open the next task's channel ahead (from [`Job::prefetch`]).
+    pub(super) prefetch: bool,
+    /// Its channel; every kind opens one (an rsync only once the local rsync
+    /// has said what to run).
+    pub(super) ch: TaskChannel,
+    kind: TaskKind,
+}
+
+/// What kind of task, with the state only that kind has.
+enum TaskKind {
+    /// `Command`: env, pty, exec, stdin, output.
+    Command(Box<CommandRun>),
+    /// `ScpPut` / `ScpGet`: the SCP protocol with the remote `scp`.
+    Scp(Box<ScpRun>),
+    /// `RsyncPut` / `RsyncGet`: the local rsync bridged to the remote one.
+    Rsync(Box<RsyncRun>),
+}
+
+impl Task {
+    /// Prepares `job`'s local side (sinks, stdin, sources or target, the
+    /// local rsync); its errors are the task's own.
+    pub(super) fn new(job: &Job, cx: &Cx<'_>, key: usize, started: SystemTime) -> Result<Task, TransportError> {
+        let kind = match &*job.action {
+            Action::Command(c) => TaskKind::Command(Box::new(CommandRun::new(job, c)?)),
+            Action::ScpPut(ScpPut(t)) => TaskKind::Scp(Box::new(ScpRun::put(t)?)),
+            Action::ScpGet(ScpGet(t)) => TaskKind::Scp(Box::new(ScpRun::get(t)?)),
+            Action::RsyncPut(RsyncPut(t)) => TaskKind::Rsync(Box::new(RsyncRun::start(job, t, true, cx, key)?)),
+            Action::RsyncGet(RsyncGet(t)) => TaskKind::Rsync(Box::new(RsyncRun::start(job, t, false, cx, key)?)),
+            other => {
+                return Err(TransportError::local(format!(
+                    "{} is not a remote task (scheduler bug)",
+                    other.describe()
+                )))
+            }
+        };
+        Ok(Task {
+            label: job.label,
+            token: job.token,
+            started,
+            prefetch: job.prefetch,
+            ch: TaskChannel::default(),
+            kind,
+        })
+    }
+
+    /// Whether this runs as `token`.
+    pub(super) fn is(&self, token: Token) -> bool {
+        self.token == token
+    }
+
+    /// Whether a `channel_session` call may be in flight (it must be finished
+    /// before anything else is done on the session).
+    pub(super) fn opening(&self) -> bool {
+        match &self.kind {
+            TaskKind::Command(c) => c.opening(),
+            TaskKind::Scp(s) => s.opening(),
+            TaskKind::Rsync(r) => r.opening(),
+        }
+    }
+
+    /// A command that only waits for its output: nothing half sent, so
+    /// keepalives may go out, and its safety step backs off.
+    pub(super) fn only_draining(&self) -> bool {
+        matches!(&self.kind, TaskKind::Command(c) if c.only_draining())
+    }
+
+    /// Answers the scheduler with `result` and what the task kept.
+    pub(super) fn finish(self, events: &Sender<Event>, result: Result<Exit, TransportError>) {
+        let outcome = match self.kind {
+            TaskKind::Command(c) => c.outcome(result, self.started),
+            TaskKind::Scp(s) => s.outcome(result, self.started),
+            TaskKind::Rsync(r) => r.outcome(result, self.started),
+        };
+        finish(events, self.label, self.token, outcome);
+    }
+}
+
+impl Conn {
+    /// Moves the running task on until it would block.
+    pub(super) fn step_task(&mut self) -> Result<Flow, TaskFail> {
+        let sess = self.sess.as_ref().expect("session while running");
+        let Phase::Running(t) = &mut self.phase else {
+            return Ok(Flow::Again);
+        };
+        let spare = &mut self.spare;
+        let Task { ch, kind, .. } = &mut **t;
+        match kind {
+            TaskKind::Command(c) => c.step(sess, spare, ch),
+            TaskKind::Scp(s) => s.step(sess, spare, ch),
+            TaskKind::Rsync(r) => r.step(sess, spare, ch),
+        }
+    }
+
+    /// Answers the running task with `result` and closes its channel.
+    pub(super) fn abort_task(&mut self, cx: &Cx<'_>, result: Result<Exit, TransportError>) {
+        let Phase::Running(mut t) = std::mem::replace(&mut self.phase, Phase::Idle) else {
+            return;
+        };
+        let channel = t.ch.channel.take();
+        let opening = t.opening();
+        t.finish(cx.events, result);
+        if channel.is_none() && !opening {
+            self.become_idle(cx);
+            return;
+        }
+        self.deadline = Some(Instant::now() + CLOSE_TIMEOUT);
+        self.phase = Phase::Cancelling(channel);
+    }
+}
