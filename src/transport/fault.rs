@@ -23,7 +23,8 @@ use crate::fault::{Fault, FaultEvent};
 use crate::plan::LabelId;
 use crate::task::output::Captured;
 use crate::task::Action;
-use crate::transport::{ConnId, Event, Exit, Job, Outcome, Request, Token, TransportError};
+use crate::transport::exit::Exit;
+use crate::transport::protocol::{ConnId, Event, Job, Outcome, Request, Token, TransportError};
 
 enum Pending {
     Connect {

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use ssh2::{BlockDirections, Channel, ErrorCode, Session};
 
-use crate::transport::{signal_number, Exit};
+use crate::transport::exit::{signal_number, Exit};
 
 const LIBSSH2_ERROR_EAGAIN: i32 = -37;
 /// Key exchange failures (reported by the handshake).

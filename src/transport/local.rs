@@ -22,7 +22,8 @@ use std::time::{Duration, SystemTime};
 use crossbeam_channel::{Receiver, Sender};
 use parking_lot::Mutex;
 
-use super::{Event, Exit, Job, Outcome, Request, Token, TransportError};
+use super::exit::Exit;
+use super::protocol::{Event, Job, Outcome, Request, Token, TransportError};
 use crate::task::output::{OutputKind, Sink, StdinKind, Stream};
 use crate::task::{Action, Command, RsyncGet, RsyncPut, ScpGet, ScpPut, Transfer};
 

@@ -7,7 +7,8 @@ use std::time::SystemTime;
 
 use crate::session::{Session, SessionKind};
 use crate::task::Parsub;
-use crate::transport::{Exit, Job, Outcome, TransportError};
+use crate::transport::exit::Exit;
+use crate::transport::protocol::{Job, Outcome, TransportError};
 
 /// Runs a parsub on a session of its own: a local one, or none (`no_ssh`).
 pub(crate) fn run_parsub(job: &Job, p: &Parsub, started: SystemTime) -> Outcome {

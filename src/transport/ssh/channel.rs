@@ -16,7 +16,7 @@ use super::conn::{Conn, Flow, Phase, Spare, TaskFail};
 use crate::transport::libssh2::{
     code, exit_of, is_socket_error, would_block, LIBSSH2_ERROR_CHANNEL_FAILURE, LIBSSH2_ERROR_CHANNEL_REQUEST_DENIED,
 };
-use crate::transport::TransportError;
+use crate::transport::protocol::TransportError;
 
 /// Refused channel opens tried again (after 10, 40, 160 and 640 ms).
 const OPEN_RETRIES: u32 = 4;

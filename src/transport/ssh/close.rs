@@ -14,7 +14,7 @@ use super::conn::{Conn, Flow, Phase};
 use super::event_loop::Cx;
 use super::{fail, CLOSE_TIMEOUT};
 use crate::transport::libssh2::{is_socket_error, would_block, write_blocked_on_input};
-use crate::transport::{Event, Token, TransportError};
+use crate::transport::protocol::{Event, Token, TransportError};
 
 impl Conn {
     /// A `Cancel`: true if `token` runs (or waits) here.

@@ -30,7 +30,8 @@ use super::{fail, finish};
 use crate::host::Host;
 use crate::plan::LabelId;
 use crate::task::Action;
-use crate::transport::{ConnId, Event, Exit, Job, Outcome, Token, TransportError};
+use crate::transport::exit::Exit;
+use crate::transport::protocol::{ConnId, Event, Job, Outcome, Token, TransportError};
 
 /// A busy session that has had no event for this long is stepped anyway.
 /// Every wait is meant to follow a read that drained the socket, so that the

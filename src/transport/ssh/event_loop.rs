@@ -27,7 +27,7 @@ use super::conn::{Conn, Phase, Spare};
 use super::{fail, finish};
 use crate::plan::LabelId;
 use crate::task::Action;
-use crate::transport::{ConnId, Event, Job, Outcome, Request, Token, TransportError};
+use crate::transport::protocol::{ConnId, Event, Job, Outcome, Request, Token, TransportError};
 
 /// The poll token of the waker; connections use their key.
 const WAKER: mio::Token = mio::Token(usize::MAX);

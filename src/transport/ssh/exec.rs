@@ -19,9 +19,10 @@ use super::channel::{close_channel, exec, TaskChannel};
 use super::conn::{Flow, Spare, TaskFail};
 use crate::task::output::{Sink, StdinKind, Stream};
 use crate::task::{Action, Command};
+use crate::transport::exit::Exit;
 use crate::transport::libssh2::LIBSSH2_ERROR_CHANNEL_REQUEST_DENIED;
 use crate::transport::libssh2::{self, code, send_eof, would_block, write_blocked_on_input, OutputSink, ReadError};
-use crate::transport::{Exit, Job, Outcome, TransportError};
+use crate::transport::protocol::{Job, Outcome, TransportError};
 
 /// Where a command is in its channel's life.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]

@@ -24,7 +24,7 @@ use super::event_loop::{Cx, Returned};
 use super::{fail, finish};
 use crate::session::{Lent, SessionKind};
 use crate::task::Action;
-use crate::transport::{Event, Job, Outcome, TransportError};
+use crate::transport::protocol::{Event, Job, Outcome, TransportError};
 
 impl Conn {
     /// Lends the session to a parsub on its own thread, in blocking mode; the

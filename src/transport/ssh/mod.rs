@@ -70,7 +70,7 @@ mod scp;
 mod task;
 
 use crate::plan::LabelId;
-use crate::transport::{Event, Outcome, Request, Token, TransportError};
+use crate::transport::protocol::{Event, Outcome, Request, Token, TransportError};
 
 /// How long closing a channel or disconnecting a session may take.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);

@@ -101,7 +101,7 @@ pub(super) struct Bridge {
     /// repeated until it goes through (a libssh2 rule).
     write_pending: bool,
     /// The remote command's exit, once its channel is closed.
-    pub(super) remote_exit: Option<crate::transport::Exit>,
+    pub(super) remote_exit: Option<crate::transport::exit::Exit>,
     /// The start of the remote rsync's stderr, for error messages (reads are
     /// kept while it is under [`REMOTE_ERR_KEEP`] bytes; all of it goes to
     /// the report's sink).

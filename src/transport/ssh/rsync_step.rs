@@ -22,7 +22,8 @@ use super::event_loop::{Cx, AUX};
 use super::rsync::{Bridge, Pump, Stage};
 use crate::task::output::{Output, Sink, Stream};
 use crate::task::{Action, RsyncGet, RsyncPut, Transfer};
-use crate::transport::{Exit, Job, Outcome, TransportError};
+use crate::transport::exit::Exit;
+use crate::transport::protocol::{Job, Outcome, TransportError};
 
 /// An rsync transfer bridged over the session.
 pub(super) struct RsyncRun {

@@ -24,7 +24,8 @@ use super::scp::ScpRun;
 use super::CLOSE_TIMEOUT;
 use crate::plan::LabelId;
 use crate::task::{Action, RsyncGet, RsyncPut, ScpGet, ScpPut};
-use crate::transport::{Event, Exit, Job, Token, TransportError};
+use crate::transport::exit::Exit;
+use crate::transport::protocol::{Event, Job, Token, TransportError};
 
 /// A task running on a session.
 pub(super) struct Task {

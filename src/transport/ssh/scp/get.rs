@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime};
 
 use super::{error_text, remote_quote, Scp, ScpDir, ScpStep, Times};
 use crate::task::Transfer;
-use crate::transport::TransportError;
+use crate::transport::protocol::TransportError;
 
 /// The sink side (this machine receives).
 pub(super) struct GetState {

@@ -21,8 +21,9 @@ use self::put::PutState;
 use super::channel::{close_channel, exec, TaskChannel};
 use super::conn::{Flow, Spare, TaskFail};
 use crate::task::Transfer;
+use crate::transport::exit::Exit;
 use crate::transport::libssh2::{self, is_socket_error, send_eof, write_blocked_on_input, OutputSink, ReadError};
-use crate::transport::{Exit, Outcome, TransportError};
+use crate::transport::protocol::{Outcome, TransportError};
 
 mod get;
 mod put;

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use super::{remote_quote, Scp, ScpDir, ScpStep, SCP_CHUNK};
 use crate::task::Transfer;
-use crate::transport::TransportError;
+use crate::transport::protocol::TransportError;
 
 /// The source side (this machine sends).
 pub(super) struct PutState {
