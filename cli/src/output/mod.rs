@@ -81,7 +81,7 @@ pub struct Colours {
 impl Colours {
     /// Decides from the environment and the streams.
     pub fn detect() -> Colours {
-        let allowed = std::env::var_os("NO_COLOR").map_or(true, |v| v.is_empty());
+        let allowed = std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
         Colours {
             stdout: allowed && std::io::stdout().is_terminal(),
             stderr: allowed && std::io::stderr().is_terminal(),
