@@ -23,7 +23,8 @@ pub enum TaskStatus {
     Failed,
     /// It failed and the failure was ignored (policy Ignore, or a retried goto).
     Ignored,
-    /// It failed with a non-zero exit status and `or_goto` jumped past it.
+    /// It failed (a non-zero exit status, a failed transfer) and `or_goto`
+    /// jumped past it; its error is attached.
     Jumped,
     /// A goto or stop skipped it; it never ran.
     Skipped,
