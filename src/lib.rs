@@ -42,6 +42,7 @@ mod plan;
 mod policy;
 mod process;
 mod report;
+mod run;
 mod scheduler;
 mod session;
 mod task;
@@ -54,10 +55,11 @@ pub struct ReadmeDoctests;
 
 pub use error::{BoxError, Error, ErrorKind, Result};
 pub use host::{Host, HostKeyCheck};
-pub use parallel::{Parallel, ParallelBuilder};
+pub use parallel::{Parallel, ParallelBuilder, RunHandle};
 pub use plan::{IntoSelector, Selection, Selector};
 pub use policy::{ErrorContext, OnError, PolicyFn, RetryPolicy};
 pub use report::{LabelReport, Report, TaskReport, TaskStatus};
+pub use run::{Canceller, OutputStream, RunEvent};
 pub use session::{ExecOutput, Session};
 pub use task::output::{Output, Stdin, DEFAULT_CAPTURE_LIMIT};
 pub use task::{

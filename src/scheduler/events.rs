@@ -30,6 +30,8 @@ pub(super) enum Verdict {
     Failed(Error),
     /// The connection died under it: re-run while reconnections remain.
     Lost(Error),
+    /// The run was cancelled while it ran: no policy, no re-run.
+    Cancelled,
 }
 
 impl Scheduler<'_> {
@@ -84,6 +86,12 @@ impl Scheduler<'_> {
     /// running task). Reconnect while the task has attempts left.
     pub(super) fn connection_failed(&mut self, l: LabelId, e: Error, lost: bool) {
         let Some(node) = self.plan.labels[l].head else { return };
+        if self.cancelled {
+            // No reconnecting in a cancelled run: `advance` stops the label.
+            self.release_slot(l);
+            self.make_ready(l);
+            return;
+        }
         let budget = self.reconnections(l, node);
         if self.rt[l].reconnects < budget {
             self.rt[l].reconnects += 1;
@@ -159,6 +167,11 @@ impl Scheduler<'_> {
                 self.connection_failed(l, e, true);
                 return;
             }
+            Verdict::Cancelled => {
+                self.release_slot(l);
+                self.mark_idle(l);
+                self.finish_cancelled(l, node, r);
+            }
             Verdict::Ok => {
                 self.release_slot(l);
                 self.mark_idle(l);
@@ -211,6 +224,13 @@ impl Scheduler<'_> {
         result: std::result::Result<Exit, TransportError>,
         r: &mut TaskReport,
     ) -> Verdict {
+        if self.rt[l].cancelled {
+            if let Ok(exit) = &result {
+                r.exit_code = exit.code;
+                r.signal = exit.signal;
+            }
+            return Verdict::Cancelled;
+        }
         if self.rt[l].timed_out {
             if let Ok(exit) = &result {
                 r.exit_code = exit.code;
