@@ -8,19 +8,22 @@
 //! transports have answered.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvError};
 use petgraph::graph::NodeIndex;
 
 use super::state::{Discard, State};
-use super::Scheduler;
+use super::{Scheduler, Timer};
 use crate::error::{Error, ErrorKind};
 use crate::plan::LabelId;
 use crate::report::{TaskReport, TaskStatus};
 use crate::run::{OutputStream, RunEvent};
 use crate::task::Action;
-use crate::transport::{Event, Request};
+use crate::transport::{Event, Request, Token};
+
+/// How often a cancelled task that has not answered is cancelled again.
+const RECANCEL: Duration = Duration::from_millis(100);
 
 impl Scheduler<'_> {
     /// The next transport event, or `None` at `deadline` or when the run was
@@ -54,12 +57,25 @@ impl Scheduler<'_> {
             if rt.state == State::Running && !rt.timed_out && !rt.cancelled {
                 rt.cancelled = true;
                 let token = rt.token;
-                let host = self.plan.labels[l].host.clone();
-                self.transports.send(&host, Request::Cancel { token });
+                self.recancel(l, token);
             }
         }
         // Waiting labels stop now; connecting ones when their connection answers.
         self.wake_all_for_abort();
+    }
+
+    /// Sends `Cancel` for the cancelled run `token` of `l` while it has not
+    /// answered, every `RECANCEL`: the local transport registers a task on
+    /// its worker thread, so a `Cancel` right behind the `Run` can find
+    /// nothing to stop. Transports ignore a `Cancel` of a finished token.
+    pub(super) fn recancel(&mut self, l: LabelId, token: Token) {
+        let rt = &self.rt[l];
+        if rt.state != State::Running || rt.token != token || !rt.cancelled {
+            return;
+        }
+        let host = self.plan.labels[l].host.clone();
+        self.transports.send(&host, Request::Cancel { token });
+        self.add_timer(Instant::now() + RECANCEL, Timer::Recancel { label: l, token });
     }
 
     /// In a cancelled run, stops label `l` at its head `node`; returns
@@ -77,7 +93,12 @@ impl Scheduler<'_> {
     /// The head task ran while the run was cancelled: it is reported
     /// cancelled, and its label stops.
     pub(super) fn finish_cancelled(&mut self, l: LabelId, node: NodeIndex, mut r: TaskReport) {
-        let e = self.task_error(l, node, ErrorKind::Cancelled, "cancelled while running: the run was cancelled");
+        let e = self.task_error(
+            l,
+            node,
+            ErrorKind::Cancelled,
+            "cancelled while running: the run was cancelled",
+        );
         r.status = TaskStatus::Cancelled;
         r.error = Some(Box::new(e.clone()));
         self.record(l, node, r);

@@ -23,7 +23,10 @@ pub struct Output(pub(crate) OutputKind);
 #[derive(Clone)]
 pub(crate) enum OutputKind {
     Capture(usize),
-    File { path: String, append: bool },
+    File {
+        path: String,
+        append: bool,
+    },
     Inherit,
     Null,
     Lines(LineFn),
