@@ -58,7 +58,7 @@ pub use host::{Host, HostKeyCheck};
 pub use parallel::{Parallel, ParallelBuilder, RunHandle};
 pub use plan::{IntoSelector, Selection, Selector};
 pub use policy::{ErrorContext, OnError, PolicyFn, RetryPolicy};
-pub use report::{LabelReport, Report, TaskReport, TaskStatus};
+pub use report::{fold_labels, LabelReport, OutputGroup, Report, TaskReport, TaskStatus};
 pub use run::{Canceller, OutputStream, RunEvent};
 pub use session::{ExecOutput, Session};
 pub use task::output::{Output, Stdin, DEFAULT_CAPTURE_LIMIT};

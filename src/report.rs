@@ -4,7 +4,14 @@
 //! Invariant: a run's `LabelReport`s are in label registration order, one per
 //! label, so a label's position in the plan is its position here.
 //!
+//! Serialization (`json`) and grouping (`gather`) live in submodules.
+//!
 //! May use: `error` only (a leaf: everything else may use it).
+
+mod gather;
+mod json;
+
+pub use gather::{fold_labels, OutputGroup};
 
 use std::collections::HashMap;
 use std::fmt;
