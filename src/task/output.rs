@@ -333,4 +333,19 @@ mod tests {
         s.finish().unwrap();
         assert_eq!(*seen.lock(), vec!["w:a", "w:bc", "w:d"]);
     }
+
+    #[test]
+    fn a_tap_sees_every_line_and_changes_nothing_captured() {
+        let seen = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let s2 = seen.clone();
+        let tap: LineFn = Arc::new(move |l, line| s2.lock().push(format!("{l}:{line}")));
+        let out = Output::capture_limit(5).tapped(tap);
+        let mut s = Sink::open("w".into(), Stream::Stdout, &out).unwrap();
+        s.write(b"ab\nc").unwrap();
+        s.write(b"d\n\ne").unwrap();
+        let c = s.finish().unwrap();
+        assert_eq!(c.bytes.as_deref(), Some(&b"ab\ncd"[..]));
+        assert!(c.truncated);
+        assert_eq!(*seen.lock(), vec!["w:ab", "w:cd", "w:", "w:e"]);
+    }
 }
