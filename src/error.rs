@@ -48,6 +48,8 @@ pub enum ErrorKind {
     InvalidConfig,
     /// A host specification could not be parsed.
     InvalidHost,
+    /// The run was cancelled (`RunHandle::cancel`) before the task ended.
+    Cancelled,
 }
 
 impl ErrorKind {
@@ -70,6 +72,7 @@ impl ErrorKind {
             ErrorKind::MissingTag => "missing tag",
             ErrorKind::InvalidConfig => "invalid configuration",
             ErrorKind::InvalidHost => "invalid host",
+            ErrorKind::Cancelled => "cancelled",
         }
     }
 }

@@ -125,7 +125,9 @@ impl Fault {
     }
 
     /// Command `cmd` (matched exactly, after variable expansion) exits with `code`.
-    /// Other tasks are matched by their description (`scp_put a -> b`, `connect`).
+    /// Other tasks are matched by their description (`scp_put a -> b`, `connect`);
+    /// a transfer given a non-zero code fails as a transfer (error kind
+    /// `Transfer`, which `or_goto` jumps over) on a connection that stays up.
     pub fn exit_code(mut self, cmd: &str, code: i32) -> Self {
         self.rule(cmd).exit = Some(code);
         self

@@ -2,10 +2,16 @@
 //! build a plan and run it.
 //!
 //! Invariant: between runs the plan's queues hold exactly what was pushed
-//! since the last run; a run empties them.
+//! since the last run; a run empties them. A started run (`handle`) takes
+//! the plan to its scheduler thread and puts it back before its handle is
+//! gone, so a `Parallel` is never seen without its plan.
 //!
-//! May use: `error`, `host`, `plan`, `policy`, `report`, `scheduler`, `task`
-//! (it is the top of the crate: nothing uses it but `lib`).
+//! May use: `error`, `host`, `plan`, `policy`, `report`, `run`, `scheduler`,
+//! `task` (it is the top of the crate: nothing uses it but `lib`).
+
+mod handle;
+
+pub use handle::RunHandle;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -111,7 +117,48 @@ impl Parallel {
     /// Runs every queue to its end and returns the report. Errors of an
     /// earlier run are cleared first; the queues are empty afterwards, so more
     /// pushes and another run may follow.
+    ///
+    /// The same as [`start`](Self::start) then [`RunHandle::wait`], without
+    /// the thread and the events: the scheduler runs on the calling thread.
     pub fn run(&mut self) -> Report {
+        self.before_run();
+        let report = Scheduler::new(&mut self.plan, &self.cfg).run();
+        self.after_run(&report);
+        report
+    }
+
+    /// Starts the run on a thread of its own and returns at once, with a
+    /// handle to watch its events, cancel it and wait for its report. The
+    /// `Parallel` stays borrowed until the handle is waited for or dropped;
+    /// then the queues are empty and [`get_error`](Self::get_error) answers
+    /// for this run, as after [`run`](Self::run).
+    ///
+    /// ```
+    /// use ssh_parallel::{Command, Host, Parallel, RunEvent};
+    /// let mut pssh = Parallel::new();
+    /// pssh.add_host("a", Host::local())?;
+    /// pssh.push("a", Command::new("echo hello"))?;
+    /// let run = pssh.start();
+    /// let events = run.events().clone();
+    /// let report = run.wait();
+    /// assert!(report.success());
+    /// let lines: Vec<String> = events
+    ///     .try_iter()
+    ///     .filter_map(|e| match e {
+    ///         RunEvent::Line { line, .. } => Some(line),
+    ///         _ => None,
+    ///     })
+    ///     .collect();
+    /// assert_eq!(lines, ["hello"]);
+    /// # Ok::<(), ssh_parallel::Error>(())
+    /// ```
+    pub fn start(&mut self) -> RunHandle<'_> {
+        self.before_run();
+        let plan = std::mem::take(&mut self.plan);
+        RunHandle::spawn(self, plan)
+    }
+
+    fn before_run(&mut self) {
         self.errors.clear();
         let problem = if self.plan.has_jumps {
             self.plan.validate().err()
@@ -123,14 +170,15 @@ impl Parallel {
             // failure is ignored, for one), but say it early.
             log::warn!(target: "ssh_parallel", "{e}");
         }
-        let report = Scheduler::new(&mut self.plan, &self.cfg).run();
+    }
+
+    fn after_run(&mut self, report: &Report) {
         self.plan.clear_tasks();
         for l in report.labels() {
             if let Some(e) = l.error() {
                 self.errors.insert(l.label().to_owned(), e.clone());
             }
         }
-        report
     }
 
     /// The error recorded for `label` in the last run (`Ok(None)` if it

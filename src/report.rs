@@ -4,7 +4,14 @@
 //! Invariant: a run's `LabelReport`s are in label registration order, one per
 //! label, so a label's position in the plan is its position here.
 //!
+//! Serialization (`json`) and grouping (`gather`) live in submodules.
+//!
 //! May use: `error` only (a leaf: everything else may use it).
+
+mod gather;
+mod json;
+
+pub use gather::{fold_labels, OutputGroup};
 
 use std::collections::HashMap;
 use std::fmt;
@@ -23,7 +30,8 @@ pub enum TaskStatus {
     Failed,
     /// It failed and the failure was ignored (policy Ignore, or a retried goto).
     Ignored,
-    /// It failed with a non-zero exit status and `or_goto` jumped past it.
+    /// It failed (a non-zero exit status, a failed transfer) and `or_goto`
+    /// jumped past it; its error is attached.
     Jumped,
     /// A goto or stop skipped it; it never ran.
     Skipped,

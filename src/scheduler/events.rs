@@ -1,6 +1,8 @@
 //! Events from transports: connections that came up, failed, were lost or
 //! closed, and finished tasks, judged into a [`Verdict`] and carried out
 //! (pop, jump, reconnect and re-run, or hand to the error policy).
+//! `or_goto` jumps over a [`Verdict::Own`] failure only: a command's
+//! non-zero exit status or a failed transfer (SEMANTICS section 5).
 //!
 //! Invariant: every request answered decrements `outstanding` exactly once;
 //! an event about a connection or a run the label no longer holds (an older
@@ -21,11 +23,15 @@ use crate::transport::{Event, Exit, Outcome, TransportError};
 /// How a finished remote task came out, before policies.
 pub(super) enum Verdict {
     Ok,
-    /// Failed with a non-zero exit status: `or_goto` may jump over it.
-    ExitStatus(Error),
+    /// Failed for a reason of its own (a command's non-zero exit status, a
+    /// transfer that failed while its connection stayed up): `or_goto` may
+    /// jump over it. Signals, timeouts and connection errors never are.
+    Own(Error),
     Failed(Error),
     /// The connection died under it: re-run while reconnections remain.
     Lost(Error),
+    /// The run was cancelled while it ran: no policy, no re-run.
+    Cancelled,
 }
 
 impl Scheduler<'_> {
@@ -80,6 +86,12 @@ impl Scheduler<'_> {
     /// running task). Reconnect while the task has attempts left.
     pub(super) fn connection_failed(&mut self, l: LabelId, e: Error, lost: bool) {
         let Some(node) = self.plan.labels[l].head else { return };
+        if self.cancelled {
+            // No reconnecting in a cancelled run: `advance` stops the label.
+            self.release_slot(l);
+            self.make_ready(l);
+            return;
+        }
         let budget = self.reconnections(l, node);
         if self.rt[l].reconnects < budget {
             self.rt[l].reconnects += 1;
@@ -155,6 +167,11 @@ impl Scheduler<'_> {
                 self.connection_failed(l, e, true);
                 return;
             }
+            Verdict::Cancelled => {
+                self.release_slot(l);
+                self.mark_idle(l);
+                self.finish_cancelled(l, node, r);
+            }
             Verdict::Ok => {
                 self.release_slot(l);
                 self.mark_idle(l);
@@ -162,7 +179,7 @@ impl Scheduler<'_> {
                 self.plan.pop(l);
                 self.rt[l].reset_task();
             }
-            Verdict::ExitStatus(e) => {
+            Verdict::Own(e) => {
                 self.release_slot(l);
                 self.mark_idle(l);
                 let or_goto = action.opts().and_then(|o| o.or_goto.clone());
@@ -207,6 +224,13 @@ impl Scheduler<'_> {
         result: std::result::Result<Exit, TransportError>,
         r: &mut TaskReport,
     ) -> Verdict {
+        if self.rt[l].cancelled {
+            if let Ok(exit) = &result {
+                r.exit_code = exit.code;
+                r.signal = exit.signal;
+            }
+            return Verdict::Cancelled;
+        }
         if self.rt[l].timed_out {
             if let Ok(exit) = &result {
                 r.exit_code = exit.code;
@@ -226,7 +250,7 @@ impl Scheduler<'_> {
                 let Action::Command(c) = action else { return Verdict::Ok };
                 match (exit.code, exit.signal) {
                     (Some(code), _) if c.ok_exit_codes.contains(&code) => Verdict::Ok,
-                    (Some(code), _) => Verdict::ExitStatus(
+                    (Some(code), _) => Verdict::Own(
                         self.task_error(l, node, ErrorKind::Command, format!("exited with status {code}"))
                             .with_exit(Some(code), None),
                     ),
@@ -243,7 +267,10 @@ impl Scheduler<'_> {
                 Verdict::Lost(Error::new(ErrorKind::Connect, format!("connection lost: {m}")))
             }
             Err(TransportError::Connect(m)) => Verdict::Lost(Error::new(ErrorKind::Connect, m)),
-            Err(TransportError::Transfer(m)) => Verdict::Failed(self.task_error(l, node, ErrorKind::Transfer, m)),
+            // Transports report a transfer that failed on a live connection
+            // as `Transfer` (the remote side's error) or `Local` (this side's
+            // file); a dead connection is `ConnectionLost`, handled above.
+            Err(TransportError::Transfer(m)) => Verdict::Own(self.task_error(l, node, ErrorKind::Transfer, m)),
             Err(TransportError::Local { message, source }) => {
                 let kind = if transfer {
                     ErrorKind::Transfer
@@ -254,7 +281,11 @@ impl Scheduler<'_> {
                 if let Some(s) = source {
                     e = e.with_boxed_source(s);
                 }
-                Verdict::Failed(e)
+                if transfer {
+                    Verdict::Own(e)
+                } else {
+                    Verdict::Failed(e)
+                }
             }
         }
     }

@@ -7,14 +7,15 @@
 //! timers; `state` the per-label state; `queue` walking a queue (local steps,
 //! reports, jumps, joins); `sub` running subs; `slots` worker slots and
 //! connection limits; `events` what transports answer; `failure` the error
-//! policies.
+//! policies; `watch` the events and cancel of a started run.
 //!
 //! Invariants: nothing but the scheduler touches the plan during a run; a
 //! run ends when `active` is 0, and never waits with nothing `outstanding`,
 //! no timer and no ready label (such labels are failed as stuck rather than
-//! hang).
+//! hang). A cancelled run starts nothing more: every label stops at its
+//! next boundary and every running task gets the `Cancel` a timeout sends.
 //!
-//! May use: `error`, `plan`, `policy`, `report`, `task` and `transport`
+//! May use: `error`, `plan`, `policy`, `report`, `run`, `task` and `transport`
 //! (the channel protocol only); never `parallel`.
 
 mod events;
@@ -23,6 +24,7 @@ mod queue;
 mod slots;
 mod state;
 mod sub;
+mod watch;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
@@ -34,6 +36,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use crate::plan::{LabelId, Plan};
 use crate::policy::OnError;
 use crate::report::{LabelReport, Report};
+use crate::run::Watch;
 use crate::transport::{Event, Request, Token, Transports};
 use state::{Rt, State};
 
@@ -82,6 +85,9 @@ enum Timer {
     Wake { label: LabelId, gen: u64 },
     /// Cancel the run `token` of `label`, if it is still running.
     TaskTimeout { label: LabelId, token: Token },
+    /// Send the cancelled run's `Cancel` again if `token` has not answered:
+    /// a transport may not know a task yet that it was just sent.
+    Recancel { label: LabelId, token: Token },
 }
 
 /// One run of a plan. Labels are indexed by `LabelId` in `rt` and `reports`.
@@ -130,6 +136,10 @@ pub(crate) struct Scheduler<'p> {
     transports: Transports,
     /// Every transport's answers.
     events: Receiver<Event>,
+    /// A started run's event channel and cancel request (`None` for `run`).
+    watch: Option<Watch>,
+    /// The run was cancelled: no task starts any more.
+    cancelled: bool,
 }
 
 impl<'p> Scheduler<'p> {
@@ -166,7 +176,15 @@ impl<'p> Scheduler<'p> {
             touched: Vec::new(),
             transports: Transports::new(tx, cfg.io_threads),
             events: rx,
+            watch: None,
+            cancelled: false,
         }
+    }
+
+    /// Sends this run's events to `watch` and listens to its cancel.
+    pub(crate) fn watched(mut self, watch: Watch) -> Scheduler<'p> {
+        self.watch = Some(watch);
+        self
     }
 
     /// Runs every queue to its end and returns the report.
@@ -219,15 +237,14 @@ impl Scheduler<'_> {
 
     fn wait_and_handle(&mut self) {
         let deadline = self.timers.peek().map(|Reverse((t, _, _))| *t);
-        let first = match deadline {
-            Some(d) => match self.events.recv_deadline(d) {
-                Ok(ev) => Some(ev),
-                Err(RecvTimeoutError::Timeout) => None,
-                Err(RecvTimeoutError::Disconnected) => None,
-            },
-            // Every transport holds a sender for as long as the scheduler lives,
-            // and `outstanding > 0` here, so an event will come.
-            None => self.events.recv().ok(),
+        let first = if let Some(cancel) = self.watch.as_ref().and_then(|w| w.cancel.clone()) {
+            match self.wait_watched(&cancel, deadline) {
+                Some(ev) => Some(ev),
+                None if self.cancelled => return,
+                None => None,
+            }
+        } else {
+            self.wait_event(deadline)
         };
         if let Some(ev) = first {
             self.handle(ev);
@@ -237,6 +254,20 @@ impl Scheduler<'_> {
             }
         }
         self.fire_timers();
+    }
+
+    /// The next transport event, or `None` at `deadline`.
+    fn wait_event(&mut self, deadline: Option<Instant>) -> Option<Event> {
+        match deadline {
+            Some(d) => match self.events.recv_deadline(d) {
+                Ok(ev) => Some(ev),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => None,
+            },
+            // Every transport holds a sender for as long as the scheduler lives,
+            // and `outstanding > 0` here, so an event will come.
+            None => self.events.recv().ok(),
+        }
     }
 
     fn fire_timers(&mut self) {
@@ -256,13 +287,14 @@ impl Scheduler<'_> {
                 }
                 Timer::TaskTimeout { label, token } => {
                     let rt = &mut self.rt[label];
-                    if rt.state == State::Running && rt.token == token && !rt.timed_out {
+                    if rt.state == State::Running && rt.token == token && !rt.timed_out && !rt.cancelled {
                         rt.timed_out = true;
                         log::info!(target: "ssh_parallel", "[{}] task timed out; cancelling it", self.plan.labels[label].name);
                         let host = self.plan.labels[label].host.clone();
                         self.transports.send(&host, Request::Cancel { token });
                     }
                 }
+                Timer::Recancel { label, token } => self.recancel(label, token),
             }
         }
     }

@@ -28,6 +28,9 @@ impl Scheduler<'_> {
                 self.discard_from(l, node, how);
                 continue;
             }
+            if self.stop_if_cancelled(l, node) {
+                continue;
+            }
             if let Some(by) = self.abort_all.clone() {
                 let msg = format!("aborted before this task because label {by} failed under AbortAll");
                 let e = self.task_error(l, node, ErrorKind::Aborted, msg);
@@ -129,6 +132,13 @@ impl Scheduler<'_> {
                 log::error!(target: "ssh_parallel", "[{name}] on_done callback panicked");
             }
         }
+        if self.watch.is_some() {
+            let label = self.name(l);
+            self.emit(|| crate::run::RunEvent::Finished {
+                label,
+                report: report.clone(),
+            });
+        }
         self.reports[l].tasks.push(report);
     }
 
@@ -189,7 +199,7 @@ impl Scheduler<'_> {
         match self.plan.marker(n) {
             Some(j) => {
                 self.plan.pop(l);
-                self.release_join(j, l, how != Discard::Abort);
+                self.release_join(j, l, !matches!(how, Discard::Abort | Discard::Cancel));
             }
             None => {
                 let status = if how == Discard::Skip {
@@ -197,7 +207,10 @@ impl Scheduler<'_> {
                 } else {
                     TaskStatus::Cancelled
                 };
-                let r = self.new_report(n, status);
+                let mut r = self.new_report(n, status);
+                if how == Discard::Cancel {
+                    r.error = Some(Box::new(self.not_started_error(l, n)));
+                }
                 self.record(l, n, r);
                 self.plan.pop(l);
             }
@@ -233,6 +246,10 @@ impl Scheduler<'_> {
         self.release_slot(l);
         self.rt[l].state = State::Finished;
         self.active -= 1;
+        self.emit(|| crate::run::RunEvent::LabelDone {
+            label: self.name(l),
+            error: self.reports[l].error.clone(),
+        });
         // A label keeps its connection between tasks and closes it when done.
         self.close_conn(l);
     }

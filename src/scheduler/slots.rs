@@ -59,18 +59,32 @@ impl Scheduler<'_> {
         rt.state = State::Running;
         let now = Instant::now();
         rt.started = Some((SystemTime::now(), now));
+        let attempt = rt.attempt;
+        let head = entry.head;
+        let job_action = self.watched_action(l, head, action);
+        let entry = &self.plan.labels[l];
         let job = Job {
             label: l,
             name: entry.name.clone(),
             host: entry.host.clone(),
-            action: action.clone(),
+            action: job_action,
             token,
             conn,
             prefetch,
         };
         let host = entry.host.clone();
         if log::log_enabled!(target: "ssh_parallel", log::Level::Debug) {
-            log::debug!(target: "ssh_parallel", "[{}] start {} (attempt {})", entry.name, action.describe(), rt.attempt);
+            log::debug!(target: "ssh_parallel", "[{}] start {} (attempt {attempt})", entry.name, action.describe());
+        }
+        if self.watch.is_some() {
+            let task = head.and_then(|n| self.plan.task(n));
+            let ev = crate::run::RunEvent::Started {
+                label: entry.name.clone(),
+                seq: task.map_or(0, |t| t.seq),
+                description: task.map_or_else(|| Arc::from(action.describe()), |t| t.desc.clone()),
+                attempt,
+            };
+            self.emit(|| ev);
         }
         if let Some(t) = action.opts().and_then(|o| o.timeout) {
             self.add_timer(now + t, Timer::TaskTimeout { label: l, token });

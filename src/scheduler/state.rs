@@ -5,6 +5,8 @@
 //! Invariant: `Rt`'s per-task counters (`attempt`, `reconnects`, `reruns`,
 //! `timed_out`, `started`) describe the head task and are reset
 //! (`reset_task`) whenever the head changes.
+//!
+//! May use: `transport` (ids only).
 
 use std::time::{Instant, SystemTime};
 
@@ -54,6 +56,9 @@ pub(super) enum Discard {
     Done,
     /// Dropped under Abort: joins fail.
     Abort,
+    /// Dropped because the run was cancelled: joins fail, and every task is
+    /// reported with a `Cancelled` error.
+    Cancel,
 }
 
 /// One label's run-time state, indexed by `LabelId` in `Scheduler::rt`.
@@ -79,6 +84,8 @@ pub(super) struct Rt {
     pub(super) token: Token,
     /// The current run's timeout fired and a `Cancel` was sent.
     pub(super) timed_out: bool,
+    /// The whole run was cancelled while this task ran, and a `Cancel` was sent.
+    pub(super) cancelled: bool,
     /// Wall clock and monotonic start of the head task's current run.
     pub(super) started: Option<(SystemTime, Instant)>,
     /// Bumped by every `delay`: only a `Timer::Wake` of the current
@@ -103,6 +110,7 @@ impl Rt {
             reruns: 0,
             token: 0,
             timed_out: false,
+            cancelled: false,
             started: None,
             timer_gen: 0,
             evicting: false,
@@ -115,6 +123,7 @@ impl Rt {
         self.reconnects = 0;
         self.reruns = 0;
         self.timed_out = false;
+        self.cancelled = false;
         self.started = None;
     }
 }

@@ -50,8 +50,12 @@ macro_rules! task_options {
                 self.$($field).+.on_error = Some(policy.into());
                 self
             }
-            /// When the task fails with a non-zero exit status, jump to `here(tag)`
-            /// instead of raising an error.
+            /// When the task fails for a reason of its own (a command's non-zero
+            /// exit status; a transfer that fails: missing source, refused
+            /// destination, the remote scp or rsync failing), jump to `here(tag)`
+            /// instead of raising an error; the task is reported `Jumped` with its
+            /// error attached. Signals, timeouts and connection errors are not
+            /// jumped over: they go to error handling.
             pub fn or_goto(mut self, tag: impl Into<String>) -> Self {
                 self.$($field).+.or_goto = Some(tag.into());
                 self

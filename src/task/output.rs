@@ -23,13 +23,25 @@ pub struct Output(pub(crate) OutputKind);
 #[derive(Clone)]
 pub(crate) enum OutputKind {
     Capture(usize),
-    File { path: String, append: bool },
+    File {
+        path: String,
+        append: bool,
+    },
     Inherit,
     Null,
     Lines(LineFn),
+    /// Goes where the inner kind says, and every line also goes to the tap:
+    /// how a watched run (`Parallel::start`) sees output without changing
+    /// what the task keeps. Made by the scheduler only, after expansion.
+    Tapped(Box<OutputKind>, LineFn),
 }
 
 impl Output {
+    /// This output, with every line also handed to `tap(label, line)`.
+    pub(crate) fn tapped(&self, tap: LineFn) -> Output {
+        Output(OutputKind::Tapped(Box::new(self.0.clone()), tap))
+    }
+
     /// Keep the output in the report, up to [`DEFAULT_CAPTURE_LIMIT`] bytes; more
     /// is dropped and flagged as truncated (the default).
     pub fn capture() -> Output {
@@ -90,6 +102,7 @@ impl fmt::Debug for Output {
             OutputKind::Inherit => f.write_str("Inherit"),
             OutputKind::Null => f.write_str("Null"),
             OutputKind::Lines(_) => f.write_str("Lines(..)"),
+            OutputKind::Tapped(inner, _) => write!(f, "Tapped({:?})", Output((**inner).clone())),
         }
     }
 }
@@ -138,6 +151,8 @@ pub(crate) struct Sink {
     stream: Stream,
     kind: SinkKind,
     line: Vec<u8>,
+    /// A watched run's tap, with its own partial line.
+    tap: Option<(LineFn, Vec<u8>)>,
 }
 
 enum SinkKind {
@@ -162,7 +177,11 @@ pub(crate) struct Captured {
 impl Sink {
     /// Opens the sink; a file that cannot be created is an error naming its path.
     pub(crate) fn open(label: Arc<str>, stream: Stream, out: &Output) -> Result<Sink, String> {
-        let kind = match &out.0 {
+        let (kind, tap) = match &out.0 {
+            OutputKind::Tapped(inner, tap) => (&**inner, Some((tap.clone(), Vec::new()))),
+            kind => (kind, None),
+        };
+        let kind = match kind {
             OutputKind::Capture(limit) => SinkKind::Capture {
                 buf: Vec::new(),
                 limit: *limit,
@@ -181,17 +200,23 @@ impl Sink {
             OutputKind::Inherit => SinkKind::Inherit,
             OutputKind::Null => SinkKind::Null,
             OutputKind::Lines(f) => SinkKind::Lines(f.clone()),
+            // `tapped` never nests: the inner kind is a user's.
+            OutputKind::Tapped(..) => SinkKind::Null,
         };
         Ok(Sink {
             label,
             stream,
             kind,
             line: Vec::new(),
+            tap,
         })
     }
 
     /// Takes the next chunk of bytes.
     pub(crate) fn write(&mut self, data: &[u8]) -> Result<(), String> {
+        if let Some((tap, line)) = &mut self.tap {
+            split_lines(line, data, |l| call_line_fn(tap, &self.label, l));
+        }
         match &mut self.kind {
             SinkKind::Capture { buf, limit, truncated } => {
                 let room = limit.saturating_sub(buf.len());
@@ -227,14 +252,7 @@ impl Sink {
                     Stream::Stderr => io::stderr().lock().write_all(line.as_bytes()),
                 };
             }
-            SinkKind::Lines(f) => {
-                let f = f.clone();
-                let label = self.label.clone();
-                let text = text.into_owned();
-                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&label, &text))).is_err() {
-                    log::error!(target: "ssh_parallel", "[{label}] output line callback panicked");
-                }
-            }
+            SinkKind::Lines(f) => call_line_fn(f, &self.label, &self.line),
             _ => {}
         }
         self.line.clear();
@@ -244,6 +262,11 @@ impl Sink {
     pub(crate) fn finish(mut self) -> Result<Captured, String> {
         if !self.line.is_empty() {
             self.emit_line();
+        }
+        if let Some((tap, line)) = &self.tap {
+            if !line.is_empty() {
+                call_line_fn(tap, &self.label, line);
+            }
         }
         match self.kind {
             SinkKind::Capture { buf, truncated, .. } => Ok(Captured {
@@ -256,6 +279,32 @@ impl Sink {
             }
             _ => Ok(Captured::default()),
         }
+    }
+}
+
+/// Hands every complete line of `data` (after what `line` holds from the
+/// last chunk) to `emit`, and keeps the unfinished rest in `line`.
+fn split_lines(line: &mut Vec<u8>, data: &[u8], mut emit: impl FnMut(&[u8])) {
+    let mut rest = data;
+    while let Some(pos) = rest.iter().position(|&b| b == b'\n') {
+        if line.is_empty() {
+            emit(&rest[..pos]);
+        } else {
+            line.extend_from_slice(&rest[..pos]);
+            emit(line);
+            line.clear();
+        }
+        rest = &rest[pos + 1..];
+    }
+    line.extend_from_slice(rest);
+}
+
+/// Calls a line callback with one line as lossy text; a panic in it is
+/// logged, never spread into the transport.
+fn call_line_fn(f: &LineFn, label: &str, line: &[u8]) {
+    let text = String::from_utf8_lossy(line);
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(label, &text))).is_err() {
+        log::error!(target: "ssh_parallel", "[{label}] output line callback panicked");
     }
 }
 
@@ -283,5 +332,20 @@ mod tests {
         s.write(b"c\nd").unwrap();
         s.finish().unwrap();
         assert_eq!(*seen.lock(), vec!["w:a", "w:bc", "w:d"]);
+    }
+
+    #[test]
+    fn a_tap_sees_every_line_and_changes_nothing_captured() {
+        let seen = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let s2 = seen.clone();
+        let tap: LineFn = Arc::new(move |l, line| s2.lock().push(format!("{l}:{line}")));
+        let out = Output::capture_limit(5).tapped(tap);
+        let mut s = Sink::open("w".into(), Stream::Stdout, &out).unwrap();
+        s.write(b"ab\nc").unwrap();
+        s.write(b"d\n\ne").unwrap();
+        let c = s.finish().unwrap();
+        assert_eq!(c.bytes.as_deref(), Some(&b"ab\ncd"[..]));
+        assert!(c.truncated);
+        assert_eq!(*seen.lock(), vec!["w:ab", "w:cd", "w:", "w:e"]);
     }
 }

@@ -238,10 +238,21 @@ impl FaultLoop {
             }
             Err(TransportError::ConnectionLost(format!("injected drop during {task}")))
         } else {
-            Ok(Exit {
-                code: Some(rule.exit.unwrap_or(0)),
-                signal: None,
-            })
+            match (rule.exit.unwrap_or(0), &*job.action) {
+                // A transfer has no exit status of its own: a scripted code
+                // makes it fail the way a real one does on a live connection.
+                (code, Action::ScpGet(_) | Action::ScpPut(_) | Action::RsyncGet(_) | Action::RsyncPut(_))
+                    if code != 0 =>
+                {
+                    Err(TransportError::Transfer(format!(
+                        "injected transfer failure (code {code})"
+                    )))
+                }
+                (code, _) => Ok(Exit {
+                    code: Some(code),
+                    signal: None,
+                }),
+            }
         };
         let delay = rule.delay.unwrap_or(fault.0.delay);
         let p = Pending::Finish {
@@ -305,7 +316,12 @@ impl FaultLoop {
                 if let Some(log) = &fault.0.log {
                     match &result {
                         Ok(exit) => log.push(&name, FaultEvent::Finished(task, exit.code.unwrap_or(-1))),
-                        Err(_) => log.push(&name, FaultEvent::Dropped(task)),
+                        Err(TransportError::ConnectionLost(_)) => log.push(&name, FaultEvent::Dropped(task)),
+                        // A failed transfer keeps its connection: logged with the scripted code.
+                        Err(_) => {
+                            let code = fault.0.rules.get(&task).and_then(|r| r.exit).unwrap_or(1);
+                            log.push(&name, FaultEvent::Finished(task, code));
+                        }
                     }
                 }
                 let mut outcome = Outcome::new(result, started);
