@@ -1,5 +1,9 @@
 //! The tools compared, how they are installed, and the command line each one runs for a
 //! piece of work.
+//!
+//! Invariant: every tool gets the same work on the same labels (`h1`..`hN` through one
+//! ssh_config, or our client's equivalent), with stdin and stdout to /dev/null and no
+//! ssh agent; a tool that cannot do a piece of work says why instead of running.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -40,13 +44,21 @@ impl Tool {
 
 /// What is installed, with versions; `Err` says why a peer cannot run.
 pub struct Peers {
+    /// The venv's python with parallel-ssh installed.
     pub python: Result<PathBuf, String>,
+    /// Debian's pssh version.
     pub pssh: Result<String, String>,
+    /// Debian's pdsh version.
     pub pdsh: Result<String, String>,
+    /// Net::OpenSSH::Parallel's version.
     pub nop: Result<String, String>,
+    /// `ssh -V`'s version line.
     pub openssh: Result<String, String>,
+    /// parallel-ssh's version (or why it is missing).
     pub parallel_ssh_version: String,
+    /// The parallel-ssh driver script (`peer_parallel_ssh.py`), written out.
     pub py_script: PathBuf,
+    /// The Net::OpenSSH::Parallel driver script (`peer_nop.pl`), written out.
     pub pl_script: PathBuf,
 }
 
@@ -230,11 +242,15 @@ pub fn install(work: &Path, allow_install: bool) -> Peers {
 
 /// Where a case's server is and how the peers reach it.
 pub struct Target {
+    /// The server's port on 127.0.0.1.
     pub port: u16,
+    /// The login name.
     pub user: String,
+    /// The private key the server authorizes.
     pub key: PathBuf,
     /// An ssh_config with `Host h*` → 127.0.0.1:port, the key, no host-key checks.
     pub ssh_config: PathBuf,
+    /// Where the ssh_config, hosts files and profiles go.
     pub dir: PathBuf,
 }
 

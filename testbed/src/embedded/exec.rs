@@ -102,7 +102,7 @@ fn signal_from_number(signo: i32) -> Sig {
     }
 }
 
-/// Sleeps for `delay`, or forever without one (for [`Fault::DropDuringCommand`]).
+/// Sleeps for `delay`, or forever without one (for [`Fault::DropDuringCommand`](super::Fault::DropDuringCommand)).
 pub(super) async fn sleep_or_never(delay: Option<Duration>) {
     match delay {
         Some(delay) => tokio::time::sleep(delay).await,
@@ -114,7 +114,7 @@ pub(super) async fn sleep_or_never(delay: Option<Duration>) {
 const HANGUP_GRACE: Duration = Duration::from_secs(1);
 
 /// Sends `signo` to a process group this server started (0: no group, nothing sent).
-fn kill_group(group: i32, signo: i32) {
+pub(super) fn kill_group(group: i32, signo: i32) {
     if group > 0 {
         // SAFETY: signalling a process group this server created.
         unsafe {

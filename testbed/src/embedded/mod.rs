@@ -31,6 +31,7 @@ pub(crate) use builder::generate_ed25519;
 pub use builder::EmbeddedServerBuilder;
 use builder::{parse_public_key, Prepared};
 use connection::accept_loop;
+use exec::kill_group;
 pub use faults::Fault;
 pub use shared::ServerStats;
 use shared::{lock, Shared};
@@ -224,10 +225,7 @@ impl EmbeddedServer {
         let _ = self.shutdown.send(true);
         self.drop_connections();
         for group in self.shared.lock_groups().drain() {
-            // SAFETY: signalling a process group we created and have not reaped.
-            unsafe {
-                libc::kill(-group, libc::SIGKILL);
-            }
+            kill_group(group, libc::SIGKILL);
         }
         // The thread ends after `shutdown_timeout(1 s)`; do not wait forever regardless.
         let deadline = std::time::Instant::now() + Duration::from_secs(3);
