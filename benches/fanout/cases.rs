@@ -1,8 +1,8 @@
 //! The cases the bench runs ([`Case`]), per tier of server ([`Tier`]), and the filters of
 //! the options on them.
 //!
-//! Invariant: every case names at least one tool or is filtered out; case ids are unique
-//! (they name log files and rows of the report).
+//! Invariants: case ids are unique (they name log files and rows of the report); the
+//! options' filters only take cases and tools out, never change what a case does.
 
 use std::time::Duration;
 

@@ -53,21 +53,32 @@ impl Outcome {
         }
     }
 
+    /// The runs that succeeded.
     pub fn ok_runs(&self) -> Vec<&Run> {
         self.runs.iter().filter(|r| r.ok).collect()
     }
+
+    /// The median of a measure over the good runs (NaN without any).
     pub fn med(&self, f: impl Fn(&Run) -> f64) -> f64 {
         median(self.ok_runs().into_iter().map(f).collect())
     }
+
+    /// Median wall time, seconds.
     pub fn wall(&self) -> f64 {
         self.med(|r| r.wall)
     }
+
+    /// Median client CPU, seconds.
     pub fn cpu(&self) -> f64 {
         self.med(|r| r.cpu)
     }
+
+    /// Median peak memory, MB.
     pub fn mem_mb(&self) -> f64 {
         self.med(|r| r.mem_kb() as f64 / 1024.0)
     }
+
+    /// Whether any run succeeded.
     pub fn has_data(&self) -> bool {
         !self.ok_runs().is_empty()
     }
