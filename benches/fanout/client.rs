@@ -1,5 +1,8 @@
 //! Our side of a case, run as its own process (`fanout __client key=value ...`) so that it
 //! is measured exactly like the peers: a whole process, its CPU and its memory.
+//!
+//! Invariant: it uses only ssh-parallel's public API, and exits non-zero when any label
+//! failed (a run counts only if every label succeeded).
 
 use std::collections::HashMap;
 use std::time::Duration;

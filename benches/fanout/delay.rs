@@ -6,6 +6,9 @@
 //! server's banner is what it waits for), then every chunk read from either side is written
 //! to the other side `delay` after it was read. Order is kept per direction. Two reader
 //! threads per connection and one writer thread for all.
+//!
+//! Invariant: no byte is written before its delay has passed, and bytes of one direction
+//! are written in the order they were read.
 
 use std::collections::BinaryHeap;
 use std::io::{Read, Write};
@@ -20,9 +23,13 @@ enum Payload {
 }
 
 struct Item {
+    /// When it may be written.
     due: Instant,
+    /// Order of reading: breaks ties of `due`, so one direction's order is kept.
     seq: u64,
+    /// The socket it goes to.
     to: Arc<TcpStream>,
+    /// What to do there.
     payload: Payload,
 }
 
@@ -45,9 +52,13 @@ impl Ord for Item {
 }
 
 struct Queue {
+    /// Items not yet written, earliest `due` first.
     heap: Mutex<BinaryHeap<Item>>,
+    /// Wakes the writer when an item is pushed or the relay stops.
     cv: Condvar,
+    /// The next item's `seq`.
     seq: AtomicU64,
+    /// Set when the relay drops: the writer and the readers end.
     stop: AtomicBool,
 }
 
@@ -67,7 +78,9 @@ impl Queue {
 
 /// The relay; stops accepting and lets its threads end when dropped.
 pub struct DelayRelay {
+    /// The relay's port on 127.0.0.1 (clients connect here).
     pub port: u16,
+    /// The queue shared with the writer thread.
     queue: Arc<Queue>,
 }
 

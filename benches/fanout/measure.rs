@@ -3,6 +3,9 @@
 //! (`ru_maxrss`), and, sampled every 100 ms from `/proc`, the RSS summed over the client's
 //! live process tree, its thread count and its process count. The server's CPU for the
 //! same run is measured around it (see [`ServerProbe`]).
+//!
+//! Invariant: clients are spawned by the [`Launcher`] (a small process started before the
+//! bench grows), so that a run's costs are the client's own and not a fork of this process.
 
 use std::fs;
 use std::os::unix::process::CommandExt;
@@ -180,16 +183,23 @@ fn sample_tree(root: i32) -> Sample {
 /// re-invoked at the start, while small, and only spawns and reaps clients: what it leaks
 /// into a client's figure is its own couple of MB.
 pub struct Launcher {
+    /// The launcher process.
     child: std::process::Child,
+    /// Its stdin: one request (a client's command line) per line, see [`launcher_main`].
     to: std::process::ChildStdin,
+    /// Its stdout: `PID n`, then `DONE ...` (the [`Reaped`] figures) per request.
     from: std::io::BufReader<std::process::ChildStdout>,
 }
 
 /// What the launcher reports about one finished client.
 struct Reaped {
+    /// The raw `wait4` status (`WIFEXITED` and friends decode it).
     status: i32,
+    /// Spawn to reap, seconds.
     wall: f64,
+    /// User + system CPU from `wait4`, seconds.
     cpu: f64,
+    /// `ru_maxrss` from `wait4`, KiB.
     maxrss_kb: u64,
 }
 

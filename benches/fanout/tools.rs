@@ -1,8 +1,14 @@
 //! The tools compared, how they are installed, and the command line each one runs for a
 //! piece of work.
+//!
+//! Invariant: every tool gets the same work on the same labels (`h1`..`hN` through one
+//! ssh_config, or our client's equivalent), with stdin and stdout to /dev/null and no
+//! ssh agent; a tool that cannot do a piece of work says why instead of running.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+
+use crate::opts::env_flag;
 
 /// A client compared in the benchmark.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Hash)]
@@ -38,13 +44,21 @@ impl Tool {
 
 /// What is installed, with versions; `Err` says why a peer cannot run.
 pub struct Peers {
+    /// The venv's python with parallel-ssh installed.
     pub python: Result<PathBuf, String>,
+    /// Debian's pssh version.
     pub pssh: Result<String, String>,
+    /// Debian's pdsh version.
     pub pdsh: Result<String, String>,
+    /// Net::OpenSSH::Parallel's version.
     pub nop: Result<String, String>,
+    /// `ssh -V`'s version line.
     pub openssh: Result<String, String>,
+    /// parallel-ssh's version (or why it is missing).
     pub parallel_ssh_version: String,
+    /// The parallel-ssh driver script (`peer_parallel_ssh.py`), written out.
     pub py_script: PathBuf,
+    /// The Net::OpenSSH::Parallel driver script (`peer_nop.pl`), written out.
     pub pl_script: PathBuf,
 }
 
@@ -228,11 +242,15 @@ pub fn install(work: &Path, allow_install: bool) -> Peers {
 
 /// Where a case's server is and how the peers reach it.
 pub struct Target {
+    /// The server's port on 127.0.0.1.
     pub port: u16,
+    /// The login name.
     pub user: String,
+    /// The private key the server authorizes.
     pub key: PathBuf,
     /// An ssh_config with `Host h*` → 127.0.0.1:port, the key, no host-key checks.
     pub ssh_config: PathBuf,
+    /// Where the ssh_config, hosts files and profiles go.
     pub dir: PathBuf,
 }
 
@@ -294,10 +312,6 @@ pub enum Work {
     },
 }
 
-fn env_flag(name: &str) -> bool {
-    std::env::var(name).is_ok_and(|v| !v.is_empty() && v != "0")
-}
-
 fn work_name(w: &Work) -> &'static str {
     match w {
         Work::Run { steps: 1, .. } => "run",
@@ -306,6 +320,34 @@ fn work_name(w: &Work) -> &'static str {
         Work::Put { .. } => "put",
         Work::Get { .. } => "get",
         Work::Rsync { .. } => "rsync",
+    }
+}
+
+/// The work's arguments for our `__client` (`prefix` "") and the peer scripts (`prefix`
+/// "--"): `kind=...` and what that kind needs.
+fn work_args(w: &Work, prefix: &str) -> Vec<String> {
+    match w {
+        Work::Run { cmd, steps, joins } => vec![
+            format!("{prefix}kind=run"),
+            format!("{prefix}cmd={cmd}"),
+            format!("{prefix}steps={steps}"),
+            format!("{prefix}joins={}", u8::from(*joins)),
+        ],
+        Work::Put { local, remote, .. } => vec![
+            format!("{prefix}kind=put"),
+            format!("{prefix}local={}", local.display()),
+            format!("{prefix}remote={}", remote.display()),
+        ],
+        Work::Get { remote, local_dir, .. } => vec![
+            format!("{prefix}kind=get"),
+            format!("{prefix}remote={}", remote.display()),
+            format!("{prefix}local={}/%LABEL%", local_dir.display()),
+        ],
+        Work::Rsync { tree, remote_dir, .. } => vec![
+            format!("{prefix}kind=rsync"),
+            format!("{prefix}local={}/", tree.display()),
+            format!("{prefix}remote={}/%LABEL%/", remote_dir.display()),
+        ],
     }
 }
 
@@ -331,20 +373,12 @@ pub fn command(
     let ssh_x = format!("-F {cfg}");
     let hosts = || t.hosts_file(n).display().to_string();
     let pdsh_hosts = format!("h[1-{n}]");
-    let common_kv = || {
+    let common = |prefix: &str| {
         vec![
-            format!("n={n}"),
-            format!("port={}", t.port),
-            format!("user={}", t.user),
-            format!("key={}", t.key.display()),
-        ]
-    };
-    let common_opts = || {
-        vec![
-            format!("--n={n}"),
-            format!("--port={}", t.port),
-            format!("--user={}", t.user),
-            format!("--key={}", t.key.display()),
+            format!("{prefix}n={n}"),
+            format!("{prefix}port={}", t.port),
+            format!("{prefix}user={}", t.user),
+            format!("{prefix}key={}", t.key.display()),
         ]
     };
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
@@ -384,7 +418,7 @@ pub fn command(
             } else {
                 Command::new(exe)
             };
-            c.arg("__client").args(common_kv());
+            c.arg("__client").args(common(""));
             // FANOUT_WORKERS overrides our `workers` (experiments).
             let workers = std::env::var("FANOUT_WORKERS")
                 .ok()
@@ -396,91 +430,20 @@ pub fn command(
             if let Ok(t) = std::env::var("FANOUT_IO_THREADS") {
                 c.arg(format!("io_threads={t}"));
             }
-            match w {
-                Work::Run { cmd, steps, joins } => {
-                    c.args(["kind=run".into(), format!("cmd={cmd}"), format!("steps={steps}")]);
-                    c.arg(format!("joins={}", u8::from(*joins)));
-                }
-                Work::Put { local, remote, .. } => {
-                    c.args([
-                        "kind=put".into(),
-                        format!("local={}", local.display()),
-                        format!("remote={}", remote.display()),
-                    ]);
-                }
-                Work::Get { remote, local_dir, .. } => {
-                    c.args([
-                        "kind=get".into(),
-                        format!("remote={}", remote.display()),
-                        format!("local={}/%LABEL%", local_dir.display()),
-                    ]);
-                }
-                Work::Rsync { tree, remote_dir, .. } => {
-                    c.args([
-                        "kind=rsync".into(),
-                        format!("local={}/", tree.display()),
-                        format!("remote={}/%LABEL%/", remote_dir.display()),
-                    ]);
-                }
-            }
+            c.args(work_args(w, ""));
             c
         }
+        (Tool::ParallelSsh, Work::Rsync { .. }) => return Err("parallel-ssh has no rsync".into()),
         (Tool::ParallelSsh, w) => {
             let mut c = Command::new(peers.python.as_ref().map_err(Clone::clone)?);
-            c.arg(&peers.py_script).args(common_opts());
-            match w {
-                Work::Run { cmd, steps, joins } => {
-                    c.args(["--kind=run".into(), format!("--cmd={cmd}"), format!("--steps={steps}")]);
-                    c.arg(format!("--joins={}", u8::from(*joins)));
-                }
-                Work::Put { local, remote, .. } => {
-                    c.args([
-                        "--kind=put".into(),
-                        format!("--local={}", local.display()),
-                        format!("--remote={}", remote.display()),
-                    ]);
-                }
-                Work::Get { remote, local_dir, .. } => {
-                    c.args([
-                        "--kind=get".into(),
-                        format!("--remote={}", remote.display()),
-                        format!("--local={}/%LABEL%", local_dir.display()),
-                    ]);
-                }
-                Work::Rsync { .. } => return Err("parallel-ssh has no rsync".into()),
-            }
+            c.arg(&peers.py_script).args(common("--"));
+            c.args(work_args(w, "--"));
             c
         }
         (Tool::Nop, w) => {
             let mut c = Command::new("perl");
-            c.arg(&peers.pl_script).args(common_opts());
-            match w {
-                Work::Run { cmd, steps, joins } => {
-                    c.args(["--kind=run".into(), format!("--cmd={cmd}"), format!("--steps={steps}")]);
-                    c.arg(format!("--joins={}", u8::from(*joins)));
-                }
-                Work::Put { local, remote, .. } => {
-                    c.args([
-                        "--kind=put".into(),
-                        format!("--local={}", local.display()),
-                        format!("--remote={}", remote.display()),
-                    ]);
-                }
-                Work::Get { remote, local_dir, .. } => {
-                    c.args([
-                        "--kind=get".into(),
-                        format!("--remote={}", remote.display()),
-                        format!("--local={}/%LABEL%", local_dir.display()),
-                    ]);
-                }
-                Work::Rsync { tree, remote_dir, .. } => {
-                    c.args([
-                        "--kind=rsync".into(),
-                        format!("--local={}/", tree.display()),
-                        format!("--remote={}/%LABEL%/", remote_dir.display()),
-                    ]);
-                }
-            }
+            c.arg(&peers.pl_script).args(common("--"));
+            c.args(work_args(w, "--"));
             c
         }
         (Tool::Pssh, Work::Run { cmd, steps, joins }) => {

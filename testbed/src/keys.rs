@@ -1,4 +1,7 @@
 //! Throwaway client key pairs generated with `ssh-keygen`, or in-process for ed25519.
+//!
+//! Invariant: a [`ClientKey`]'s files live in its own temporary directory (private key
+//! mode 0600), which is removed when it drops; nothing is written anywhere else.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -30,10 +33,15 @@ impl KeyType {
 /// A client key pair in a temporary directory (deleted on drop), made by `ssh-keygen`.
 #[derive(Debug)]
 pub struct ClientKey {
+    /// The temporary directory holding both files (removed on drop).
     dir: tempfile::TempDir,
+    /// The private key, in OpenSSH format, inside `dir`.
     private_path: PathBuf,
+    /// The public key (`private_path` + `.pub`), inside `dir`.
     public_path: PathBuf,
+    /// The public key file's line, trimmed: `ssh-ed25519 AAAA... comment`.
     public_line: String,
+    /// The passphrase the private key is encrypted with, if any.
     passphrase: Option<String>,
 }
 

@@ -11,6 +11,11 @@
 //! * [`Proxy::cut`]: a connection reset. Every open connection is closed at once.
 //!
 //! Plain threads: one accept thread, two per connection (one per direction).
+//!
+//! Invariants: a connection is in the proxy's table from its accept until its last pump
+//! ends (so [`Proxy::freeze`] and [`Proxy::cut`] see it even before the target answers); a
+//! frozen connection never forwards again, and stays open until it is cut, the proxy
+//! drops, or its client hangs up.
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -41,9 +46,13 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Dropping the proxy stops the listener and closes every connection; it waits at most
 /// about a second.
 pub struct Proxy {
+    /// Where clients connect: 127.0.0.1 and an ephemeral port.
     addr: SocketAddr,
+    /// Where every accepted connection is forwarded.
     target: SocketAddr,
+    /// State shared with the accept thread and the pumps.
     shared: Arc<Shared>,
+    /// The accept thread; `None` once joined.
     accept_thread: Option<JoinHandle<()>>,
 }
 
@@ -59,9 +68,13 @@ impl std::fmt::Debug for Proxy {
 }
 
 struct Shared {
+    /// Set when the proxy drops: the accept thread and every pump end.
     stopping: AtomicBool,
+    /// Connections accepted so far.
     accepted: AtomicU64,
+    /// The next connection id (ids are never reused).
     next_id: AtomicU64,
+    /// Open connections by id.
     conns: Mutex<HashMap<u64, Arc<Conn>>>,
 }
 
@@ -73,9 +86,13 @@ impl Shared {
 
 /// One proxied connection: the client's socket and, once connected, the target's.
 struct Conn {
+    /// The accepted socket.
     client: TcpStream,
+    /// The socket to the target (`None` until connected).
     upstream: Mutex<Option<TcpStream>>,
+    /// Set by [`Proxy::freeze`]: the pumps stop forwarding; never cleared.
     frozen: AtomicBool,
+    /// Set when the connection is closed (both sockets shut down); never cleared.
     closed: AtomicBool,
     /// Pump threads still running; the last one out unregisters the connection.
     pumps: AtomicUsize,
