@@ -1,5 +1,13 @@
 //! `ssh-parallel`: the command line. Runs a command (or copies files) on a
 //! node set of hosts with pdsh/clush habits, on the library's public API only.
+//!
+//! The run is started with `Parallel::start`; this (main) thread reads its
+//! events and hands them to the `track::Tracker`, which writes every line,
+//! record and progress update, so the library's threads never wait on our
+//! stdout. `interrupt` turns Ctrl-C into the run's cancel. Modules: `args`
+//! (clap), `hosts` (node sets), `sshopts` (`-o` and login options into a
+//! `Host`), `output` (modes, sinks, `-b`/`-L` printing, JSON records),
+//! `track`, `interrupt`, `exit` (the statuses).
 
 #![deny(missing_docs)]
 

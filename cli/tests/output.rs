@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::process::Stdio;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
@@ -86,11 +85,7 @@ fn json_lines_carry_lines_results_and_a_summary() {
     let hosts = format!("{},127.0.0.1:{refused}", c.nodeset(&[0, 1]));
     let out = c.run(&["--json", "-vvv", "-w", &hosts, "--", "cat id.txt; echo e >&2; exit 2"]);
     assert_eq!(out.code(), 1, "{out:?}");
-    let records: Vec<Value> = out
-        .stdout()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}")))
-        .collect();
+    let records = out.json_records();
     let of = |t: &'static str| records.iter().filter(move |r| r["type"] == t);
     let mut lines: Vec<(String, String, String)> = of("line")
         .map(|r| {
@@ -188,22 +183,12 @@ fn a_stdout_nobody_reads_does_not_delay_the_other_hosts() {
     // Far more than a pipe holds: the binary blocks on its stdout at once.
     let lines = 100_000;
     let cmd = format!("if grep -q loud id.txt; then seq 1 {lines}; else sleep 0.3; cat id.txt; fi");
-    let child = c
-        .cmd()
-        .args(["--json", "-w", &c.nodeset(&[0, 1, 2]), "--", &cmd])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = c.spawn(&["--json", "-w", &c.nodeset(&[0, 1, 2]), "--", &cmd]);
     std::thread::sleep(Duration::from_secs(2));
     let reading_from = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64();
     let out = wait_at_most(child, Duration::from_secs(60));
     assert_eq!(out.code(), 0, "{}", out.stderr());
-    let records: Vec<Value> = out
-        .stdout()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}")))
-        .collect();
+    let records = out.json_records();
     let loud = records
         .iter()
         .filter(|r| r["type"] == "line" && r["host"] == c.host(0))

@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::{processes_with, signal, unique_marker, wait_at_most, Cluster};
@@ -12,13 +11,7 @@ use common::{processes_with, signal, unique_marker, wait_at_most, Cluster};
 fn first_ctrl_c_prints_the_summary_and_exits_130() {
     let c = Cluster::start(&["fast", "slow"]);
     let cmd = "grep -q slow id.txt && sleep 30; cat id.txt";
-    let child = c
-        .cmd()
-        .args(["-w", &c.nodeset(&[0, 1]), "--", cmd])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = c.spawn(&["-w", &c.nodeset(&[0, 1]), "--", cmd]);
     // Wait for the fast host's line, then interrupt.
     std::thread::sleep(Duration::from_millis(1500));
     signal(child.id(), libc::SIGINT);
@@ -44,13 +37,7 @@ fn sigint_mid_run_leaves_no_remote_process_behind() {
     let c = Cluster::start(&["a", "b"]);
     let marker = unique_marker("sigint");
     let cmd = format!("sleep 60; echo {marker}");
-    let child = c
-        .cmd()
-        .args(["-b", "-w", &c.nodeset(&[0, 1]), "--", &cmd])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = c.spawn(&["-b", "-w", &c.nodeset(&[0, 1]), "--", &cmd]);
     let pid = child.id();
     let t = Instant::now();
     while processes_with(&marker, pid).len() < 2 {
@@ -85,13 +72,7 @@ fn a_second_sigint_exits_at_once() {
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let silent_host = format!("127.0.0.1:{}", silent.local_addr().unwrap().port());
     let hosts = format!("{},{silent_host}", c.host(0));
-    let child = c
-        .cmd()
-        .args(["-t", "60", "-w", &hosts, "--", "cat id.txt"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = c.spawn(&["-t", "60", "-w", &hosts, "--", "cat id.txt"]);
     std::thread::sleep(Duration::from_millis(1500));
     signal(child.id(), libc::SIGINT);
     std::thread::sleep(Duration::from_millis(300));
@@ -101,4 +82,35 @@ fn a_second_sigint_exits_at_once() {
     assert!(t.elapsed() < Duration::from_secs(5), "{out:?}");
     assert_eq!(out.code(), 130, "{out:?}");
     assert!(out.stdout().contains(&format!("{}: a\n", c.host(0))), "{out:?}");
+}
+
+#[test]
+fn an_interrupted_json_run_reports_cancelled_tasks_and_the_summary() {
+    let c = Cluster::start(&["fast", "slow"]);
+    let cmd = "grep -q slow id.txt && sleep 30; cat id.txt";
+    let child = c.spawn(&["--json", "-w", &c.nodeset(&[0, 1]), "--", cmd]);
+    std::thread::sleep(Duration::from_millis(1500));
+    signal(child.id(), libc::SIGINT);
+    let out = wait_at_most(child, Duration::from_secs(20));
+    assert_eq!(out.code(), 130, "{out:?}");
+    let records = out.json_records();
+    let mut statuses: Vec<&str> = records
+        .iter()
+        .filter(|r| r["type"] == "result")
+        .map(|r| r["status"].as_str().unwrap())
+        .collect();
+    statuses.sort_unstable();
+    assert_eq!(statuses, ["cancelled", "succeeded"], "{out:?}");
+    let last = records.last().unwrap();
+    assert_eq!(last["type"], "summary", "{out:?}");
+    assert_eq!(
+        (
+            &last["interrupted"],
+            &last["unfinished"],
+            &last["succeeded"],
+            &last["exit_code"]
+        ),
+        (&true.into(), &1.into(), &1.into(), &130.into()),
+        "{out:?}"
+    );
 }

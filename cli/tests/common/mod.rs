@@ -105,6 +105,16 @@ impl Cluster {
         c
     }
 
+    /// The binary started with `args`, its stdout and stderr piped.
+    pub fn spawn(&self, args: &[&str]) -> std::process::Child {
+        self.cmd()
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start ssh-parallel")
+    }
+
     pub fn run(&self, args: &[&str]) -> Out {
         Out(self.cmd().args(args).output().expect("run ssh-parallel"))
     }
@@ -122,6 +132,14 @@ impl Out {
     pub fn code(&self) -> i32 {
         self.0.status.code().expect("exited, not killed")
     }
+    /// Stdout as JSON Lines, one value a line.
+    pub fn json_records(&self) -> Vec<serde_json::Value> {
+        self.stdout()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}")))
+            .collect()
+    }
+
     pub fn sorted_stdout(&self) -> Vec<String> {
         let mut v: Vec<String> = self.stdout().lines().map(str::to_owned).collect();
         v.sort();
