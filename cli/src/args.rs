@@ -22,7 +22,8 @@ file (one or more a line, '#' starts a comment), '-' from standard input.
 Exit status: 0 every host succeeded; 1 some host failed; with -S the largest
 remote exit status (255 for a host that gave none: connection or transfer
 error); 2 usage error (bad option, node set, -o directive, unknown host);
-130 interrupted (Ctrl-C).";
+130 interrupted (Ctrl-C: the run is cancelled, running remote commands are
+hung up and what ran is summed up; a second Ctrl-C exits at once).";
 
 /// Runs a command, or copies files, on many hosts at once over SSH.
 #[derive(Parser, Debug)]

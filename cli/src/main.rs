@@ -1,23 +1,31 @@
 //! `ssh-parallel`: the command line. Runs a command (or copies files) on a
 //! node set of hosts with pdsh/clush habits, on the library's public API only.
+//!
+//! The run is started with `Parallel::start`; this (main) thread reads its
+//! events and hands them to the `track::Tracker`, which writes every line,
+//! record and progress update, so the library's threads never wait on our
+//! stdout. `interrupt` turns Ctrl-C into the run's cancel. Modules: `args`
+//! (clap), `hosts` (node sets), `sshopts` (`-o` and login options into a
+//! `Host`), `output` (modes, sinks, `-b`/`-L` printing, JSON records),
+//! `track`, `interrupt`, `exit` (the statuses).
 
 #![deny(missing_docs)]
 
 mod args;
 mod exit;
 mod hosts;
+mod interrupt;
 mod output;
 mod sshopts;
 mod track;
 
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::time::Duration;
 
-use ssh_parallel::{Action, Command, Parallel, RsyncGet, RsyncPut, ScpGet, ScpPut, TaskReport};
+use ssh_parallel::{Action, Command, Parallel, Report, RsyncGet, RsyncPut, ScpGet, ScpPut};
 
 use args::{Action as Sub, Cli, CopyArgs};
-use output::{Colours, Mode, Stream};
+use output::Mode;
 use sshopts::SshOptions;
 use track::Tracker;
 
@@ -85,30 +93,39 @@ fn run(cli: Cli) -> Result<i32, Usage> {
     }
 
     let mode = Mode::from_args(&cli.output);
-    let colours = Colours::detect();
     let order: Vec<String> = targets.iter().map(|t| t.label.clone()).collect();
-    let per_host = actions.len() / targets.len().max(1);
-    let tracker = Arc::new(Tracker::new(
-        mode,
-        colours,
-        order,
-        per_host,
-        common.fanout,
-        common.max_status,
-    ));
+    let mut tracker = Tracker::new(mode, output::Colours::detect(), order, common.max_status);
     for (label, action) in actions {
-        let action = finish_action(action, mode, colours, timeout, &tracker);
-        pssh.push(&label, action)?;
+        pssh.push(&label, finish_action(action, mode, timeout))?;
     }
-    install_interrupt(&tracker);
-    let report = pssh.run();
-    match tracker.finish(Some(&report)) {
-        Some(code) => Ok(code),
-        // Ctrl-C got there first and is printing its summary; it exits.
-        None => loop {
-            std::thread::park();
-        },
+    let (report, interrupted) = watch(&mut pssh, &mut tracker);
+    Ok(tracker.finish(&report, interrupted))
+}
+
+/// How long the event loop waits before it looks whether the run ended.
+const POLL: Duration = Duration::from_millis(20);
+
+/// Runs the plan, showing its events on this thread as they come; returns
+/// the report and whether Ctrl-C cancelled the run.
+fn watch(pssh: &mut Parallel, tracker: &mut Tracker) -> (Report, bool) {
+    let handle = pssh.start();
+    let canceller = handle.canceller();
+    interrupt::install(canceller.clone());
+    let events = handle.events().clone();
+    loop {
+        match events.recv_timeout(POLL) {
+            Ok(ev) => tracker.on_event(ev),
+            // The run sends its last event before its report is ready, so
+            // once it is, what is left is all in the channel.
+            Err(e) if e.is_disconnected() || handle.is_finished() => break,
+            Err(_) => {}
+        }
     }
+    for ev in events.try_iter() {
+        tracker.on_event(ev);
+    }
+    let report = handle.wait();
+    (report, canceller.is_cancelled())
 }
 
 /// The actions to push, label by label: the command, or the copies.
@@ -190,19 +207,11 @@ fn split_paths(c: &CopyArgs) -> Result<(&[String], &String), Usage> {
     }
 }
 
-/// Adds the output sinks, timeout and progress callback every action gets.
-fn finish_action(
-    action: Action,
-    mode: Mode,
-    colours: Colours,
-    timeout: Option<std::time::Duration>,
-    tracker: &Arc<Tracker>,
-) -> Action {
-    let t = tracker.clone();
-    let done = move |label: &str, r: &TaskReport| t.on_done(label, r);
+/// Adds the output sinks and the timeout every action gets.
+fn finish_action(action: Action, mode: Mode, timeout: Option<Duration>) -> Action {
     macro_rules! opts {
         ($a:expr) => {{
-            let a = $a.on_done(done);
+            let a = $a;
             match timeout {
                 Some(d) => a.timeout(d),
                 None => a,
@@ -210,38 +219,11 @@ fn finish_action(
         }};
     }
     match action {
-        Action::Command(c) => opts!(c
-            .stdout(output::sink(mode, Stream::Stdout, colours))
-            .stderr(output::sink(mode, Stream::Stderr, colours)))
-        .into(),
+        Action::Command(c) => opts!(c.stdout(output::sink(mode)).stderr(output::sink(mode))).into(),
         Action::ScpPut(a) => opts!(a).into(),
         Action::ScpGet(a) => opts!(a).into(),
         Action::RsyncPut(a) => opts!(a).into(),
         Action::RsyncGet(a) => opts!(a).into(),
         other => other,
-    }
-}
-
-/// First Ctrl-C: print what finished and exit 130; a second one exits at
-/// once. Remote commands still running are not cancelled (the library has
-/// no cancellable run yet): their channels close when this process exits.
-fn install_interrupt(tracker: &Arc<Tracker>) {
-    static PRESSED: AtomicUsize = AtomicUsize::new(0);
-    let tracker = tracker.clone();
-    let result = ctrlc::set_handler(move || {
-        if PRESSED.fetch_add(1, Ordering::SeqCst) > 0 {
-            std::process::exit(exit::INTERRUPTED);
-        }
-        let tracker = tracker.clone();
-        // The summary may block on a full pipe: print it off the handler
-        // thread so that the next Ctrl-C is still heard.
-        std::thread::spawn(move || {
-            if tracker.finish(None).is_some() {
-                std::process::exit(exit::INTERRUPTED);
-            }
-        });
-    });
-    if let Err(e) = result {
-        log::warn!("cannot catch Ctrl-C: {e}");
     }
 }

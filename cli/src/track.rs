@@ -1,37 +1,40 @@
-//! What has finished so far: fed by every task's `on_done`, it drives the
-//! progress display and the JSON `result` records, and at the end (or at
-//! Ctrl-C) prints the deferred output, the failure summary and picks the exit
-//! status.
+//! What the run shows while it goes and once it ended. Fed on the main
+//! thread with the run's events (live and JSON lines, JSON `result` records,
+//! the progress display); at the end it prints, from the final `Report`, the
+//! deferred output, the failure summary and picks the exit status.
+//!
+//! Invariant: nothing here is shared with the library's threads: a stdout
+//! nobody reads blocks this thread only, never the SSH event loop.
+//!
+//! May use: `output`, `hosts`, `exit`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::io::{IsTerminal, Write};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use ssh_parallel::{Report, TaskReport, TaskStatus};
+use ssh_parallel::{ErrorKind, Report, RunEvent, TaskReport, TaskStatus};
 
 use crate::exit;
 use crate::hosts::fold;
-use crate::output::{gather, json, paint, Colours, Mode};
+use crate::output::{emit, gather, json, paint, Colours, Mode};
 
-/// Per label: its task reports so far.
-type Done = BTreeMap<String, Vec<TaskReport>>;
-
-/// The run's shared record of finished tasks.
+/// The run's display state.
 pub struct Tracker {
     mode: Mode,
     colours: Colours,
     /// Labels in node order.
     order: Vec<String>,
-    tasks_per_host: usize,
-    fanout: usize,
     max_status: bool,
     started: Instant,
-    done: Mutex<Done>,
     bar: Option<ProgressBar>,
-    finishing: AtomicBool,
+    /// Labels with a task handed to its transport and not finished yet.
+    running: HashSet<Arc<str>>,
+    /// Labels whose queue is done.
+    done: usize,
+    /// Labels that ended on an error (not a cancel).
+    failed: usize,
 }
 
 /// How one host ended.
@@ -42,17 +45,9 @@ enum Outcome {
 }
 
 impl Tracker {
-    /// A tracker for `order` (labels in node order), each running
-    /// `tasks_per_host` tasks; the progress display is drawn only when output
-    /// is deferred and stderr is a terminal.
-    pub fn new(
-        mode: Mode,
-        colours: Colours,
-        order: Vec<String>,
-        tasks_per_host: usize,
-        fanout: usize,
-        max_status: bool,
-    ) -> Tracker {
+    /// A tracker for `order` (labels in node order); the progress display is
+    /// drawn only when output is deferred and stderr is a terminal.
+    pub fn new(mode: Mode, colours: Colours, order: Vec<String>, max_status: bool) -> Tracker {
         let bar = (mode.is_deferred() && std::io::stderr().is_terminal()).then(|| {
             let bar = ProgressBar::with_draw_target(Some(order.len() as u64), ProgressDrawTarget::stderr());
             let style = ProgressStyle::with_template("{spinner} {elapsed_precise} [{bar:30}] {pos}/{len} done, {msg}")
@@ -65,90 +60,80 @@ impl Tracker {
             mode,
             colours,
             order,
-            tasks_per_host: tasks_per_host.max(1),
-            fanout,
             max_status,
             started: Instant::now(),
-            done: Mutex::new(Done::new()),
             bar,
-            finishing: AtomicBool::new(false),
+            running: HashSet::new(),
+            done: 0,
+            failed: 0,
         };
-        t.update_bar(&Done::new());
+        t.update_bar();
         t
     }
 
-    /// Records a finished task (the `on_done` of every task pushed).
-    pub fn on_done(&self, label: &str, report: &TaskReport) {
-        let mut done = self.done.lock().unwrap_or_else(|p| p.into_inner());
-        if self.mode == Mode::Json {
-            json::result(label, report);
+    /// Shows one event of the run.
+    pub fn on_event(&mut self, ev: RunEvent) {
+        match ev {
+            RunEvent::Line {
+                label, stream, line, ..
+            } => match self.mode {
+                Mode::Live { prefix } => emit(stream.into(), &label, &line, prefix, self.colours),
+                Mode::Json => json::line(&label, stream.into(), &line),
+                // Their tasks capture: the report has the lines at the end.
+                Mode::Gather | Mode::ByHost { .. } => {}
+            },
+            RunEvent::Started { label, .. } => {
+                self.running.insert(label);
+                self.update_bar();
+            }
+            RunEvent::Finished { label, report } => {
+                // Local steps finish without starting; removing is harmless.
+                self.running.remove(&label);
+                if self.mode == Mode::Json {
+                    json::result(&label, &report);
+                }
+                self.update_bar();
+            }
+            RunEvent::LabelDone { label, error } => {
+                self.running.remove(&label);
+                self.done += 1;
+                if error.is_some_and(|e| e.kind() != ErrorKind::Cancelled) {
+                    self.failed += 1;
+                }
+                self.update_bar();
+            }
+            // An event added to the library later is nothing to show yet.
+            _ => {}
         }
-        done.entry(label.to_owned()).or_default().push(report.clone());
-        self.update_bar(&done);
     }
 
-    fn update_bar(&self, done: &Done) {
+    fn update_bar(&self) {
         let Some(bar) = &self.bar else { return };
-        let finished = done.values().filter(|t| self.host_finished(t)).count();
-        let failed = done.values().filter(|t| failed(t)).count();
-        let remaining = self.order.len().saturating_sub(finished);
-        // Every worker slot is busy while hosts remain, so this is what runs.
-        let running = if self.fanout == 0 {
-            remaining
-        } else {
-            remaining.min(self.fanout)
-        };
-        bar.set_position(finished as u64);
-        bar.set_message(format!("{failed} failed, {running} running"));
-    }
-
-    fn host_finished(&self, tasks: &[TaskReport]) -> bool {
-        tasks.len() >= self.tasks_per_host || failed(tasks)
+        bar.set_position(self.done as u64);
+        bar.set_message(format!("{} failed, {} running", self.failed, self.running.len()));
     }
 
     /// Prints what the mode defers, the failure summary (stderr) and, with
     /// `--json`, the summary record; returns the exit status. `report` is the
-    /// run's (absent when interrupted). Only the first caller gets `Some`:
-    /// the end of the run and a Ctrl-C may race.
-    pub fn finish(&self, report: Option<&Report>) -> Option<i32> {
-        if self.finishing.swap(true, Ordering::SeqCst) {
-            return None;
-        }
-        let interrupted = report.is_none();
-        let mut done = self.done.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(r) = report {
-            // The report is authoritative: tasks that never ran (cancelled,
-            // skipped) have no on_done of their own.
-            for l in r.labels() {
-                let seen = done.get(l.label()).map_or(0, Vec::len);
-                if self.mode == Mode::Json {
-                    for t in l.tasks().iter().skip(seen) {
-                        json::result(l.label(), t);
-                    }
-                }
-                done.insert(l.label().to_owned(), l.tasks().to_vec());
-            }
-        }
+    /// run's final one; `interrupted` says whether Ctrl-C cancelled it.
+    pub fn finish(self, report: &Report, interrupted: bool) -> i32 {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }
-        let empty: Vec<TaskReport> = Vec::new();
+        let by_label: BTreeMap<&str, &[TaskReport]> = report.labels().iter().map(|l| (l.label(), l.tasks())).collect();
         let hosts: Vec<gather::HostTasks<'_>> = self
             .order
             .iter()
-            .map(|l| (l.as_str(), done.get(l).map_or(&empty[..], Vec::as_slice)))
+            .map(|l| (l.as_str(), by_label.get(l.as_str()).copied().unwrap_or_default()))
             .collect();
         match self.mode {
             Mode::Gather => gather::print_gathered(&hosts, self.colours),
             Mode::ByHost { prefix } => gather::print_by_host(&hosts, prefix, self.colours),
             Mode::Live { .. } | Mode::Json => {}
         }
-        let outcomes: Vec<(&str, Outcome)> = hosts
-            .iter()
-            .map(|(l, t)| (*l, self.outcome(l, t, report.is_some())))
-            .collect();
+        let outcomes: Vec<(&str, Outcome)> = hosts.iter().map(|(l, t)| (*l, outcome(l, t))).collect();
         let _ = std::io::stdout().flush();
-        self.print_failures(&outcomes, interrupted);
+        self.print_failures(&outcomes);
         let code = self.exit_code(&outcomes, interrupted);
         if self.mode == Mode::Json {
             let count = |f: fn(&Outcome) -> bool| outcomes.iter().filter(|(_, o)| f(o)).count();
@@ -161,38 +146,18 @@ impl Tracker {
             json::summary(counts, interrupted, self.started.elapsed(), code);
         }
         let _ = std::io::stdout().flush();
-        Some(code)
-    }
-
-    fn outcome(&self, label: &str, tasks: &[TaskReport], complete: bool) -> Outcome {
-        let exit_code = tasks.iter().filter_map(TaskReport::exit_code).max();
-        if let Some(e) = tasks
-            .iter()
-            .find(|t| t.status() == TaskStatus::Failed)
-            .and_then(TaskReport::error)
-        {
-            let message = match (e.kind(), e.exit_code()) {
-                (_, Some(c)) => format!("exited with status {c}"),
-                (kind, None) => format!("{kind}: {}", without_host(e.detail(), label)),
-            };
-            return Outcome::Failed { message, exit_code };
-        }
-        if complete || tasks.len() >= self.tasks_per_host {
-            Outcome::Succeeded(exit_code)
-        } else {
-            Outcome::Unfinished
-        }
+        code
     }
 
     /// `web[03,07]: connect: connection refused`, one line per distinct
     /// message, hosts folded, in node order of each message's first host.
-    fn print_failures(&self, outcomes: &[(&str, Outcome)], interrupted: bool) {
+    fn print_failures(&self, outcomes: &[(&str, Outcome)]) {
         let mut groups: Vec<(String, Vec<&str>)> = Vec::new();
         for (label, o) in outcomes {
             let message = match o {
                 Outcome::Failed { message, .. } => message.clone(),
-                Outcome::Unfinished if interrupted => "interrupted before it finished".to_owned(),
-                _ => continue,
+                Outcome::Unfinished => "interrupted before it finished".to_owned(),
+                Outcome::Succeeded(_) => continue,
             };
             match groups.iter_mut().find(|(m, _)| *m == message) {
                 Some((_, hosts)) => hosts.push(label),
@@ -230,8 +195,26 @@ impl Tracker {
     }
 }
 
-fn failed(tasks: &[TaskReport]) -> bool {
-    tasks.iter().any(|t| t.status() == TaskStatus::Failed)
+/// How a host ended, from its tasks in the final report: a failure wins
+/// (it happened before any cancel), then a cancelled task (Ctrl-C).
+fn outcome(label: &str, tasks: &[TaskReport]) -> Outcome {
+    let exit_code = tasks.iter().filter_map(TaskReport::exit_code).max();
+    if let Some(e) = tasks
+        .iter()
+        .find(|t| t.status() == TaskStatus::Failed)
+        .and_then(TaskReport::error)
+    {
+        let message = match (e.kind(), e.exit_code()) {
+            (_, Some(c)) => format!("exited with status {c}"),
+            (kind, None) => format!("{kind}: {}", without_host(e.detail(), label)),
+        };
+        return Outcome::Failed { message, exit_code };
+    }
+    if tasks.iter().any(|t| t.status() == TaskStatus::Cancelled) {
+        Outcome::Unfinished
+    } else {
+        Outcome::Succeeded(exit_code)
+    }
 }
 
 /// `detail` without the `: `-separated parts that name the host, so that

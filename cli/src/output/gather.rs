@@ -1,6 +1,22 @@
 //! Output shown after completion: `-b` groups hosts whose output and exit
 //! status are identical under one folded node set (the `clubak -b` layout),
 //! `-L` lists each host's lines in node order.
+//!
+//! Why not `Report::gather`: clubak groups each stream on its own, and so do
+//! we (stdout groups keyed on the output and the exit status, printed on
+//! stdout; stderr groups keyed on the text alone, printed on stderr), while
+//! `Report::gather` keys one group on stdout, stderr and every task's status
+//! together. With it, hosts printing the same stdout but different warnings
+//! would be split into several stdout groups, and hosts printing the same
+//! warning but exiting differently into several stderr groups: the output
+//! would no longer be clubak's.
+//!
+//! Node sets are folded by `hosts::fold` (the `nodeset` crate) rather than
+//! the library's `fold_labels`: it folds every dimension (`r[1-2]n[1-4]`,
+//! where `fold_labels` folds the trailing number only) and is the very
+//! grammar `-w` parses, so a printed set can be pasted back into `-w`.
+//!
+//! May use: `output`, `hosts`.
 
 use std::io::Write;
 

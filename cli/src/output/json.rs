@@ -9,12 +9,26 @@
 //!   "duration_ms":N,"attempts":N}`;
 //! * `summary`, last: `{"type":"summary","hosts":N,"succeeded":N,"failed":N,
 //!   "unfinished":N,"interrupted":BOOL,"duration_ms":N,"exit_code":N}`.
+//!
+//! `line` records are written as the run's `RunEvent::Line`s arrive,
+//! `result` records as its `RunEvent::Finished`s do: every task of the run
+//! gets exactly one, those cancelled by Ctrl-C (`"cancelled"`) and those
+//! never reached included.
+//!
+//! The `result` record is this program's contract, built field by field
+//! from the `TaskReport`, rather than the library's serde shape of it: that
+//! shape names error kinds by variant (`"Connect"` where ours says
+//! `"connect"`), gives durations in float seconds where ours gives
+//! `duration_ms`, and carries the captured output, which here is already in
+//! the `line` records (and not captured at all with `--json`). Keeping the
+//! record apart also keeps the CLI's output stable when the library's shape
+//! grows.
 
 use std::io::Write;
 use std::time::{Duration, UNIX_EPOCH};
 
 use serde_json::{json, Value};
-use ssh_parallel::{TaskReport, TaskStatus};
+use ssh_parallel::TaskReport;
 
 use super::Stream;
 
@@ -27,21 +41,6 @@ fn write(record: &Value) {
 /// A `line` record.
 pub fn line(host: &str, stream: Stream, line: &str) {
     write(&json!({"type": "line", "host": host, "stream": stream.name(), "line": line}));
-}
-
-/// The JSON name of a task status.
-pub fn status_name(s: TaskStatus) -> String {
-    let name = match s {
-        TaskStatus::Succeeded => "succeeded",
-        TaskStatus::Failed => "failed",
-        TaskStatus::Ignored => "ignored",
-        TaskStatus::Jumped => "jumped",
-        TaskStatus::Skipped => "skipped",
-        TaskStatus::Cancelled => "cancelled",
-        // A status added to the library later still gets a readable name.
-        other => return format!("{other:?}").to_lowercase(),
-    };
-    name.to_owned()
 }
 
 /// A `result` record.
@@ -57,7 +56,7 @@ pub fn result(host: &str, t: &TaskReport) {
         "type": "result",
         "host": host,
         "task": t.description(),
-        "status": status_name(t.status()),
+        "status": t.status().as_str(),
         "exit_code": t.exit_code(),
         "signal": t.signal(),
         "error": error,

@@ -1,12 +1,19 @@
 //! Where remote output goes in each mode: live lines as they arrive, gathered
 //! or per-host blocks after completion, or JSON Lines.
+//!
+//! Live and JSON lines come from the run's `RunEvent::Line`s, written by the
+//! main thread (`track`); tasks then keep nothing (`Output::null`). `-b` and
+//! `-L` need every host's whole output at the end: their tasks capture it
+//! into the report.
+//!
+//! May use: `args`, `hosts`.
 
 pub mod gather;
 pub mod json;
 
 use std::io::{IsTerminal, Write};
 
-use ssh_parallel::Output;
+use ssh_parallel::{Output, OutputStream};
 
 use crate::args::OutputArgs;
 
@@ -56,6 +63,15 @@ pub enum Stream {
     Stdout,
     /// Standard error.
     Stderr,
+}
+
+impl From<OutputStream> for Stream {
+    fn from(s: OutputStream) -> Stream {
+        match s {
+            OutputStream::Stdout => Stream::Stdout,
+            OutputStream::Stderr => Stream::Stderr,
+        }
+    }
 }
 
 impl Stream {
@@ -122,11 +138,11 @@ pub fn emit(stream: Stream, label: &str, line: &str, prefix: bool, colours: Colo
     };
 }
 
-/// The `Output` a command's `stream` gets in `mode`.
-pub fn sink(mode: Mode, stream: Stream, colours: Colours) -> Output {
+/// The `Output` a command's streams get in `mode`: the line events carry
+/// what live and JSON modes show, so only the deferred modes capture.
+pub fn sink(mode: Mode) -> Output {
     match mode {
-        Mode::Live { prefix } => Output::lines(move |label, line| emit(stream, label, line, prefix, colours)),
-        Mode::Json => Output::lines(move |label, line| json::line(label, stream, line)),
         Mode::Gather | Mode::ByHost { .. } => Output::capture(),
+        Mode::Live { .. } | Mode::Json => Output::null(),
     }
 }
