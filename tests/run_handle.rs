@@ -219,3 +219,31 @@ fn dropping_the_handle_cancels_and_puts_the_plan_back() {
     p.push("a", Command::new("echo again")).unwrap();
     assert!(p.run().success());
 }
+
+/// The event channel is closed after the last event, so a plain blocking
+/// loop over it ends with the run, locally and over SSH.
+#[test]
+fn the_event_channel_closes_after_the_last_event() {
+    for server in [None, Some(Server::embedded())] {
+        let mut p = Parallel::new();
+        for l in ["a", "b"] {
+            let host = server.as_ref().map_or_else(Host::local, |s| s.host());
+            p.add_host(l, host).unwrap();
+        }
+        p.all(Command::new("echo hi from %LABEL%")).unwrap();
+        let run = p.start();
+        let events = run.events().clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let n = events.iter().count();
+            let _ = tx.send(n);
+        });
+        let report = run.wait();
+        assert!(report.success(), "{report}");
+        let n = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the event channel is still open after the run ended");
+        // Started, Line, Finished and LabelDone for each of the two labels.
+        assert_eq!(n, 8, "events of a two-label, one-line run");
+    }
+}

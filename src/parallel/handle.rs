@@ -23,7 +23,8 @@ use crate::scheduler::Scheduler;
 /// - [`events`](Self::events): a receiver of [`RunEvent`]s, in order per
 ///   label. The channel is unbounded so the run never waits for a slow
 ///   reader; events nobody reads stay in memory until the receiver (every
-///   clone of it) is dropped. It stays readable after the run ended.
+///   clone of it) is dropped. It stays readable after the run ended, and
+///   is closed after the last event, so `events().iter()` ends with the run.
 /// - [`cancel`](Self::cancel) (or a [`Canceller`] from
 ///   [`canceller`](Self::canceller), for another thread): no task starts any
 ///   more; running ones are cancelled the way a timeout cancels them; every
