@@ -1,7 +1,7 @@
 //! Secrets stay secret: passwords, key passphrases and in-memory private keys
 //! appear nowhere a user or a log collector can read them — not in `Debug` or
-//! `Display` of hosts, the builder, errors or reports, and not in the logs at
-//! `trace` level.
+//! `Display` of hosts, the builder, errors or reports, not in the report's
+//! JSON, and not in the logs at `trace` level.
 //!
 //! The logins run in a child process (this test binary re-run with
 //! `RUST_LOG=trace` and the real `env_logger`), so that *everything* the
@@ -73,6 +73,10 @@ fn child_logins_at_trace_level() {
     let report = pssh.run();
     println!("report display:\n{report}");
     println!("report debug:\n{report:#?}");
+    println!(
+        "report json:\n{}",
+        serde_json::to_string(&report).expect("the report serializes")
+    );
     for (label, e) in pssh.get_errors() {
         println!("error {label}: {e} / {e:?}");
         let mut source = std::error::Error::source(e);
