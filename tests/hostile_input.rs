@@ -171,3 +171,137 @@ fn non_utf8_output_and_megabyte_lines_are_kept_byte_exact() {
     // The lossy text view never panics on it.
     assert!(report.label("a").unwrap().tasks()[0].stdout_str().ends_with("\0end"));
 }
+
+/// One line of an ssh_config: known keywords with odd values, `Host` and
+/// `Match` headers, and junk. Never `Match exec` (it would run the text) nor
+/// an `Include` of anything but a missing relative file.
+fn ssh_config_line() -> impl Strategy<Value = String> {
+    let keyword = prop::sample::select(vec![
+        "HostName",
+        "User",
+        "Port",
+        "IdentityFile",
+        "ProxyJump",
+        "ProxyCommand",
+        "ConnectTimeout",
+        "StrictHostKeyChecking",
+        "UserKnownHostsFile",
+        "SetEnv",
+        "Ciphers",
+        "ForwardAgent",
+        "IdentityAgent",
+        "ServerAliveInterval",
+        "RequestTTY",
+        "AddressFamily",
+        "Compression",
+        "host",
+        "Match",
+        "IgnoreUnknown",
+        "NoSuchKeyword",
+    ]);
+    let value = prop_oneof![
+        "[a-z0-9%~=\"'@:,.!*?{}$ /\\[\\]-]{0,30}",
+        any::<String>().prop_map(|s| s.replace(['\n', '\r'], " ")),
+        Just("none".to_owned()),
+        Just("%h:%p %r %%".to_owned()),
+        Just("all".to_owned()),
+        Just("host !a*,b? user x".to_owned()),
+        Just("\"unterminated".to_owned()),
+    ];
+    prop_oneof![
+        (keyword, value.clone(), prop::bool::ANY).prop_map(|(k, v, eq)| if eq {
+            format!("{k}={v}")
+        } else {
+            format!("  {k} {v}")
+        }),
+        value.prop_map(|v| format!("# {v}")),
+        Just("Include missing-fragment-*.conf".to_owned()),
+        "[\\x00-\\x7f]{0,20}",
+    ]
+    .prop_filter("no Match exec", |l| !l.to_ascii_lowercase().contains("exec"))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// Any configuration resolves, or is refused with an error naming the
+    /// file and a line that exists; never a panic.
+    #[test]
+    fn ssh_configs_resolve_or_name_file_and_line(
+        lines in prop::collection::vec(ssh_config_line(), 0..12),
+        alias in "[a-z][a-z0-9.-]{0,12}",
+    ) {
+        use ssh_parallel::ssh_config::{resolve, ConfigFile, Query};
+        use ssh_parallel::{ConfigError, ResolveEnv};
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config");
+        std::fs::write(&file, lines.join("\n")).unwrap();
+        let env = ResolveEnv {
+            home: dir.path().to_path_buf(),
+            local_user: "me".into(),
+            uid: 1000,
+            local_host: "here.example".into(),
+            files: vec![ConfigFile::explicit(&file)],
+            shell: "/bin/sh".into(),
+            vars: Default::default(),
+            system_dir: dir.path().to_path_buf(),
+        };
+        match resolve(&env, &Query::new(alias)) {
+            Ok(_) => {}
+            Err(ConfigError::Invalid { file: f, line, message }) => {
+                prop_assert_eq!(&f, &file);
+                prop_assert!(line >= 1 && line <= lines.len().max(1), "line {line} of {}: {message}", lines.len());
+            }
+            Err(ConfigError::IncludeDepth { file: f, .. }) => prop_assert_eq!(&f, &file),
+            Err(e) => prop_assert!(false, "unexpected error kind: {e}"),
+        }
+    }
+}
+
+#[test]
+fn cyclic_and_deep_includes_and_nul_bytes_in_ssh_config_name_file_and_line() {
+    use ssh_parallel::ssh_config::{resolve, ConfigFile, Query};
+    use ssh_parallel::{ConfigError, ResolveEnv};
+    let dir = tempfile::tempdir().unwrap();
+    let env = |file: &std::path::Path| ResolveEnv {
+        home: dir.path().to_path_buf(),
+        local_user: "me".into(),
+        uid: 1000,
+        local_host: "here".into(),
+        files: vec![ConfigFile::explicit(file)],
+        shell: "/bin/sh".into(),
+        vars: Default::default(),
+        system_dir: dir.path().to_path_buf(),
+    };
+    // A file that includes itself.
+    let cyclic = dir.path().join("cyclic");
+    std::fs::write(&cyclic, format!("Port 2222\nInclude {}\n", cyclic.display())).unwrap();
+    match resolve(&env(&cyclic), &Query::new("h")) {
+        Err(ConfigError::IncludeDepth { file, line }) => assert_eq!((file.as_path(), line), (cyclic.as_path(), 2)),
+        other => panic!("a cyclic include: {other:?}"),
+    }
+    // A chain 40 deep.
+    for i in 0..40 {
+        let next = dir.path().join(format!("deep{}", i + 1));
+        std::fs::write(
+            dir.path().join(format!("deep{i}")),
+            format!("Include {}\n", next.display()),
+        )
+        .unwrap();
+    }
+    std::fs::write(dir.path().join("deep40"), "Port 1\n").unwrap();
+    let e = resolve(&env(&dir.path().join("deep0")), &Query::new("h")).unwrap_err();
+    assert!(matches!(e, ConfigError::IncludeDepth { .. }), "{e}");
+    assert!(e.to_string().contains(":1: too many nested includes"), "{e}");
+    // NUL bytes and a 1 MB line.
+    let nul = dir.path().join("nul");
+    std::fs::write(&nul, b"Port 22\nUser a\0b\n").unwrap();
+    let e = resolve(&env(&nul), &Query::new("h")).unwrap_err();
+    assert!(e.to_string().starts_with(&format!("{}:2:", nul.display())), "{e}");
+    let long = dir.path().join("long");
+    std::fs::write(&long, format!("User {}\n", "u".repeat(1 << 20))).unwrap();
+    match resolve(&env(&long), &Query::new("h")) {
+        Ok(c) => assert_eq!(c.user.as_deref().map(str::len), Some(1 << 20)),
+        Err(e) => assert!(e.to_string().starts_with(&format!("{}:1:", long.display())), "{e}"),
+    }
+}
