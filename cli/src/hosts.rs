@@ -70,6 +70,56 @@ fn sources(value: &str, stdin_used: &mut bool) -> Result<Vec<String>, String> {
         .collect())
 }
 
+/// The most hosts one command line may name. The node-set parser expands
+/// ranges as it parses (100 million names take seconds and gigabytes), so a
+/// typo such as `h[1-1000000000]` is refused before parsing.
+pub const MAX_HOSTS: u128 = 1_000_000;
+
+/// An upper bound on how many names `entry` expands to: every operand of
+/// `!`, `&` and `^` counted in full, each the product of its brackets' sizes.
+fn upper_bound(entry: &str) -> u128 {
+    let mut total: u128 = 0;
+    let mut operand: u128 = 1;
+    let mut bracket = String::new();
+    let mut depth = 0u32;
+    for c in entry.chars() {
+        match c {
+            '[' => {
+                depth += 1;
+                bracket.clear();
+            }
+            ']' if depth > 0 => {
+                depth -= 1;
+                operand = operand.saturating_mul(bracket_size(&bracket));
+            }
+            '!' | '&' | '^' if depth == 0 => {
+                total = total.saturating_add(operand);
+                operand = 1;
+            }
+            _ if depth > 0 => bracket.push(c),
+            _ => {}
+        }
+    }
+    total.saturating_add(operand)
+}
+
+/// How many values a bracket's `a-b[/step]` and `n` pieces list.
+fn bracket_size(inside: &str) -> u128 {
+    inside
+        .split(',')
+        .map(|piece| {
+            let range = piece.split('/').next().unwrap_or("");
+            match range.split_once('-') {
+                Some((a, b)) => match (a.trim().parse::<u128>(), b.trim().parse::<u128>()) {
+                    (Ok(a), Ok(b)) if b >= a => b - a + 1,
+                    _ => 1,
+                },
+                None => 1,
+            }
+        })
+        .fold(0u128, u128::saturating_add)
+}
+
 /// Parses one node-set text whose comma-separated entries may carry a
 /// `user@` prefix; the node-set parser would read `@` as a group reference.
 fn parse_with_users(text: &str) -> Result<(NodeSet, BTreeMap<String, String>), String> {
@@ -88,6 +138,12 @@ fn parse_with_users(text: &str) -> Result<(NodeSet, BTreeMap<String, String>), S
             if u.chars().any(|c| c.is_whitespace() || "[]!&^,".contains(c)) {
                 return Err(format!("invalid user {u:?} in node set {text:?}"));
             }
+        }
+        let bound = upper_bound(nodes);
+        if bound > MAX_HOSTS {
+            return Err(format!(
+                "node set {nodes:?} names up to {bound} hosts, more than the {MAX_HOSTS} one run accepts"
+            ));
         }
         let part: NodeSet = nodes.parse().map_err(|e| format!("invalid node set {text:?}: {e}"))?;
         if let Some(u) = user {
@@ -184,6 +240,46 @@ mod tests {
             labels(&["127.0.0.1:[4001-4002]"], &[]),
             ["127.0.0.1:4001", "127.0.0.1:4002"]
         );
+    }
+
+    #[test]
+    fn absurd_ranges_are_refused_before_expansion() {
+        let t = std::time::Instant::now();
+        for text in [
+            "h[1-100000000]",
+            "r[1-1000]n[1-1001]",
+            "a[1-2]!b[0-99999999999999999999999999]",
+        ] {
+            let e = select(&[text.into()], &[]).unwrap_err();
+            assert!(e.contains("more than the 1000000"), "{text}: {e}");
+        }
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(5),
+            "took {:?}",
+            t.elapsed()
+        );
+        assert_eq!(labels(&["r[1-1000]n[1-1000]"], &[]).len(), 1_000_000);
+        assert_eq!(upper_bound("web[01-03,07]"), 4);
+        assert_eq!(upper_bound("a[1-4]&a[2-6]"), 9);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 512, ..Default::default() })]
+        /// Any `-w`/`-x` text expands or is refused with a message; never a
+        /// panic. (Texts starting with `^` or equal to `-` read files or
+        /// stdin and are left to the fixed tests.)
+        #[test]
+        fn node_sets_expand_or_are_refused(
+            w in "[a-z0-9@:.,!&^\\[\\]/-]{0,24}",
+            x in proptest::option::of("[a-z0-9,\\[\\]-]{0,12}"),
+        ) {
+            proptest::prop_assume!(!w.starts_with('^') && w != "-");
+            let exclude: Vec<String> = x.into_iter().collect();
+            match select(&[w.clone()], &exclude) {
+                Ok(targets) => proptest::prop_assert!(targets.len() as u128 <= MAX_HOSTS),
+                Err(e) => proptest::prop_assert!(!e.is_empty() && !e.contains('\n'), "{w:?}: {e:?}"),
+            }
+        }
     }
 
     #[test]
