@@ -472,6 +472,8 @@ pub fn run(cfg: &Config) -> Result<Summary, String> {
         ));
     }
     crate::verify::verify(&report, &plans, &kinds, &pushed, dir.path(), cfg.seed, &mut summary);
+    let received: Vec<(u16, Vec<String>)> = servers.iter().flatten().map(|s| (s.port(), s.commands())).collect();
+    crate::verify::no_cross_talk(&plans, &kinds, &received, &mut summary);
     Ok(summary)
 }
 

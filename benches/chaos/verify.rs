@@ -186,3 +186,32 @@ fn expect_label_error(got: Option<ErrorKind>, want: Option<ErrorKind>, fail: &mu
         fail(format!("label error {got:?}, expected {want:?}"));
     }
 }
+
+/// Every command a server received that names a label (its output pattern, its
+/// `echo`, its file paths) must come from that label's own server: a command run
+/// on another label's connection would otherwise pass unnoticed whenever both
+/// servers are healthy.
+pub fn no_cross_talk(plans: &[LabelPlan], kinds: &[KindSpec], received: &[(u16, Vec<String>)], summary: &mut Summary) {
+    let ports: HashMap<&str, u16> = plans.iter().map(|p| (p.label.as_str(), p.port)).collect();
+    for (port, commands) in received {
+        for command in commands {
+            for kind in kinds {
+                let needle = format!("{}-", kind.name);
+                for (at, _) in command.match_indices(&needle) {
+                    let end = at + needle.len() + 5;
+                    let Some(label) = command.get(at..end) else { continue };
+                    if !label[needle.len()..].bytes().all(|b| b.is_ascii_digit()) {
+                        continue;
+                    }
+                    match ports.get(label) {
+                        Some(p) if p == port => {}
+                        Some(p) => summary.failures.push(format!(
+                            "{label}: command {command:?} reached the server on port {port}, not the label's {p}"
+                        )),
+                        None => {}
+                    }
+                }
+            }
+        }
+    }
+}
