@@ -60,6 +60,25 @@ pub fn verify(
             continue;
         }
         let reruns: u64 = tasks.iter().map(|t| u64::from(t.reruns())).sum();
+        // Whatever the fault, a `seq` reported successful must have printed everything:
+        // a connection cut mid-command must never pass for a clean exit.
+        if let Some(t) = tasks.first().filter(|t| t.status() == Succeeded) {
+            let want = expected_lines(&p.label, p.lines);
+            let got = t.stdout().unwrap_or_default();
+            if got != want.as_slice() {
+                summary.failures.push(format!(
+                    "{} ({}): `seq` reported {:?} (exit {:?}, {} re-runs) with {} bytes of its {} (truncated flag {})",
+                    p.label,
+                    kind.name,
+                    t.status(),
+                    t.exit_code(),
+                    t.reruns(),
+                    got.len(),
+                    want.len(),
+                    t.stdout_truncated()
+                ));
+            }
+        }
         let mut fail = |what: String| {
             summary
                 .failures
