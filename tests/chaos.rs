@@ -26,6 +26,7 @@ fn config(seed: u64) -> Config {
         deadline: Duration::from_secs(60),
         kill_every: Duration::from_secs(1),
         downtime: Duration::from_millis(200),
+        reconnect_delay: Duration::from_millis(300),
         // Client and the twelve in-process servers together, for 80 labels; the
         // bench reports the real figures.
         rss_bound_kb: 256 * 1024,

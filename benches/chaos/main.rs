@@ -46,7 +46,8 @@ fn main() {
         seed,
         workers: env_u64("CHAOS_WORKERS").unwrap_or(256) as usize,
         deadline: Duration::from_secs(env_u64("CHAOS_DEADLINE_SECS").unwrap_or(300)),
-        kill_every: Duration::from_millis(3000),
+        kill_every: Duration::from_millis(5000),
+        reconnect_delay: Duration::from_millis(500),
         downtime: Duration::from_millis(250),
         rss_bound_kb: env_u64("CHAOS_RSS_BOUND_MB").map_or(64 * 1024 + 256 * labels as u64, |mb| mb * 1024),
     };
@@ -134,7 +135,7 @@ fn describe(name: &str) -> String {
     let what = match name {
         "ok" => "none",
         "slow" => "slow server (300 ms before the handshake)",
-        "restart" => "server killed and restarted every 3 s (250 ms down)",
+        "restart" => "server killed and restarted every 5 s (250 ms down)",
         "dep" => "none, joins the `bytes` labels",
         "refused" => "refused (closed before the banner)",
         "silent" => "silent before the banner",

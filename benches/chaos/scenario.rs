@@ -267,6 +267,9 @@ pub struct Config {
     pub kill_every: Duration,
     /// How long a killed server refuses connections.
     pub downtime: Duration,
+    /// The client's pause before each reconnection: longer than `downtime`, so that one
+    /// kill costs a task at most two of its reconnections.
+    pub reconnect_delay: Duration,
     /// Allowed growth of the RSS over the run (client and the in-process servers), KiB.
     pub rss_bound_kb: u64,
 }
@@ -409,7 +412,7 @@ pub fn run(cfg: &Config) -> Result<Summary, String> {
 
     let mut pssh = Parallel::builder()
         .workers(cfg.workers)
-        .reconnect_delay(Duration::from_millis(100))
+        .reconnect_delay(cfg.reconnect_delay)
         .build()
         .map_err(|e| e.to_string())?;
     for p in &plans {

@@ -170,7 +170,17 @@ fn expect_statuses(tasks: &[TaskReport], want: &[TaskStatus], fail: &mut impl Fn
     if got != want {
         let errors: Vec<String> = tasks
             .iter()
-            .filter_map(|t| t.error().map(|e| format!("[{}] {e}", t.seq())))
+            .filter_map(|t| {
+                t.error().map(|e| {
+                    format!(
+                        "[{}] {e} ({} attempts, {} re-runs, {:.1} s)",
+                        t.seq(),
+                        t.attempts(),
+                        t.reruns(),
+                        t.duration().as_secs_f64()
+                    )
+                })
+            })
             .collect();
         fail(format!("statuses {got:?}, expected {want:?}; errors: {errors:?}"));
     }
