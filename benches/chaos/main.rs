@@ -47,7 +47,7 @@ fn main() {
         workers: env_u64("CHAOS_WORKERS").unwrap_or(256) as usize,
         deadline: Duration::from_secs(env_u64("CHAOS_DEADLINE_SECS").unwrap_or(300)),
         kill_every: Duration::from_millis(5000),
-        reconnect_delay: Duration::from_millis(500),
+        reconnect_delay: Duration::from_millis(100),
         downtime: Duration::from_millis(250),
         rss_bound_kb: env_u64("CHAOS_RSS_BOUND_MB").map_or(64 * 1024 + 256 * labels as u64, |mb| mb * 1024),
     };

@@ -267,8 +267,8 @@ pub struct Config {
     pub kill_every: Duration,
     /// How long a killed server refuses connections.
     pub downtime: Duration,
-    /// The client's pause before each reconnection: longer than `downtime`, so that one
-    /// kill costs a task at most two of its reconnections.
+    /// The client's pause before each reconnection (each attempt during a `downtime`
+    /// window is refused and spends one of the task's reconnections).
     pub reconnect_delay: Duration,
     /// Allowed growth of the RSS over the run (client and the in-process servers), KiB.
     pub rss_bound_kb: u64,
