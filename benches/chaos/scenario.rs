@@ -587,17 +587,12 @@ pub(crate) fn content_for(label: &str, seed: u64) -> Vec<u8> {
     file_content(label, seed)
 }
 
-/// Whether a status counts in the summary's table under this name.
-pub fn status_name(s: TaskStatus) -> String {
-    format!("{s:?}")
-}
-
 /// Counts statuses over the report (for the summary).
 pub fn count_statuses(report: &Report) -> BTreeMap<String, usize> {
     let mut m = BTreeMap::new();
     for l in report.labels() {
         for t in l.tasks() {
-            *m.entry(status_name(t.status())).or_default() += 1;
+            *m.entry(format!("{:?}", t.status())).or_default() += 1;
         }
     }
     m
