@@ -18,9 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
-use ssh_parallel::{
-    Command, ErrorKind, Host, HostKeyCheck, Join, OnError, Parallel, Report, ScpGet, ScpPut, TaskStatus,
-};
+use ssh_parallel::{Command, ErrorKind, Host, HostKeyCheck, Join, OnError, Parallel, Report, ScpGet, ScpPut};
 use testbed::{EmbeddedServer, Fault};
 
 use crate::rss::{Memory, Sampler};
