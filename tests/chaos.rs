@@ -1,0 +1,71 @@
+//! Chaos at a small scale, in the normal test suite: the scenario of
+//! `cargo bench --bench chaos` (labels over faulty embedded servers, joins, transfers,
+//! policies, servers killed mid-run) with 80 labels, once with a fixed seed and once
+//! with a fresh one that is printed (`CHAOS_SEED=N` replays it).
+
+#[path = "../benches/chaos/rss.rs"]
+mod rss;
+#[path = "../benches/chaos/scenario.rs"]
+mod scenario;
+#[path = "../benches/chaos/verify.rs"]
+mod verify;
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use scenario::{clock_seed, Config};
+
+/// The two runs measure this process's memory: one at a time.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn config(seed: u64) -> Config {
+    Config {
+        labels: 80,
+        seed,
+        workers: 0,
+        deadline: Duration::from_secs(60),
+        kill_every: Duration::from_secs(1),
+        downtime: Duration::from_millis(200),
+        reconnect_delay: Duration::from_millis(300),
+        // Client and the twelve in-process servers together, for 80 labels; the
+        // bench reports the real figures.
+        rss_bound_kb: 256 * 1024,
+    }
+}
+
+fn run(seed: u64) {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    eprintln!("chaos seed: {seed} (replay with CHAOS_SEED={seed})");
+    let summary = scenario::run(&config(seed)).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+    eprintln!(
+        "seed {seed}: {} labels, {} tasks, {:?}, RSS +{} KiB, {} kills, per kind {:?}, statuses {:?}",
+        summary.labels,
+        summary.tasks,
+        summary.wall,
+        summary.memory.peak_kb.saturating_sub(summary.memory.start_kb),
+        summary.kills,
+        summary.per_kind,
+        summary.statuses
+    );
+    assert!(
+        summary.failures.is_empty(),
+        "seed {seed}: {} mismatches:\n{}",
+        summary.failures.len(),
+        summary.failures.join("\n")
+    );
+    assert!(summary.kills > 0, "seed {seed}: the restart servers were never killed");
+}
+
+#[test]
+fn chaos_fixed_seed() {
+    run(0x0005_EEDC_4A05);
+}
+
+#[test]
+fn chaos_random_seed() {
+    let seed = std::env::var("CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(clock_seed);
+    run(seed);
+}
