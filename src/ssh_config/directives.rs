@@ -48,7 +48,6 @@ const IGNORED: &[&str] = &[
     "gssapirenewalforcesrekey",
     "gssapitrustdns",
     "gssapikexalgorithms",
-    "hashknownhosts",
     "hostbasedacceptedalgorithms",
     "hostbasedkeytypes",
     "hostbasedauthentication",
@@ -235,6 +234,7 @@ pub(crate) fn apply(cfg: &mut SshConfig, line: &Line, active: bool, origin: &Ori
         "macs" => first!(active, cfg.macs, algorithms(single(line)?)?),
         "hostkeyalgorithms" => first!(active, cfg.host_key_algorithms, algorithms(single(line)?)?),
         "compression" => first!(active, cfg.compression, flag(single(line)?)?),
+        "hashknownhosts" => first!(active, cfg.hash_known_hosts, flag(single(line)?)?),
         "setenv" => {
             let was_empty = cfg.set_env.is_empty();
             for arg in args {

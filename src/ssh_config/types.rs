@@ -230,6 +230,8 @@ pub struct SshConfig {
     pub user_known_hosts_files: Option<KnownHostsFiles>,
     /// `GlobalKnownHostsFile`.
     pub global_known_hosts_files: Option<KnownHostsFiles>,
+    /// `HashKnownHosts`: names added to known_hosts are hashed.
+    pub hash_known_hosts: Option<bool>,
     /// `HostKeyAlias`: the name looked up in known_hosts.
     pub host_key_alias: Option<String>,
     /// `PubkeyAuthentication` (`unbound`/`host-bound` count as yes).
