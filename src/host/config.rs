@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 use super::{Host, HostKeyCheck, Target};
 use crate::error::{Error, ErrorKind, Result};
 use crate::ssh_config::{
-    self, AddressFamily, Algorithms, ConfigError, ConfigFile, IdentityAgent, KnownHostsFiles, Proxy, Query,
-    RequestTty, ResolveEnv, SshConfig, StrictHostKeyChecking,
+    self, AddressFamily, Algorithms, ConfigError, ConfigFile, IdentityAgent, KnownHostsFiles, Proxy, Query, RequestTty,
+    ResolveEnv, SshConfig, StrictHostKeyChecking,
 };
 
 /// Which OpenSSH configuration a `Parallel` reads.
@@ -55,9 +55,9 @@ impl SshConfigs {
         if self.env.is_none() {
             let env = match &self.source {
                 ConfigSource::Env(env) => (**env).clone(),
-                ConfigSource::File(path) => {
-                    ResolveEnv::from_system().map_err(config_error)?.with_only_file(Some(ConfigFile::explicit(path)))
-                }
+                ConfigSource::File(path) => ResolveEnv::from_system()
+                    .map_err(config_error)?
+                    .with_only_file(Some(ConfigFile::explicit(path))),
                 _ => ResolveEnv::from_system().map_err(config_error)?,
             };
             self.env = Some(env);
@@ -262,14 +262,24 @@ fn apply(label: &str, host: &mut Host, cfg: SshConfig, env: &ResolveEnv) -> Resu
     if host.connect_timeout.is_none() {
         if let Some(t) = cfg.connect_timeout.filter(|t| !t.is_zero()) {
             host.connect_timeout = Some(t);
-            note(&mut taken, &cfg, &format!("ConnectTimeout {}", t.as_secs()), "connecttimeout");
+            note(
+                &mut taken,
+                &cfg,
+                &format!("ConnectTimeout {}", t.as_secs()),
+                "connecttimeout",
+            );
         }
     }
     s.connection_attempts = cfg.connection_attempts.unwrap_or(1);
     if !host.set.keepalive {
         if let Some(t) = cfg.server_alive_interval {
             host.keepalive = t;
-            note(&mut taken, &cfg, &format!("ServerAliveInterval {}", t.as_secs()), "serveraliveinterval");
+            note(
+                &mut taken,
+                &cfg,
+                &format!("ServerAliveInterval {}", t.as_secs()),
+                "serveraliveinterval",
+            );
         }
     }
     if !host.set.keepalive_count_max {
@@ -284,7 +294,12 @@ fn apply(label: &str, host: &mut Host, cfg: SshConfig, env: &ResolveEnv) -> Resu
                 StrictHostKeyChecking::AcceptNew => HostKeyCheck::AcceptNew,
                 _ => HostKeyCheck::Off,
             };
-            note(&mut taken, &cfg, &format!("StrictHostKeyChecking {strict:?}"), "stricthostkeychecking");
+            note(
+                &mut taken,
+                &cfg,
+                &format!("StrictHostKeyChecking {strict:?}"),
+                "stricthostkeychecking",
+            );
         }
     }
     let user_files = match &cfg.user_known_hosts_files {

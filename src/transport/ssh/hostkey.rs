@@ -182,7 +182,10 @@ mod tests {
         // HMAC-SHA1 keyed with the salt, over the name (RFC 2104 test tooling agrees).
         let line = hash_with_salt("example.com", &STANDARD_SALT);
         assert_eq!(line, "|1|AAECAwQFBgcICQoLDA0ODxAREhM=|nnUK16ANsXd3hL31YfAkGOluSjU=");
-        assert!(hashed_name("h").unwrap() != hashed_name("h").unwrap(), "a fresh salt each time");
+        assert!(
+            hashed_name("h").unwrap() != hashed_name("h").unwrap(),
+            "a fresh salt each time"
+        );
     }
 
     const STANDARD_SALT: [u8; 20] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19];
