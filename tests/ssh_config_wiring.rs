@@ -227,7 +227,48 @@ fn match_exec_decides(server: &Server) {
     assert!(e.to_string().contains(":1"), "{e}");
 }
 
+/// Algorithm lists (applied to libssh2's defaults), Compression, SetEnv and
+/// RequestTTY force reach the session and its commands.
+fn algorithms_compression_setenv_and_tty(server: &Server) {
+    let home = Home::new(server);
+    let config = home.config(&home.web(
+        server,
+        concat!(
+            "  StrictHostKeyChecking no\n  Ciphers aes256-ctr\n  MACs -hmac-sha1*\n",
+            "  KexAlgorithms ^curve25519-sha256\n  HostKeyAlgorithms ssh-ed25519\n  Compression yes\n",
+            "  SetEnv CFG_VAR=hello\n  RequestTTY force\n",
+        ),
+    ));
+    let mut p = home.parallel(&config);
+    p.add_host("h", Host::new("web")).unwrap();
+    p.push("h", Command::new("echo \"$CFG_VAR:${TERM:-none}\"")).unwrap();
+    let r = p.run();
+    assert!(r.success(), "{r}");
+    assert!(output(&r).contains("hello:xterm"), "{:?}", output(&r));
+}
+
+/// An algorithm list libssh2 cannot speak fails the connection naming the
+/// directive's file:line, instead of silently using other algorithms.
+fn unsupported_algorithms_fail_naming_the_line(server: &Server) {
+    let home = Home::new(server);
+    let config = home.config(&home.web(
+        server,
+        "  StrictHostKeyChecking no\n  KexAlgorithms sntrup761x25519-sha512@openssh.com\n",
+    ));
+    let r = run(&mut home.parallel(&config), Host::new("web"));
+    let e = r.label("h").unwrap().error().expect("no common kex");
+    assert_eq!(e.kind(), ErrorKind::Connect, "{e}");
+    let msg = e.to_string();
+    assert!(msg.contains("KexAlgorithms"), "{msg}");
+    assert!(
+        msg.contains(&format!("{}:10", home.path().join("config").display())),
+        "{msg}"
+    );
+}
+
 on_both!(
+    algorithms_compression_setenv_and_tty,
+    unsupported_algorithms_fail_naming_the_line,
     config_supplies_the_destination_and_records_the_key_hashed,
     accept_new_writes_plain_names_by_default,
     a_changed_key_is_refused,
@@ -318,4 +359,52 @@ fn opting_out_ignores_the_file() {
     fs::write(&config, "Port x\n").unwrap();
     let mut p = Parallel::builder().ssh_config(&config).no_ssh_config().build().unwrap();
     p.add_host("w", Host::new("web")).unwrap();
+}
+
+/// `PasswordAuthentication no` and `KbdInteractiveAuthentication no` (or a
+/// `PreferredAuthentications` without them) turn those methods off even
+/// with a password given, as they would for `ssh`; the error says nothing
+/// was tried.
+#[test]
+fn config_turns_authentication_methods_off() {
+    let server = Server::embedded();
+    let dir = tempfile::tempdir().unwrap();
+    let port = server.addr().port();
+    for extra in [
+        "  PasswordAuthentication no\n  KbdInteractiveAuthentication no\n",
+        "  PreferredAuthentications publickey\n",
+    ] {
+        let config = dir.path().join("config");
+        fs::write(
+            &config,
+            format!(
+                "Host web\n  HostName 127.0.0.1\n  Port {port}\n  StrictHostKeyChecking no\n  \
+                 IdentityAgent none\n  IdentityFile ~/.ssh/none\n{extra}"
+            ),
+        )
+        .unwrap();
+        let mut p = Parallel::builder()
+            .ssh_config_env(env_for(dir.path(), &config))
+            .build()
+            .unwrap();
+        let host = Host::new("web").user(servers::USER).password(servers::PASSWORD);
+        let r = run(&mut p, host);
+        let e = r.label("h").unwrap().error().expect("no method left");
+        assert_eq!(e.kind(), ErrorKind::Connect, "{extra}: {e}");
+        assert!(e.to_string().contains("authentication failed"), "{e}");
+        assert!(!e.to_string().contains("tried password"), "{e}");
+    }
+    // The same config without the switches logs in with the password.
+    let config = dir.path().join("config");
+    fs::write(
+        &config,
+        format!("Host web\n  HostName 127.0.0.1\n  Port {port}\n  StrictHostKeyChecking no\n  IdentityAgent none\n"),
+    )
+    .unwrap();
+    let mut p = Parallel::builder()
+        .ssh_config_env(env_for(dir.path(), &config))
+        .build()
+        .unwrap();
+    let host = Host::new("web").user(servers::USER).password(servers::PASSWORD);
+    assert!(run(&mut p, host).success());
 }

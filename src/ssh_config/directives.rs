@@ -135,7 +135,7 @@ pub(crate) fn apply(cfg: &mut SshConfig, line: &Line, active: bool, origin: &Ori
             let value = single(line)?.to_string();
             if active && cfg.hostname.is_none() {
                 cfg.hostname = Some(value);
-                cfg.origins.insert("hostname", origin.clone());
+                cfg.origins.insert("hostname".into(), origin.clone());
             }
         }
         "user" => first!(active, cfg.user, single(line)?.to_string()),
@@ -172,7 +172,7 @@ pub(crate) fn apply(cfg: &mut SshConfig, line: &Line, active: bool, origin: &Ori
             let value = super::jump::proxy_jump(single(line)?)?;
             if active && cfg.proxy.is_none() {
                 cfg.proxy = Some(value);
-                cfg.origins.insert("proxyjump", origin.clone());
+                cfg.origins.insert("proxyjump".into(), origin.clone());
             }
         }
         "proxycommand" => {
@@ -187,7 +187,7 @@ pub(crate) fn apply(cfg: &mut SshConfig, line: &Line, active: bool, origin: &Ori
             };
             if active && cfg.proxy.is_none() {
                 cfg.proxy = Some(value);
-                cfg.origins.insert("proxycommand", origin.clone());
+                cfg.origins.insert("proxycommand".into(), origin.clone());
             }
         }
         "connecttimeout" => {
@@ -278,6 +278,10 @@ pub(crate) fn apply(cfg: &mut SshConfig, line: &Line, active: bool, origin: &Ori
             }
             log::debug!("{origin}: ignoring unknown keyword {keyword} (IgnoreUnknown)");
         }
+    }
+    // The first active line of a keyword is the one whose value was obtained.
+    if active && !cfg.origins.contains_key(line.keyword.as_str()) {
+        cfg.origins.insert(line.keyword.clone(), origin.clone());
     }
     Ok(())
 }

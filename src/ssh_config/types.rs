@@ -260,9 +260,9 @@ pub struct SshConfig {
     pub forward_agent: Option<ForwardAgent>,
     /// `AddressFamily`.
     pub address_family: Option<AddressFamily>,
-    /// Where the single-valued text directives came from (for expansion
-    /// errors), by lowercase keyword.
-    pub(crate) origins: BTreeMap<&'static str, Origin>,
+    /// Where each directive's obtained value came from (for expansion
+    /// errors and logs), by lowercase keyword.
+    pub(crate) origins: BTreeMap<String, Origin>,
     /// `IgnoreUnknown`: keywords that are not errors when unknown.
     pub(crate) ignore_unknown: Option<String>,
 }

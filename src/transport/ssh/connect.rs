@@ -224,10 +224,10 @@ fn set_methods(sess: &Session, s: &SshSettings) -> Result<(), String> {
                 .supported_algs(t)
                 .map_err(|e| format!("cannot list libssh2's {}: {e}", kind.keyword()))?;
             let wanted = alg.apply(&supported);
-            let usable: Vec<&str> = wanted
+            let mut usable: Vec<&str> = wanted
                 .iter()
                 .map(String::as_str)
-                .filter(|n| supported.contains(n))
+                .filter(|n| supported.contains(n) && !is_kex_extension(n))
                 .collect();
             if usable.is_empty() {
                 return Err(format!(
@@ -237,6 +237,9 @@ fn set_methods(sess: &Session, s: &SshSettings) -> Result<(), String> {
                     supported.join(",")
                 ));
             }
+            // The extension markers are not algorithms a user names: keep them
+            // (strict kex is the Terrapin fix, ext-info enables rsa-sha2 user keys).
+            usable.extend(supported.iter().copied().filter(|n| is_kex_extension(n)));
             sess.method_pref(t, &usable.join(","))
                 .map_err(|e| format!("{origin}: {}: {e}", kind.keyword()))?;
         }
@@ -245,6 +248,11 @@ fn set_methods(sess: &Session, s: &SshSettings) -> Result<(), String> {
         sess.set_compress(true);
     }
     Ok(())
+}
+
+/// libssh2's pseudo-algorithms in its kex list (`ext-info-c`, `kex-strict-c-v00@openssh.com`).
+fn is_kex_extension(name: &str) -> bool {
+    name.starts_with("ext-info-") || name.starts_with("kex-strict-")
 }
 
 /// The handshake failure message; says so when SHA-1-only algorithms are the likely cause.
