@@ -1,7 +1,10 @@
 //! Authentication, in order: in-memory keys, the host's key files, the
 //! agent's identities, OpenSSH's default key files, password,
 //! keyboard-interactive; each method only if the server lists it (once
-//! asked). Failing, the error lists everything tried and why it failed.
+//! asked) and the host's OpenSSH configuration leaves it on
+//! (`SshSettings::methods_off`; keyboard-interactive first when
+//! `PreferredAuthentications` says so). Failing, the error lists everything
+//! tried and why it failed.
 //!
 //! Invariant: `auth_timeout` (the connection's deadline) bounds it all; the
 //! agent socket is local, so its blocking calls are brief.

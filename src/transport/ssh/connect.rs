@@ -1,7 +1,9 @@
 //! Connecting: resolving the name (on a helper thread: getaddrinfo blocks),
-//! non-blocking TCP to each address in turn, creating the session and the
-//! SSH handshake, then the host-key check; and what a passed deadline means
-//! in each phase.
+//! non-blocking TCP to each address in turn (of the configured
+//! `AddressFamily`, `ConnectionAttempts` rounds), creating the session (with
+//! the configuration's algorithm preferences and compression) and the SSH
+//! handshake, then the host-key check; and what a passed deadline means in
+//! each phase.
 //!
 //! Invariant: `connect_timeout` bounds resolving, TCP and the handshake,
 //! `auth_timeout` authentication; libssh2's own read timeout is set beyond
