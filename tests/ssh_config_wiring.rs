@@ -149,6 +149,21 @@ fn accept_new_writes_plain_names_by_default(server: &Server) {
     assert!(run(&mut home.parallel(&config), Host::new("web")).success());
 }
 
+/// HostKeyAlias names the entry instead of `[host]:port`, written and read.
+fn host_key_alias_names_the_entry(server: &Server) {
+    let home = Home::new(server);
+    let config = home.config(&home.web(server, "  StrictHostKeyChecking accept-new\n  HostKeyAlias web-key\n"));
+    assert!(run(&mut home.parallel(&config), Host::new("web")).success());
+    let text = fs::read_to_string(home.known_hosts()).unwrap();
+    assert!(text.starts_with("web-key "), "{text}");
+    let config = home.config(&home.web(server, "  StrictHostKeyChecking yes\n  HostKeyAlias web-key\n"));
+    assert!(run(&mut home.parallel(&config), Host::new("web")).success());
+    let config = home.config(&home.web(server, "  StrictHostKeyChecking yes\n  HostKeyAlias other\n"));
+    let r = run(&mut home.parallel(&config), Host::new("web"));
+    let e = r.label("h").unwrap().error().expect("no entry for `other`");
+    assert!(e.to_string().contains("no key for it"), "{e}");
+}
+
 /// A key recorded for the host that is not the server's is refused under
 /// accept-new (hashed or not), naming the file; nothing is added.
 fn a_changed_key_is_refused(server: &Server) {
@@ -267,6 +282,7 @@ fn unsupported_algorithms_fail_naming_the_line(server: &Server) {
 }
 
 on_both!(
+    host_key_alias_names_the_entry,
     algorithms_compression_setenv_and_tty,
     unsupported_algorithms_fail_naming_the_line,
     config_supplies_the_destination_and_records_the_key_hashed,

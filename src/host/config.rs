@@ -355,3 +355,6 @@ fn apply(label: &str, host: &mut Host, cfg: SshConfig, env: &ResolveEnv) -> Resu
     host.ssh = s;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;
