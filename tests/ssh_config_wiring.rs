@@ -66,11 +66,7 @@ impl Home {
 
     /// A `Parallel` reading only `config`, with this home for `~`.
     fn parallel(&self, config: &Path) -> Parallel {
-        let mut env = ResolveEnv::from_system()
-            .unwrap()
-            .with_only_file(Some(ConfigFile::explicit(config)));
-        env.home = self.path().to_path_buf();
-        Parallel::builder().ssh_config_env(env).build().unwrap()
+        parallel_for(self.path(), config)
     }
 
     /// The config lines that reach `server` as alias `web`, trusting nothing yet.
@@ -292,12 +288,13 @@ on_both!(
     match_exec_decides,
 );
 
-fn env_for(dir: &Path, config: &Path) -> ResolveEnv {
+/// A `Parallel` reading only `config`, with `dir` as the home.
+fn parallel_for(dir: &Path, config: &Path) -> Parallel {
     let mut env = ResolveEnv::from_system()
         .unwrap()
         .with_only_file(Some(ConfigFile::explicit(config)));
     env.home = dir.to_path_buf();
-    env
+    Parallel::builder().ssh_config_env(env).build().unwrap()
 }
 
 #[test]
@@ -305,10 +302,7 @@ fn a_malformed_config_is_invalid_config_at_add_host_naming_file_and_line() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("config");
     fs::write(&config, "Host web\n  Port 22\n  Port twenty\n").unwrap();
-    let mut p = Parallel::builder()
-        .ssh_config_env(env_for(dir.path(), &config))
-        .build()
-        .unwrap();
+    let mut p = parallel_for(dir.path(), &config);
     let e = p.add_host("w", Host::new("web")).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidConfig, "{e}");
     assert!(e.to_string().contains(&format!("{}:3", config.display())), "{e}");
@@ -337,10 +331,7 @@ fn proxy_jump_and_proxy_command_are_refused_naming_the_directive() {
         "Host behind\n  ProxyJump ops@bastion\nHost piped\n  ProxyCommand nc %h %p\nHost direct\n  ProxyJump none\n",
     )
     .unwrap();
-    let mut p = Parallel::builder()
-        .ssh_config_env(env_for(dir.path(), &config))
-        .build()
-        .unwrap();
+    let mut p = parallel_for(dir.path(), &config);
     for (alias, directive, line) in [("behind", "ProxyJump", 2), ("piped", "ProxyCommand", 4)] {
         let e = p.add_host(alias, Host::new(alias)).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidConfig, "{e}");
@@ -357,10 +348,7 @@ fn opting_out_ignores_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("config");
     fs::write(&config, "Host web\n  HostName 127.0.0.1\n  Port 2222\n  User deploy\n").unwrap();
-    let mut p = Parallel::builder()
-        .ssh_config_env(env_for(dir.path(), &config))
-        .build()
-        .unwrap();
+    let mut p = parallel_for(dir.path(), &config);
     p.add_host("w", Host::new("web")).unwrap();
     let h = p.host("w").unwrap();
     assert_eq!(
@@ -399,10 +387,7 @@ fn config_turns_authentication_methods_off() {
             ),
         )
         .unwrap();
-        let mut p = Parallel::builder()
-            .ssh_config_env(env_for(dir.path(), &config))
-            .build()
-            .unwrap();
+        let mut p = parallel_for(dir.path(), &config);
         let host = Host::new("web").user(servers::USER).password(servers::PASSWORD);
         let r = run(&mut p, host);
         let e = r.label("h").unwrap().error().expect("no method left");
@@ -417,10 +402,7 @@ fn config_turns_authentication_methods_off() {
         format!("Host web\n  HostName 127.0.0.1\n  Port {port}\n  StrictHostKeyChecking no\n  IdentityAgent none\n"),
     )
     .unwrap();
-    let mut p = Parallel::builder()
-        .ssh_config_env(env_for(dir.path(), &config))
-        .build()
-        .unwrap();
+    let mut p = parallel_for(dir.path(), &config);
     let host = Host::new("web").user(servers::USER).password(servers::PASSWORD);
     assert!(run(&mut p, host).success());
 }
