@@ -10,6 +10,7 @@
 //!
 //! May use: `ssh_config`, `error`, `host` (its parent).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use super::{Host, HostKeyCheck, Target};
@@ -33,17 +34,27 @@ pub(crate) enum ConfigSource {
     Off,
 }
 
-/// A `ConfigSource` and the environment built from it on first use.
+/// A `ConfigSource`, the environment built from it on first use, and the
+/// resolutions made so far.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct SshConfigs {
     source: ConfigSource,
     env: Option<ResolveEnv>,
+    /// Thousands of hosts often share a few names (or all differ): reading
+    /// and evaluating the files once per distinct query, not per label,
+    /// keeps `add_host` cheap. Resolutions that ran `Match exec` are not
+    /// kept, as the command may decide otherwise next time.
+    cache: HashMap<Query, SshConfig>,
 }
 
 impl SshConfigs {
     /// Reads configuration from `source`.
     pub(crate) fn new(source: ConfigSource) -> SshConfigs {
-        SshConfigs { source, env: None }
+        SshConfigs {
+            source,
+            env: None,
+            cache: HashMap::new(),
+        }
     }
 
     /// Resolves the configuration for an SSH `host` and applies it (other
@@ -68,7 +79,16 @@ impl SshConfigs {
             user: host.user.clone(),
             port: host.port,
         };
-        let cfg = ssh_config::resolve(env, &query).map_err(config_error)?;
+        let cfg = match self.cache.get(&query) {
+            Some(cfg) => cfg.clone(),
+            None => {
+                let cfg = ssh_config::resolve(env, &query).map_err(config_error)?;
+                if !cfg.depends_on_commands() {
+                    self.cache.insert(query, cfg.clone());
+                }
+                cfg
+            }
+        };
         apply(label, host, cfg, env)
     }
 }

@@ -263,6 +263,9 @@ pub struct SshConfig {
     /// Where each directive's obtained value came from (for expansion
     /// errors and logs), by lowercase keyword.
     pub(crate) origins: BTreeMap<String, Origin>,
+    /// A `Match exec` command ran: the result may differ from one
+    /// resolution of the same query to the next.
+    pub(crate) ran_exec: bool,
     /// `IgnoreUnknown`: keywords that are not errors when unknown.
     pub(crate) ignore_unknown: Option<String>,
 }

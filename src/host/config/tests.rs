@@ -111,3 +111,33 @@ fn local_hosts_and_opt_out_read_nothing() {
     assert_eq!(e.kind(), ErrorKind::InvalidConfig);
     assert!(e.to_string().contains("config:1"), "{e}");
 }
+
+#[test]
+fn resolutions_are_reused_unless_match_exec_ran() {
+    let dir = tempfile::tempdir().unwrap();
+    let (file, flag) = (dir.path().join("config"), dir.path().join("flag"));
+    std::fs::write(
+        &file,
+        format!(
+            "Match host x exec \"test -e {}\"\n Port 1\nHost y\n Port 2\n",
+            flag.display()
+        ),
+    )
+    .unwrap();
+    let mut env = ResolveEnv::from_system()
+        .unwrap()
+        .with_only_file(Some(ConfigFile::explicit(&file)));
+    env.home = dir.path().to_path_buf();
+    let mut configs = SshConfigs::new(ConfigSource::Env(Box::new(env)));
+    let port = |configs: &mut SshConfigs, name: &str| {
+        let mut h = Host::new(name);
+        configs.apply("l", &mut h).unwrap();
+        h.port
+    };
+    assert_eq!(port(&mut configs, "x"), None);
+    assert_eq!(port(&mut configs, "y"), Some(2));
+    std::fs::write(&flag, "").unwrap();
+    assert_eq!(port(&mut configs, "x"), Some(1), "Match exec runs again");
+    std::fs::write(&file, "Host y\n Port 3\n").unwrap();
+    assert_eq!(port(&mut configs, "y"), Some(2), "resolved once per Parallel");
+}
