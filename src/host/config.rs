@@ -165,7 +165,7 @@ impl AlgorithmKind {
 /// A configuration error as the crate reports it: file:line in the message.
 fn config_error(e: ConfigError) -> Error {
     let kind = match &e {
-        ConfigError::Io { .. } => ErrorKind::Local,
+        ConfigError::Io { .. } | ConfigError::Environment(_) => ErrorKind::Local,
         _ => ErrorKind::InvalidConfig,
     };
     Error::new(kind, format!("OpenSSH configuration: {e}"))
