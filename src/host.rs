@@ -3,7 +3,12 @@
 //! Invariant: a `Host` is plain data, shared read-only (`Arc<Host>`) by the
 //! plan and every job once registered.
 //!
-//! May use: `error`, `policy` (`OnError`), `fault` (a fault host's script).
+//! `config` applies the user's OpenSSH configuration to a host.
+//!
+//! May use: `error`, `policy` (`OnError`), `fault` (a fault host's script),
+//! `ssh_config` (through `config`).
+
+mod config;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -12,6 +17,8 @@ use std::time::Duration;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::policy::OnError;
+
+pub(crate) use config::{AlgorithmKind, ConfigSource, SshConfigs, SshSettings};
 
 /// Keepalive interval when none is set (see [`Host::keepalive`]).
 pub(crate) const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(15);
@@ -55,6 +62,9 @@ pub(crate) enum Target {
 #[derive(Clone)]
 pub struct Host {
     pub(crate) target: Target,
+    /// The name given (what OpenSSH `Host` patterns see).
+    pub(crate) alias: String,
+    /// Where to connect: the alias, or the configuration's `HostName`.
     pub(crate) hostname: String,
     pub(crate) user: Option<String>,
     pub(crate) port: Option<u16>,
@@ -73,12 +83,26 @@ pub struct Host {
     pub(crate) reconnections: Option<u32>,
     pub(crate) vars: BTreeMap<String, String>,
     pub(crate) expand_vars: bool,
+    /// Which defaultable settings the API set (they win over the configuration).
+    pub(crate) set: Explicit,
+    /// What the OpenSSH configuration decided beyond the fields above.
+    pub(crate) ssh: SshSettings,
+}
+
+/// Settings with a non-`Option` default that the API set explicitly.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Explicit {
+    pub(crate) agent: bool,
+    pub(crate) host_key_check: bool,
+    pub(crate) keepalive: bool,
+    pub(crate) keepalive_count_max: bool,
 }
 
 impl Host {
     fn with_target(target: Target, hostname: String) -> Host {
         Host {
             target,
+            alias: hostname.clone(),
             hostname,
             user: None,
             port: None,
@@ -97,6 +121,8 @@ impl Host {
             reconnections: None,
             vars: BTreeMap::new(),
             expand_vars: true,
+            set: Explicit::default(),
+            ssh: SshSettings::default(),
         }
     }
 
@@ -106,12 +132,18 @@ impl Host {
         Host::with_target(Target::Local, "localhost".to_owned())
     }
 
-    /// An SSH server by host name or address.
+    /// An SSH server by host name, address or OpenSSH alias. When the host is
+    /// registered ([`Parallel::add_host`](crate::Parallel::add_host)), the
+    /// user's OpenSSH configuration is resolved for this name (as `ssh NAME`
+    /// would) and fills in what the `Host` API leaves unset; see the README's
+    /// "Using your OpenSSH configuration".
     pub fn new(hostname: impl Into<String>) -> Host {
         Host::with_target(Target::Ssh, hostname.into())
     }
 
     /// Parses `[user@]host[:port]`; IPv6 addresses go in brackets: `[::1]:2222`.
+    /// The user and port given here win over the OpenSSH configuration, as
+    /// with `ssh -l USER -p PORT`.
     pub fn parse(spec: &str) -> Result<Host> {
         let bad = |why: &str| {
             Err(Error::new(
@@ -167,13 +199,14 @@ impl Host {
         Host::with_target(Target::Fault(script), "fault".to_owned())
     }
 
-    /// The login user (default: the user running this program).
+    /// The login user (default: the configuration's `User`, else the user
+    /// running this program).
     pub fn user(mut self, user: impl Into<String>) -> Self {
         self.user = Some(user.into());
         self
     }
 
-    /// The SSH port (default 22).
+    /// The SSH port (default: the configuration's `Port`, else 22).
     pub fn port(mut self, port: u16) -> Self {
         self.port = Some(port);
         self
@@ -204,12 +237,14 @@ impl Host {
     /// (default on; every identity is tried, not only the first).
     pub fn agent(mut self, on: bool) -> Self {
         self.agent = on;
+        self.set.agent = true;
         self
     }
 
     /// Uses the ssh-agent listening on this socket instead of `$SSH_AUTH_SOCK`.
     pub fn agent_socket(mut self, path: impl Into<PathBuf>) -> Self {
         self.agent = true;
+        self.set.agent = true;
         self.agent_socket = Some(path.into());
         self
     }
@@ -223,6 +258,7 @@ impl Host {
     /// How the server's host key is checked (default [`HostKeyCheck::Strict`]).
     pub fn host_key_check(mut self, check: HostKeyCheck) -> Self {
         self.host_key_check = check;
+        self.set.host_key_check = true;
         self
     }
 
@@ -248,12 +284,14 @@ impl Host {
     /// re-run). `Duration::ZERO` turns it off. Default 15 s.
     pub fn keepalive(mut self, interval: Duration) -> Self {
         self.keepalive = interval;
+        self.set.keepalive = true;
         self
     }
 
     /// Unanswered keepalives before the connection is declared lost (default 3).
     pub fn keepalive_count_max(mut self, n: u32) -> Self {
         self.keepalive_count_max = n.max(1);
+        self.set.keepalive_count_max = true;
         self
     }
 
@@ -281,9 +319,15 @@ impl Host {
         self
     }
 
-    /// The host name or address.
+    /// The host name or address connected to: the name given, or, once the
+    /// host is registered, the `HostName` the OpenSSH configuration gives it.
     pub fn hostname(&self) -> &str {
         &self.hostname
+    }
+
+    /// The name the host was created with (what OpenSSH `Host` patterns match).
+    pub fn alias(&self) -> &str {
+        &self.alias
     }
 
     /// The login user, when one was given.
@@ -330,6 +374,7 @@ impl fmt::Debug for Host {
         // Never print secrets.
         f.debug_struct("Host")
             .field("transport", &self.transport_name())
+            .field("alias", &self.alias)
             .field("hostname", &self.hostname)
             .field("user", &self.user)
             .field("port", &self.port)

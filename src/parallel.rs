@@ -18,7 +18,7 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::host::Host;
+use crate::host::{ConfigSource, Host, SshConfigs};
 use crate::plan::{IntoSelector, Plan, Selection};
 use crate::policy::OnError;
 use crate::report::Report;
@@ -45,6 +45,7 @@ pub struct Parallel {
     cfg: Config,
     plan: Plan,
     errors: BTreeMap<String, Error>,
+    ssh_configs: SshConfigs,
 }
 
 impl Default for Parallel {
@@ -60,6 +61,7 @@ impl Parallel {
             cfg: Config::default(),
             plan: Plan::default(),
             errors: BTreeMap::new(),
+            ssh_configs: SshConfigs::default(),
         }
     }
 
@@ -69,9 +71,15 @@ impl Parallel {
     }
 
     /// Registers `host` under `label`. A label is non-empty, has none of
-    /// `, * ! ( ) < > / { }`, and is registered once.
-    pub fn add_host(&mut self, label: impl Into<String>, host: Host) -> Result<()> {
-        self.plan.add_host(label.into(), host)
+    /// `, * ! ( ) < > / { }`, and is registered once. An SSH host gets the
+    /// user's OpenSSH configuration resolved for it here (see
+    /// [`ParallelBuilder::ssh_config`]): a malformed file is an
+    /// [`ErrorKind::InvalidConfig`] error naming its file and line, and so is
+    /// a `ProxyJump` or `ProxyCommand` for the host (not supported yet).
+    pub fn add_host(&mut self, label: impl Into<String>, mut host: Host) -> Result<()> {
+        let label = label.into();
+        self.ssh_configs.apply(&label, &mut host)?;
+        self.plan.add_host(label, host)
     }
 
     /// Appends `action` to the queue of every label `selector` names and
@@ -229,6 +237,7 @@ pub struct ParallelBuilder {
     on_error: Option<OnError>,
     io_threads: Option<usize>,
     channels_ahead: Option<bool>,
+    ssh_config: ConfigSource,
 }
 
 impl ParallelBuilder {
@@ -285,6 +294,28 @@ impl ParallelBuilder {
         self
     }
 
+    /// Reads only this OpenSSH client configuration file (like `ssh -F FILE`;
+    /// it must exist) instead of `~/.ssh/config` and `/etc/ssh/ssh_config`.
+    pub fn ssh_config(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.ssh_config = ConfigSource::File(path.into());
+        self
+    }
+
+    /// Resolves OpenSSH configuration in `env` (its files, home for `~`,
+    /// variables): for tests and programs that must not depend on the real
+    /// home directory.
+    pub fn ssh_config_env(mut self, env: crate::ssh_config::ResolveEnv) -> Self {
+        self.ssh_config = ConfigSource::Env(Box::new(env));
+        self
+    }
+
+    /// Reads no OpenSSH configuration at all (like `ssh -F none`): hosts are
+    /// exactly what the `Host` API says.
+    pub fn no_ssh_config(mut self) -> Self {
+        self.ssh_config = ConfigSource::Off;
+        self
+    }
+
     /// Checks the settings: `connections` below `workers`, or `io_threads`
     /// of 0, is an [`ErrorKind::InvalidConfig`] error naming the options.
     pub fn build(self) -> Result<Parallel> {
@@ -325,6 +356,7 @@ impl ParallelBuilder {
             },
             plan: Plan::default(),
             errors: BTreeMap::new(),
+            ssh_configs: SshConfigs::new(self.ssh_config),
         })
     }
 }

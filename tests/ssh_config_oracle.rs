@@ -36,6 +36,7 @@ const HONOURED: &[&str] = &[
     "userknownhostsfile",
     "globalknownhostsfile",
     "hostkeyalias",
+    "hashknownhosts",
     "pubkeyauthentication",
     "passwordauthentication",
     "kbdinteractiveauthentication",
@@ -187,6 +188,7 @@ fn render(cfg: &SshConfig, env: &ResolveEnv) -> Rendered {
     put("macs", algorithms(&cfg.macs, MACS));
     put("hostkeyalgorithms", algorithms(&cfg.host_key_algorithms, HOSTKEYS));
     put("compression", yes_no(cfg.compression, false));
+    put("hashknownhosts", yes_no(cfg.hash_known_hosts, false));
     cfg.set_env.iter().for_each(|(n, v)| put("setenv", format!("{n}={v}")));
     let tty = match cfg.request_tty.unwrap_or(RequestTty::Auto) {
         RequestTty::Yes => "true",

@@ -336,7 +336,9 @@ fn unknown_host_key_strict_refuses_accept_new_records_off_skips() {
     // A server whose key is not recorded anywhere yet.
     let fresh = sshd_untrusted();
     let run = |check: HostKeyCheck| {
-        let mut p = Parallel::new();
+        // The machine's /etc/ssh/ssh_config may say HashKnownHosts yes; this
+        // test reads the plain entry (tests/ssh_config_wiring.rs covers hashing).
+        let mut p = Parallel::builder().no_ssh_config().build().unwrap();
         p.add_host("u", host(fresh.port).host_key_check(check)).unwrap();
         p.push("u", Command::new("echo ok")).unwrap();
         p.run()
@@ -1097,7 +1099,8 @@ fn accept_new_records_an_unknown_key_then_refuses_a_changed_one_off_does_not_che
     let name = format!("[127.0.0.1]:{port}");
     let known_hosts = k.dir.join("home/.ssh/known_hosts");
     let run = |check: HostKeyCheck| {
-        let mut p = Parallel::new();
+        // As above: the plain entry, whatever the machine's HashKnownHosts.
+        let mut p = Parallel::builder().no_ssh_config().build().unwrap();
         p.add_host("h", host(port).host_key_check(check)).unwrap();
         p.push("h", Command::new("echo ok")).unwrap();
         p.run()

@@ -48,7 +48,6 @@ const IGNORED: &[&str] = &[
     "gssapirenewalforcesrekey",
     "gssapitrustdns",
     "gssapikexalgorithms",
-    "hashknownhosts",
     "hostbasedacceptedalgorithms",
     "hostbasedkeytypes",
     "hostbasedauthentication",
@@ -136,7 +135,7 @@ pub(crate) fn apply(cfg: &mut SshConfig, line: &Line, active: bool, origin: &Ori
             let value = single(line)?.to_string();
             if active && cfg.hostname.is_none() {
                 cfg.hostname = Some(value);
-                cfg.origins.insert("hostname", origin.clone());
+                cfg.origins.insert("hostname".into(), origin.clone());
             }
         }
         "user" => first!(active, cfg.user, single(line)?.to_string()),
@@ -173,7 +172,7 @@ pub(crate) fn apply(cfg: &mut SshConfig, line: &Line, active: bool, origin: &Ori
             let value = super::jump::proxy_jump(single(line)?)?;
             if active && cfg.proxy.is_none() {
                 cfg.proxy = Some(value);
-                cfg.origins.insert("proxyjump", origin.clone());
+                cfg.origins.insert("proxyjump".into(), origin.clone());
             }
         }
         "proxycommand" => {
@@ -188,7 +187,7 @@ pub(crate) fn apply(cfg: &mut SshConfig, line: &Line, active: bool, origin: &Ori
             };
             if active && cfg.proxy.is_none() {
                 cfg.proxy = Some(value);
-                cfg.origins.insert("proxycommand", origin.clone());
+                cfg.origins.insert("proxycommand".into(), origin.clone());
             }
         }
         "connecttimeout" => {
@@ -235,6 +234,7 @@ pub(crate) fn apply(cfg: &mut SshConfig, line: &Line, active: bool, origin: &Ori
         "macs" => first!(active, cfg.macs, algorithms(single(line)?)?),
         "hostkeyalgorithms" => first!(active, cfg.host_key_algorithms, algorithms(single(line)?)?),
         "compression" => first!(active, cfg.compression, flag(single(line)?)?),
+        "hashknownhosts" => first!(active, cfg.hash_known_hosts, flag(single(line)?)?),
         "setenv" => {
             let was_empty = cfg.set_env.is_empty();
             for arg in args {
@@ -278,6 +278,10 @@ pub(crate) fn apply(cfg: &mut SshConfig, line: &Line, active: bool, origin: &Ori
             }
             log::debug!("{origin}: ignoring unknown keyword {keyword} (IgnoreUnknown)");
         }
+    }
+    // The first active line of a keyword is the one whose value was obtained.
+    if active && !cfg.origins.contains_key(line.keyword.as_str()) {
+        cfg.origins.insert(line.keyword.clone(), origin.clone());
     }
     Ok(())
 }

@@ -165,7 +165,10 @@ impl Pass<'_> {
                             match_list(user, arg, false) == ListMatch::Yes
                         }
                         "localuser" => match_list(&self.env.local_user, arg, false) == ListMatch::Yes,
-                        "exec" => result && self.exec(arg, &host)?,
+                        "exec" => {
+                            self.cfg.ran_exec |= result;
+                            result && self.exec(arg, &host)?
+                        }
                         _ => return Err(format!("unsupported Match attribute {name}")),
                     }
                 }

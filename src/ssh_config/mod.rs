@@ -110,7 +110,7 @@ impl ConfigError {
 
 /// What to resolve: the name typed, plus what the program already decided
 /// (seen by `Match user`, `%r`, `%p`, and winning over the files).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Query {
     /// The host alias (`%n`, what `Host` patterns see).
     pub alias: String,
@@ -128,6 +128,14 @@ impl Query {
             user: None,
             port: None,
         }
+    }
+}
+
+impl SshConfig {
+    /// Whether resolving the same query again may give another answer: a
+    /// `Match exec` command ran, and its next run may decide otherwise.
+    pub fn depends_on_commands(&self) -> bool {
+        self.ran_exec
     }
 }
 

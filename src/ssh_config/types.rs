@@ -230,6 +230,8 @@ pub struct SshConfig {
     pub user_known_hosts_files: Option<KnownHostsFiles>,
     /// `GlobalKnownHostsFile`.
     pub global_known_hosts_files: Option<KnownHostsFiles>,
+    /// `HashKnownHosts`: names added to known_hosts are hashed.
+    pub hash_known_hosts: Option<bool>,
     /// `HostKeyAlias`: the name looked up in known_hosts.
     pub host_key_alias: Option<String>,
     /// `PubkeyAuthentication` (`unbound`/`host-bound` count as yes).
@@ -258,9 +260,12 @@ pub struct SshConfig {
     pub forward_agent: Option<ForwardAgent>,
     /// `AddressFamily`.
     pub address_family: Option<AddressFamily>,
-    /// Where the single-valued text directives came from (for expansion
-    /// errors), by lowercase keyword.
-    pub(crate) origins: BTreeMap<&'static str, Origin>,
+    /// Where each directive's obtained value came from (for expansion
+    /// errors and logs), by lowercase keyword.
+    pub(crate) origins: BTreeMap<String, Origin>,
+    /// A `Match exec` command ran: the result may differ from one
+    /// resolution of the same query to the next.
+    pub(crate) ran_exec: bool,
     /// `IgnoreUnknown`: keywords that are not errors when unknown.
     pub(crate) ignore_unknown: Option<String>,
 }

@@ -1,7 +1,10 @@
 //! Authentication, in order: in-memory keys, the host's key files, the
 //! agent's identities, OpenSSH's default key files, password,
 //! keyboard-interactive; each method only if the server lists it (once
-//! asked). Failing, the error lists everything tried and why it failed.
+//! asked) and the host's OpenSSH configuration leaves it on
+//! (`SshSettings::methods_off`; keyboard-interactive first when
+//! `PreferredAuthentications` says so). Failing, the error lists everything
+//! tried and why it failed.
 //!
 //! Invariant: `auth_timeout` (the connection's deadline) bounds it all; the
 //! agent socket is local, so its blocking calls are brief.
@@ -39,11 +42,7 @@ impl Conn {
                 AuthStage::Methods => match sess.auth_methods(user) {
                     Ok(m) => {
                         // Asked first, or after the keys (before passwords).
-                        a.stage = if a.keys_done {
-                            AuthStage::Password
-                        } else {
-                            AuthStage::Data
-                        };
+                        a.stage = if a.keys_done { a.first_secret } else { AuthStage::Data };
                         a.methods = Some(m.to_owned());
                         continue;
                     }
@@ -99,7 +98,7 @@ impl Conn {
                         a.stage = if a.methods.is_none() {
                             AuthStage::Methods
                         } else {
-                            AuthStage::Password
+                            a.first_secret
                         };
                         continue;
                     };
@@ -108,7 +107,7 @@ impl Conn {
                 AuthStage::Password => match &host.password {
                     Some(pw) if a.allows("password") => sess.userauth_password(user, pw),
                     _ => {
-                        a.stage = AuthStage::Keyboard;
+                        a.stage = a.after(AuthStage::Password);
                         continue;
                     }
                 },
@@ -117,7 +116,7 @@ impl Conn {
                         sess.userauth_keyboard_interactive(user, &mut Answer(pw.clone()))
                     }
                     _ => {
-                        a.stage = AuthStage::Failed;
+                        a.stage = a.after(AuthStage::Keyboard);
                         continue;
                     }
                 },
@@ -177,11 +176,11 @@ impl Conn {
                     }
                     AuthStage::Password => {
                         a.tried.push("password".to_owned());
-                        a.stage = AuthStage::Keyboard;
+                        a.stage = a.after(AuthStage::Password);
                     }
                     AuthStage::Keyboard => {
                         a.tried.push("keyboard-interactive".to_owned());
-                        a.stage = AuthStage::Failed;
+                        a.stage = a.after(AuthStage::Keyboard);
                     }
                     AuthStage::Failed => {}
                 },
@@ -232,6 +231,10 @@ pub(super) struct Auth {
     tried: Vec<String>,
     /// Every key was tried.
     keys_done: bool,
+    /// Password, or keyboard-interactive when the configuration prefers it.
+    first_secret: AuthStage,
+    /// Methods the OpenSSH configuration turned off.
+    off: Vec<&'static str>,
 }
 
 impl Auth {
@@ -240,7 +243,7 @@ impl Auth {
         // Keys the host names replace the default files (as `ssh -i` with
         // IdentitiesOnly would), and go before the agent's so that a server's
         // MaxAuthTries is not spent on agent keys first.
-        let explicit = !host.key_files.is_empty() || !host.key_data.is_empty();
+        let explicit = !host.key_files.is_empty() || !host.key_data.is_empty() || host.ssh.no_default_keys;
         // Asking for the methods first ("none") costs a round trip that a key
         // login does not need; a host with only a password asks first so as
         // not to spend the server's MaxAuthTries on default keys it refuses.
@@ -254,18 +257,36 @@ impl Auth {
             agent: None,
             agent_ids: Vec::new(),
             next_agent: 0,
-            default_keys: if explicit { Vec::new() } else { default_keys() },
+            default_keys: if explicit { Vec::new() } else { default_keys(host) },
             next_default: 0,
             tried: Vec::new(),
             keys_done: false,
+            first_secret: if host.ssh.kbd_first {
+                AuthStage::Keyboard
+            } else {
+                AuthStage::Password
+            },
+            off: host.ssh.methods_off.clone(),
         }
     }
 
-    /// Whether the server lists `method` (anything goes before it was asked).
+    /// The stage after a password stage.
+    fn after(&self, stage: AuthStage) -> AuthStage {
+        match (stage, self.first_secret) {
+            (AuthStage::Password, AuthStage::Password) => AuthStage::Keyboard,
+            (AuthStage::Keyboard, AuthStage::Keyboard) => AuthStage::Password,
+            _ => AuthStage::Failed,
+        }
+    }
+
+    /// Whether the configuration leaves `method` on and the server lists it
+    /// (anything goes before it was asked).
     fn allows(&self, method: &str) -> bool {
-        self.methods
-            .as_deref()
-            .map_or(true, |ms| ms.split(',').any(|m| m == method))
+        !self.off.contains(&method)
+            && self
+                .methods
+                .as_deref()
+                .map_or(true, |ms| ms.split(',').any(|m| m == method))
     }
 }
 
@@ -311,9 +332,12 @@ pub(super) fn home() -> Option<PathBuf> {
     std::env::var_os("HOME").filter(|h| !h.is_empty()).map(PathBuf::from)
 }
 
-/// OpenSSH's default identities that exist.
-fn default_keys() -> Vec<PathBuf> {
-    let Some(home) = home() else { return Vec::new() };
+/// OpenSSH's default identities that exist (under the configuration's home,
+/// else `$HOME`).
+fn default_keys(host: &Host) -> Vec<PathBuf> {
+    let Some(home) = host.ssh.home.clone().or_else(home) else {
+        return Vec::new();
+    };
     ["id_ed25519", "id_ecdsa", "id_rsa"]
         .iter()
         .map(|k| home.join(".ssh").join(k))

@@ -33,6 +33,22 @@ use crate::task::Action;
 use crate::transport::exit::Exit;
 use crate::transport::protocol::{ConnId, Event, Job, Outcome, Token, TransportError};
 
+/// A command as the host's OpenSSH configuration shapes it: `SetEnv`
+/// variables go before the command's own (which, sent later, win), and
+/// `RequestTTY force` asks for a pty.
+fn with_config_env(host: &Host, job: &mut Job) {
+    let s = &host.ssh;
+    if s.set_env.is_empty() && !s.force_tty {
+        return;
+    }
+    if let Action::Command(c) = &*job.action {
+        let mut c = c.clone();
+        c.env.splice(0..0, s.set_env.iter().cloned());
+        c.pty |= s.force_tty;
+        job.action = Arc::new(Action::Command(c));
+    }
+}
+
 /// A busy session that has had no event for this long is stepped anyway.
 /// Every wait is meant to follow a read that drained the socket, so that the
 /// next byte brings a new edge; this only bounds the cost of a wait that
@@ -442,8 +458,9 @@ impl Conn {
 
     /// Starts `job` on the idle session: a task on a channel, a loan to a
     /// parsub, or (a `Connect`) an answer at once.
-    pub(super) fn start_job(&mut self, cx: &Cx<'_>, job: Job) {
+    pub(super) fn start_job(&mut self, cx: &Cx<'_>, mut job: Job) {
         let started = SystemTime::now();
+        with_config_env(&self.host, &mut job);
         match &*job.action {
             Action::Connect(_) => finish(cx.events, job.label, job.token, Outcome::new(Ok(Exit::OK), started)),
             Action::Parsub(_) => self.lend(cx, job, started),

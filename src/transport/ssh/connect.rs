@@ -1,14 +1,16 @@
 //! Connecting: resolving the name (on a helper thread: getaddrinfo blocks),
-//! non-blocking TCP to each address in turn, creating the session and the
-//! SSH handshake, then the host-key check; and what a passed deadline means
-//! in each phase.
+//! non-blocking TCP to each address in turn (of the configured
+//! `AddressFamily`, `ConnectionAttempts` rounds), creating the session (with
+//! the configuration's algorithm preferences and compression) and the SSH
+//! handshake, then the host-key check; and what a passed deadline means in
+//! each phase.
 //!
 //! Invariant: `connect_timeout` bounds resolving, TCP and the handshake,
 //! `auth_timeout` authentication; libssh2's own read timeout is set beyond
 //! both, so ours always fire first.
 //!
 //! May use: `conn`, `event_loop` (`Cx`, `Resolved`), `hostkey`, `auth`,
-//! `transport::libssh2`, `host`.
+//! `transport::libssh2`, `host`, `ssh_config` (its value types).
 
 use std::io;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
@@ -17,12 +19,14 @@ use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 use mio::Interest;
-use ssh2::Session;
+use ssh2::{MethodType, Session};
 
 use super::auth::Auth;
 use super::conn::{Conn, Flow, Phase};
 use super::event_loop::Cx;
 use super::hostkey::check_host_key;
+use crate::host::{AlgorithmKind, SshSettings};
+use crate::ssh_config::AddressFamily;
 use crate::transport::libssh2::{self, set_read_timeout, would_block};
 
 /// Connecting and authenticating, when the host sets no `connect_timeout`.
@@ -45,12 +49,18 @@ impl Conn {
         self.gen += 1;
         let timeout = self.host.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT);
         self.deadline = Some(Instant::now() + timeout);
+        let (family, attempts) = (self.host.ssh.address_family, self.host.ssh.connection_attempts);
         if let Ok(ip) = self.host.hostname.parse::<IpAddr>() {
-            self.phase = Phase::Connecting {
-                addrs: vec![SocketAddr::new(ip, self.port)],
-                next: 0,
-                errors: Vec::new(),
-            };
+            match connect_order(vec![SocketAddr::new(ip, self.port)], family, attempts) {
+                Ok(addrs) => {
+                    self.phase = Phase::Connecting {
+                        addrs,
+                        next: 0,
+                        errors: Vec::new(),
+                    }
+                }
+                Err(e) => self.connect_failed(cx, format!("{}: {e}", self.target())),
+            }
             return;
         }
         self.phase = Phase::Resolving;
@@ -64,8 +74,8 @@ impl Conn {
             .spawn(move || {
                 let r = (name.as_str(), port)
                     .to_socket_addrs()
-                    .map(|a| a.collect())
-                    .map_err(|e| e.to_string());
+                    .map_err(|e| e.to_string())
+                    .and_then(|a| connect_order(a.collect(), family, attempts));
                 let _ = tx.send((key, gen, r));
                 let _ = waker.wake();
             });
@@ -94,6 +104,7 @@ impl Conn {
                 None => {
                     let _ = s.set_nodelay(true);
                     let mut sess = Session::new().map_err(|e| format!("cannot create an SSH session: {e}"))?;
+                    set_methods(&sess, &self.host.ssh).map_err(|e| format!("{target}: {e}"))?;
                     sess.set_blocking(false);
                     let ours = [self.host.connect_timeout, self.host.auth_timeout]
                         .into_iter()
@@ -175,6 +186,75 @@ impl Conn {
         let msg = format!("{}: timed out after {timeout:?} {what}", self.target());
         self.connect_failed(cx, msg);
     }
+}
+
+/// The addresses to try, in order: those of the configured family
+/// (`AddressFamily`), the whole list once per `ConnectionAttempts`.
+fn connect_order(
+    addrs: Vec<SocketAddr>,
+    family: Option<AddressFamily>,
+    attempts: u32,
+) -> Result<Vec<SocketAddr>, String> {
+    let addrs: Vec<SocketAddr> = addrs
+        .into_iter()
+        .filter(|a| match family {
+            Some(AddressFamily::Inet) => a.is_ipv4(),
+            Some(AddressFamily::Inet6) => a.is_ipv6(),
+            _ => true,
+        })
+        .collect();
+    if addrs.is_empty() {
+        return Err(format!("no address of the configured AddressFamily ({family:?})"));
+    }
+    let rounds = attempts.clamp(1, 100) as usize;
+    Ok(addrs.iter().copied().cycle().take(addrs.len() * rounds).collect())
+}
+
+/// libssh2's method preferences from the configuration's algorithm lists
+/// (applied to libssh2's defaults, then reduced to what it supports), and
+/// compression; before the handshake, as libssh2 requires.
+fn set_methods(sess: &Session, s: &SshSettings) -> Result<(), String> {
+    for (kind, alg, origin) in &s.algorithms {
+        let types: &[MethodType] = match kind {
+            AlgorithmKind::Ciphers => &[MethodType::CryptCs, MethodType::CryptSc],
+            AlgorithmKind::Kex => &[MethodType::Kex],
+            AlgorithmKind::Macs => &[MethodType::MacCs, MethodType::MacSc],
+            AlgorithmKind::HostKey => &[MethodType::HostKey],
+        };
+        for &t in types {
+            let supported = sess
+                .supported_algs(t)
+                .map_err(|e| format!("cannot list libssh2's {}: {e}", kind.keyword()))?;
+            let wanted = alg.apply(&supported);
+            let mut usable: Vec<&str> = wanted
+                .iter()
+                .map(String::as_str)
+                .filter(|n| supported.contains(n) && !is_kex_extension(n))
+                .collect();
+            if usable.is_empty() {
+                return Err(format!(
+                    "{origin}: {} {}: libssh2 supports none of them (it has {})",
+                    kind.keyword(),
+                    wanted.join(","),
+                    supported.join(",")
+                ));
+            }
+            // The extension markers are not algorithms a user names: keep them
+            // (strict kex is the Terrapin fix, ext-info enables rsa-sha2 user keys).
+            usable.extend(supported.iter().copied().filter(|n| is_kex_extension(n)));
+            sess.method_pref(t, &usable.join(","))
+                .map_err(|e| format!("{origin}: {}: {e}", kind.keyword()))?;
+        }
+    }
+    if s.compression {
+        sess.set_compress(true);
+    }
+    Ok(())
+}
+
+/// libssh2's pseudo-algorithms in its kex list (`ext-info-c`, `kex-strict-c-v00@openssh.com`).
+fn is_kex_extension(name: &str) -> bool {
+    name.starts_with("ext-info-") || name.starts_with("kex-strict-")
 }
 
 /// The handshake failure message; says so when SHA-1-only algorithms are the likely cause.
