@@ -82,8 +82,12 @@ fn run(cli: Cli) -> Result<i32, Usage> {
     let mut names = Vec::new();
     for t in &targets {
         let host = options.host_for(t, common).map_err(Usage)?;
-        names.push(host.hostname().to_owned());
         pssh.add_host(t.label.clone(), host)?;
+        // After `add_host`: an ssh_config alias has its HostName by now, and
+        // that is the name that must resolve.
+        if let Some(h) = pssh.host(&t.label) {
+            names.push(h.hostname().to_owned());
+        }
     }
     let actions = actions(&cli, &targets)?;
     let unknown = hosts::unresolvable(&names);
