@@ -244,6 +244,7 @@ impl Scheduler<'_> {
             }
             Err(TransportError::Connect(m)) => Verdict::Lost(Error::new(ErrorKind::Connect, m)),
             Err(TransportError::Transfer(m)) => Verdict::Failed(self.task_error(l, node, ErrorKind::Transfer, m)),
+            Err(TransportError::Timeout(m)) => Verdict::Failed(self.task_error(l, node, ErrorKind::Timeout, m)),
             Err(TransportError::Local { message, source }) => {
                 let kind = if transfer {
                     ErrorKind::Transfer

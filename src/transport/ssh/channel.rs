@@ -14,7 +14,8 @@ use ssh2::Session;
 
 use super::conn::{Conn, Flow, Phase, Spare, TaskFail};
 use crate::transport::libssh2::{
-    code, exit_of, is_socket_error, would_block, LIBSSH2_ERROR_CHANNEL_FAILURE, LIBSSH2_ERROR_CHANNEL_REQUEST_DENIED,
+    code, exit_of, is_socket_error, would_block, RawChannel, LIBSSH2_ERROR_CHANNEL_FAILURE,
+    LIBSSH2_ERROR_CHANNEL_REQUEST_DENIED,
 };
 use crate::transport::protocol::TransportError;
 
@@ -152,6 +153,9 @@ pub(super) struct TaskChannel {
     /// `Some` from a successful open until the task is done with it (an
     /// rsync drops it once closed, then waits for its local side).
     pub(super) channel: Option<ssh2::Channel>,
+    /// Its raw handle, to signal the command on a cancel (`None` if libssh2
+    /// did not give it away, and then the close alone has to do).
+    pub(super) raw: Option<RawChannel>,
 }
 
 impl TaskChannel {
@@ -159,6 +163,11 @@ impl TaskChannel {
     pub(super) fn open(&mut self, sess: &Session, spare: &mut Spare) -> Result<bool, TaskFail> {
         match open_for_task(sess, spare, &mut self.open)? {
             Some(ch) => {
+                // Right now, before any other open starts, it is the newest channel.
+                self.raw = RawChannel::newest(sess, &ch);
+                if self.raw.is_none() {
+                    log::debug!(target: "ssh_parallel", "no raw handle for a channel; a cancel will only close it");
+                }
                 self.channel = Some(ch);
                 Ok(true)
             }
