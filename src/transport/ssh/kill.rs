@@ -37,10 +37,12 @@ pub(super) const KILL_GRACE: Duration = Duration::from_secs(1);
 
 /// The killer's script: HUP to every sibling's process group, up to a second
 /// for them to go, then KILL. `$$` (this shell, a sibling too) is left out.
-const KILLER: &str = "g=$(pgrep -P $PPID | grep -vx $$); [ -n \"$g\" ] || exit 0; \
-for p in $g; do kill -HUP -- -$p 2>/dev/null; done; i=0; while [ $i -lt 10 ]; do \
-a=; for p in $g; do kill -0 -- -$p 2>/dev/null && a=1; done; [ -z \"$a\" ] && exit 0; \
-sleep 0.1; i=$((i+1)); done; for p in $g; do kill -KILL -- -$p 2>/dev/null; done; exit 0";
+/// Run by `sh` whatever the login shell (`exec` keeps the pid, so `$PPID` is
+/// still sshd); no `--` after `kill`, which dash refuses.
+const KILLER: &str = "exec sh -c 'g=$(pgrep -P $PPID | grep -vx $$); [ -n \"$g\" ] || exit 0; \
+for p in $g; do kill -HUP -$p 2>/dev/null; done; i=0; while [ $i -lt 10 ]; do \
+a=; for p in $g; do kill -0 -$p 2>/dev/null && a=1; done; [ -z \"$a\" ] && exit 0; \
+sleep 0.1; i=$((i+1)); done; for p in $g; do kill -KILL -$p 2>/dev/null; done; exit 0'";
 
 /// A cancelled task's channel on its way out.
 pub(super) struct Cancel {
