@@ -224,3 +224,48 @@ fn local_builder_idle_timeout_is_the_default() {
         .unwrap();
     silent(p, Host::local(), None, "local", String::new);
 }
+
+// ---- OpenSSH honouring the signal request -------------------------------------
+
+/// The throwaway account of the password tests in `ssh_openssh` (the
+/// password is public: the account exists only on test machines).
+const TEST_USER: &str = "sshpar-test";
+const TEST_PASSWORD: &str = "sshpar-Throwaway-7";
+
+/// For a user other than root sshd runs the session with privilege
+/// separation and so honours the `signal` request (for root it refuses it,
+/// and the killer channel alone stops the command): the command is stopped
+/// either way, and sshd logs no refusal.
+#[test]
+fn openssh_user_login_gets_the_signal_request() {
+    if !testbed::prereq::sshd() {
+        return;
+    }
+    match testbed::OpenSshServer::ensure_user(TEST_USER, TEST_PASSWORD) {
+        Ok(()) => {}
+        Err(testbed::Error::Unavailable(why)) => {
+            testbed::prereq::skip(format!("needs the {TEST_USER} account: {why}"));
+            return;
+        }
+        Err(e) => panic!("cannot create the test user {TEST_USER}: {e}"),
+    }
+    let sshd = testbed::OpenSshServer::builder()
+        .password_logins()
+        .start()
+        .expect("start sshd with PAM");
+    let host = Host::new("127.0.0.1")
+        .port(sshd.port)
+        .user(TEST_USER)
+        .password(TEST_PASSWORD)
+        .agent(false)
+        .host_key_check(ssh_parallel::HostKeyCheck::Off)
+        .connect_timeout(Duration::from_secs(10));
+    let m = marker();
+    let cmd = format!("trap '' HUP; echo started; sleep {m} | sh -c 'cat; : {m}'");
+    stop_by_timeout(host, cmd, &m, "openssh (user)", || sshd.log());
+    assert!(
+        !sshd.log().contains("session_signal_req"),
+        "sshd refused the signal request:\n{}",
+        sshd.log()
+    );
+}

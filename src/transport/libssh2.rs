@@ -219,8 +219,8 @@ unsafe impl Send for RawChannel {}
 
 impl RawChannel {
     /// The raw handle of `ch`, which must be the channel whose open finished
-    /// last on `sess`: call it right after `channel_session` returned it (or
-    /// when taking a channel opened ahead, before any other open starts).
+    /// last on `sess`: call it right after `channel_session` returned it,
+    /// before anything else can open one.
     ///
     /// libssh2 numbers channels from a per-session counter and runs one open
     /// at a time, so the newest channel has the number just below the

@@ -118,7 +118,8 @@ pub(super) enum Spare {
     /// Its `CHANNEL_OPEN` is in flight. libssh2 keeps one open in progress per
     /// session, so whoever calls `channel_session` next finishes this one.
     Opening,
-    Ready(ssh2::Channel),
+    /// Open, with its raw handle taken while it was the newest channel.
+    Ready(ssh2::Channel, Option<crate::transport::libssh2::RawChannel>),
     /// The server refused a second channel (`MaxSessions`): no more spares on
     /// this connection.
     Off,
