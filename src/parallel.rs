@@ -238,6 +238,7 @@ pub struct ParallelBuilder {
     io_threads: Option<usize>,
     channels_ahead: Option<bool>,
     ssh_config: ConfigSource,
+    idle_timeout: Option<Duration>,
 }
 
 impl ParallelBuilder {
@@ -316,6 +317,13 @@ impl ParallelBuilder {
         self
     }
 
+    /// The idle timeout of commands that set none (see
+    /// [`Command::idle_timeout`](crate::Command::idle_timeout); default none).
+    pub fn idle_timeout(mut self, d: Duration) -> Self {
+        self.idle_timeout = Some(d);
+        self
+    }
+
     /// Checks the settings: `connections` below `workers`, or `io_threads`
     /// of 0, is an [`ErrorKind::InvalidConfig`] error naming the options.
     pub fn build(self) -> Result<Parallel> {
@@ -353,6 +361,7 @@ impl ParallelBuilder {
                 on_error: self.on_error,
                 io_threads,
                 channels_ahead: self.channels_ahead.unwrap_or(defaults.channels_ahead),
+                idle_timeout: self.idle_timeout,
             },
             plan: Plan::default(),
             errors: BTreeMap::new(),

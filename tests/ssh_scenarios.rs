@@ -373,7 +373,6 @@ on_both_servers! {
            timeout_closes_the_channel_and_a_pty_command_gets_sighup_openssh;
     timeout_without_a_pty_ends_the_remote_command
         => timeout_without_a_pty_ends_the_remote_command_embedded,
-           #[ignore = "known limitation: OpenSSH signals a timed-out command only with a pty (SIGHUP on close); without one, ending it needs an RFC 4254 signal request, which libssh2 has (libssh2_channel_signal_ex) but the ssh2 crate does not expose, and ssh2's process_startup refuses a channel that already ran exec"]
            timeout_without_a_pty_ends_the_remote_command_openssh;
     capture_limits_and_truncation => capture_limits_and_truncation_embedded, capture_limits_and_truncation_openssh;
     output_to_files_and_line_callbacks_per_label

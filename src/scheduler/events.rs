@@ -271,6 +271,8 @@ impl Scheduler<'_> {
             // as `Transfer` (the remote side's error) or `Local` (this side's
             // file); a dead connection is `ConnectionLost`, handled above.
             Err(TransportError::Transfer(m)) => Verdict::Own(self.task_error(l, node, ErrorKind::Transfer, m)),
+            // An idle timeout: never a jump (like the whole-task timeout).
+            Err(TransportError::Timeout(m)) => Verdict::Failed(self.task_error(l, node, ErrorKind::Timeout, m)),
             Err(TransportError::Local { message, source }) => {
                 let kind = if transfer {
                     ErrorKind::Transfer

@@ -59,6 +59,8 @@ pub(crate) struct Config {
     pub(crate) io_threads: usize,
     /// Open the next channel task's channel ahead (`ParallelBuilder::channels_ahead`).
     pub(crate) channels_ahead: bool,
+    /// A command's idle timeout unless it sets one (`ParallelBuilder::idle_timeout`).
+    pub(crate) idle_timeout: Option<Duration>,
 }
 
 impl Default for Config {
@@ -73,6 +75,7 @@ impl Default for Config {
             on_error: None,
             io_threads: 1,
             channels_ahead: true,
+            idle_timeout: None,
         }
     }
 }

@@ -71,6 +71,10 @@ impl Scheduler<'_> {
             token,
             conn,
             prefetch,
+            idle_timeout: match &**action {
+                Action::Command(c) => c.idle_timeout.or(self.cfg.idle_timeout),
+                _ => None,
+            },
         };
         let host = entry.host.clone();
         if log::log_enabled!(target: "ssh_parallel", log::Level::Debug) {

@@ -4,6 +4,8 @@
 //! Invariant: `ok_exit_codes` defaults to `[0]`; a command given as words is
 //! quoted so that no word is reinterpreted by the shell.
 
+use std::time::Duration;
+
 use super::output::{Output, Stdin};
 use super::TaskOptions;
 
@@ -23,6 +25,7 @@ pub struct Command {
     pub(crate) env: Vec<(String, String)>,
     pub(crate) pty: bool,
     pub(crate) ok_exit_codes: Vec<i32>,
+    pub(crate) idle_timeout: Option<Duration>,
     pub(crate) opts: TaskOptions,
 }
 
@@ -37,6 +40,7 @@ impl Command {
             env: Vec::new(),
             pty: false,
             ok_exit_codes: vec![0],
+            idle_timeout: None,
             opts: TaskOptions::default(),
         }
     }
@@ -94,6 +98,16 @@ impl Command {
     /// The exit codes that count as success (default `[0]`).
     pub fn ok_exit_codes(mut self, codes: impl IntoIterator<Item = i32>) -> Self {
         self.ok_exit_codes = codes.into_iter().collect();
+        self
+    }
+
+    /// Stops the command, as its `timeout` would, when it prints nothing on
+    /// either stream for `d` (default: the builder's
+    /// [`idle_timeout`](crate::ParallelBuilder::idle_timeout), else none).
+    /// It is reported as a `Timeout` whose error names the idle timeout,
+    /// with the output it printed before.
+    pub fn idle_timeout(mut self, d: Duration) -> Self {
+        self.idle_timeout = Some(d);
         self
     }
 

@@ -11,7 +11,9 @@
 //! - sending EOF ([`send_eof`]);
 //! - a closed channel's exit status or signal ([`exit_of`]);
 //! - libssh2's packet read timeout, which the crate does not bind
-//!   ([`set_read_timeout`]).
+//!   ([`set_read_timeout`]);
+//! - the RFC 4254 `signal` request, which the crate does not bind either
+//!   ([`RawChannel`]).
 //!
 //! Invariant: nothing here blocks unless the session itself is in blocking
 //! mode, and nothing keeps state between calls (callers own every flag).
@@ -178,6 +180,15 @@ pub(crate) fn drain<S: OutputSink>(
 extern "C" {
     // In the libssh2 that libssh2-sys builds and links, but not bound by it.
     fn libssh2_session_set_read_timeout(session: *mut std::ffi::c_void, timeout_s: std::ffi::c_long);
+    fn libssh2_channel_signal_ex(
+        channel: *mut std::ffi::c_void,
+        signame: *const std::ffi::c_char,
+        signame_len: usize,
+    ) -> std::ffi::c_int;
+    // Internal to libssh2 but global symbols of its static library: the only
+    // way from a session to the raw channel that ssh2's `Channel` hides.
+    fn ssh2_channel_nextid(session: *mut std::ffi::c_void) -> u32;
+    fn ssh2_channel_locate(session: *mut std::ffi::c_void, channel_id: u32) -> *mut std::ffi::c_void;
     #[cfg(test)]
     fn libssh2_session_get_read_timeout(session: *mut std::ffi::c_void) -> std::ffi::c_long;
 }
@@ -192,6 +203,57 @@ pub(crate) fn set_read_timeout(sess: &Session, timeout: Duration) {
     let mut raw = sess.raw();
     // SAFETY: a valid session pointer, held under the session's lock for the call.
     unsafe { libssh2_session_set_read_timeout(&mut *raw as *mut _ as *mut std::ffi::c_void, secs) }
+}
+
+/// A channel's raw libssh2 handle, for the requests the `ssh2` crate does not
+/// offer (`signal`). It keeps a clone of the channel, so the handle stays
+/// valid as long as this lives.
+pub(crate) struct RawChannel {
+    ptr: std::ptr::NonNull<std::ffi::c_void>,
+    _keep: Channel,
+}
+
+// SAFETY: the pointer is only used under the session's lock (see `signal`),
+// like every libssh2 call ssh2's own `Send` channel makes.
+unsafe impl Send for RawChannel {}
+
+impl RawChannel {
+    /// The raw handle of `ch`, which must be the channel whose open finished
+    /// last on `sess`: call it right after `channel_session` returned it,
+    /// before anything else can open one.
+    ///
+    /// libssh2 numbers channels from a per-session counter and runs one open
+    /// at a time, so the newest channel has the number just below the
+    /// counter. Reading the counter bumps it; a skipped number is harmless.
+    /// `None` if no channel has that number (a later open came in between).
+    pub(crate) fn newest(sess: &Session, ch: &Channel) -> Option<RawChannel> {
+        let mut raw = sess.raw();
+        let s = &mut *raw as *mut _ as *mut std::ffi::c_void;
+        // SAFETY: a valid session pointer, held under the session's lock.
+        let ptr = unsafe {
+            let next = ssh2_channel_nextid(s);
+            ssh2_channel_locate(s, next.checked_sub(1)?)
+        };
+        Some(RawChannel {
+            ptr: std::ptr::NonNull::new(ptr)?,
+            _keep: ch.clone(),
+        })
+    }
+
+    /// Sends the RFC 4254 `signal` request (`name` without `SIG`; no reply
+    /// is asked for). A would-block must be followed by the same call.
+    pub(crate) fn signal(&self, sess: &Session, name: &str) -> Result<(), ssh2::Error> {
+        let rc = {
+            let _lock = sess.raw();
+            // SAFETY: the channel is alive (`_keep`) and the session locked.
+            unsafe { libssh2_channel_signal_ex(self.ptr.as_ptr(), name.as_ptr().cast(), name.len()) }
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(ssh2::Error::from_session_error(sess, rc))
+        }
+    }
 }
 
 #[cfg(test)]

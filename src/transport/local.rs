@@ -2,7 +2,8 @@
 //! runs commands under `sh -c`, copies files for scp, and runs the local rsync.
 //!
 //! Invariant: every child runs in a process group of its own, so a cancel
-//! kills all it started; every `Run` is answered once, by `Finished`.
+//! (or a command's idle timeout) kills all it started; every `Run` is
+//! answered once, by `Finished`.
 //!
 //! May use: the `transport` protocol and `parsub`, `task` (actions, output),
 //! `process`.
@@ -14,10 +15,10 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{Receiver, Sender};
 use parking_lot::Mutex;
@@ -213,8 +214,9 @@ fn run_command(job: &Job, c: &Command, running: &Running, started: SystemTime) -
             Err(e) => return fail(format!("cannot open stdin file {path:?}: {e}")),
         },
     }
+    // With an idle timeout even discarded output is read: it counts as heard.
     let pipe_or_null = |k: &OutputKind| {
-        if matches!(k, OutputKind::Null) {
+        if matches!(k, OutputKind::Null) && job.idle_timeout.is_none() {
             Stdio::null()
         } else {
             Stdio::piped()
@@ -227,7 +229,7 @@ fn run_command(job: &Job, c: &Command, running: &Running, started: SystemTime) -
         Err(e) => return fail(format!("cannot start `sh -c {}`: {e}", c.cmd)),
     };
     register_process(running, job.token, child.id());
-    let result = drain_and_wait(&mut child, feed, &mut out, &mut err);
+    let result = drain_and_wait(&mut child, feed, &mut out, &mut err, job.idle_timeout);
     let stdout = out.finish();
     let stderr = err.finish();
     match (result, stdout, stderr) {
@@ -237,16 +239,36 @@ fn run_command(job: &Job, c: &Command, running: &Running, started: SystemTime) -
             o.stderr = se;
             o
         }
-        (Err(m), ..) | (_, Err(m), _) | (_, _, Err(m)) => fail(m),
+        // Stopped for its silence: what it said before is kept.
+        (Err(e @ TransportError::Timeout(_)), so, se) => {
+            let mut o = Outcome::new(Err(e), started);
+            o.stdout = so.unwrap_or_default();
+            o.stderr = se.unwrap_or_default();
+            o
+        }
+        (Err(e), ..) => Outcome::new(Err(e), started),
+        (_, Err(m), _) | (_, _, Err(m)) => fail(m),
     }
 }
 
 /// Reads stdout here and stderr on a scoped thread (both are always drained,
-/// so the child never blocks on a full pipe), feeds stdin, then reaps.
-fn drain_and_wait(child: &mut Child, feed: Option<Arc<[u8]>>, out: &mut Sink, err: &mut Sink) -> Result<Exit, String> {
+/// so the child never blocks on a full pipe), feeds stdin, then reaps. With
+/// an idle timeout, a watchdog kills the child's process group once neither
+/// stream has said anything for that long.
+fn drain_and_wait(
+    child: &mut Child,
+    feed: Option<Arc<[u8]>>,
+    out: &mut Sink,
+    err: &mut Sink,
+    idle: Option<Duration>,
+) -> Result<Exit, TransportError> {
     let stdin = child.stdin.take();
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
+    let pgid = child.id() as i32;
+    let heard = Mutex::new(Instant::now());
+    let fired = AtomicBool::new(false);
+    let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
     let (r_out, r_err) = std::thread::scope(|s| {
         if let (Some(mut i), Some(data)) = (stdin, feed) {
             // A command that exits without reading its input is not an error.
@@ -254,26 +276,62 @@ fn drain_and_wait(child: &mut Child, feed: Option<Arc<[u8]>>, out: &mut Sink, er
                 let _ = i.write_all(&data);
             });
         }
-        let e = s.spawn(move || pump(stderr, err));
-        let o = pump(stdout, out);
-        (o, e.join().unwrap_or_else(|_| Err("stderr reader panicked".into())))
+        if let Some(idle) = idle {
+            let (heard, fired) = (&heard, &fired);
+            s.spawn(move || watch_idle(idle, heard, fired, pgid, done_rx));
+        }
+        let e = s.spawn(|| pump(stderr, err, &heard));
+        let o = pump(stdout, out, &heard);
+        let e = e.join().unwrap_or_else(|_| Err("stderr reader panicked".into()));
+        // Both streams ended: the watchdog has nothing left to watch.
+        drop(done_tx);
+        (o, e)
     });
-    let status = child.wait().map_err(|e| format!("waiting for the command: {e}"))?;
-    r_out?;
-    r_err?;
+    let status = child
+        .wait()
+        .map_err(|e| TransportError::local(format!("waiting for the command: {e}")))?;
+    if fired.load(Ordering::Acquire) {
+        return Err(TransportError::Timeout(format!(
+            "no output for {:.2?} (idle timeout)",
+            idle.unwrap_or_default()
+        )));
+    }
+    r_out.map_err(TransportError::local)?;
+    r_err.map_err(TransportError::local)?;
     Ok(Exit {
         code: status.code(),
         signal: status.signal(),
     })
 }
 
-fn pump(src: Option<impl Read>, sink: &mut Sink) -> Result<(), String> {
+/// Kills process group `pgid` once nothing was `heard` for `idle` (and says
+/// so in `fired`); returns when `done` hangs up.
+fn watch_idle(idle: Duration, heard: &Mutex<Instant>, fired: &AtomicBool, pgid: i32, done: Receiver<()>) {
+    loop {
+        let due = *heard.lock() + idle;
+        let now = Instant::now();
+        if now >= due {
+            fired.store(true, Ordering::Release);
+            crate::process::kill_group(pgid);
+            return;
+        }
+        match done.recv_timeout(due - now) {
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+            _ => return,
+        }
+    }
+}
+
+fn pump(src: Option<impl Read>, sink: &mut Sink, heard: &Mutex<Instant>) -> Result<(), String> {
     let Some(mut src) = src else { return Ok(()) };
     let mut buf = [0u8; 16 * 1024];
     loop {
         match src.read(&mut buf) {
             Ok(0) => return Ok(()),
-            Ok(n) => sink.write(&buf[..n])?,
+            Ok(n) => {
+                *heard.lock() = Instant::now();
+                sink.write(&buf[..n])?
+            }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(format!("reading command output: {e}")),
         }

@@ -38,6 +38,10 @@ pub(crate) struct Job {
     /// Another task that needs a channel (a command or a transfer) comes
     /// next in the label's queue: the transport may open it ahead of time.
     pub(crate) prefetch: bool,
+    /// A command that prints nothing on either stream for this long is
+    /// stopped and fails with [`TransportError::Timeout`] (the command's
+    /// own, else the builder's default).
+    pub(crate) idle_timeout: Option<std::time::Duration>,
 }
 
 /// From the scheduler to a transport.
@@ -122,6 +126,10 @@ pub(crate) enum TransportError {
     /// A copy failed; the message names the path.
     #[error("{0}")]
     Transfer(String),
+    /// The transport gave up waiting (a command's idle timeout); the task
+    /// fails as a timeout.
+    #[error("{0}")]
+    Timeout(String),
     /// Something failed on this machine.
     #[error("{message}")]
     Local {

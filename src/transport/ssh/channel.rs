@@ -14,7 +14,8 @@ use ssh2::Session;
 
 use super::conn::{Conn, Flow, Phase, Spare, TaskFail};
 use crate::transport::libssh2::{
-    code, exit_of, is_socket_error, would_block, LIBSSH2_ERROR_CHANNEL_FAILURE, LIBSSH2_ERROR_CHANNEL_REQUEST_DENIED,
+    code, exit_of, is_socket_error, would_block, RawChannel, LIBSSH2_ERROR_CHANNEL_FAILURE,
+    LIBSSH2_ERROR_CHANNEL_REQUEST_DENIED,
 };
 use crate::transport::protocol::TransportError;
 
@@ -43,7 +44,11 @@ impl Conn {
             return Ok(());
         };
         match sess.channel_session() {
-            Ok(ch) => self.spare = Spare::Ready(ch),
+            Ok(ch) => {
+                // Right now, before any other open starts, it is the newest channel.
+                let raw = RawChannel::newest(sess, &ch);
+                self.spare = Spare::Ready(ch, raw);
+            }
             Err(e) if would_block(&e) => {}
             Err(e) if is_socket_error(&e) => {
                 self.spare = Spare::None;
@@ -58,18 +63,25 @@ impl Conn {
     }
 }
 
+/// A channel and its raw handle, if libssh2 gave it away.
+type Opened = (ssh2::Channel, Option<RawChannel>);
+
 /// Opens a task's channel: the spare if it is ready; else continues the
 /// spare's open if one is in flight (`adopted`), or starts one. `Ok(None)`:
 /// it would block.
-fn open_channel(sess: &Session, spare: &mut Spare, adopted: &mut bool) -> Result<Option<ssh2::Channel>, ssh2::Error> {
+fn open_channel(sess: &Session, spare: &mut Spare, adopted: &mut bool) -> Result<Option<Opened>, ssh2::Error> {
     match std::mem::replace(spare, Spare::None) {
-        Spare::Ready(ch) => return Ok(Some(ch)),
+        Spare::Ready(ch, raw) => return Ok(Some((ch, raw))),
         Spare::Opening => *adopted = true,
         Spare::Off => *spare = Spare::Off,
         Spare::None => {}
     }
     match sess.channel_session() {
-        Ok(ch) => Ok(Some(ch)),
+        Ok(ch) => {
+            // Right now, before any other open starts, it is the newest channel.
+            let raw = RawChannel::newest(sess, &ch);
+            Ok(Some((ch, raw)))
+        }
         Err(e) if would_block(&e) => Ok(None),
         Err(e) if *adopted && code(&e) == LIBSSH2_ERROR_CHANNEL_FAILURE => {
             // The spare was refused (it was a second channel while the last
@@ -87,7 +99,7 @@ fn open_channel(sess: &Session, spare: &mut Spare, adopted: &mut bool) -> Result
 /// slot only after the loop turn that read its close, so with `MaxSessions
 /// 1` an open sent right behind the last close is refused. After that the
 /// session is given up (a new connection has free slots).
-fn open_for_task(sess: &Session, spare: &mut Spare, o: &mut OpenState) -> Result<Option<ssh2::Channel>, TaskFail> {
+fn open_for_task(sess: &Session, spare: &mut Spare, o: &mut OpenState) -> Result<Option<Opened>, TaskFail> {
     if o.retry_at.is_some_and(|at| Instant::now() < at) {
         return Ok(None);
     }
@@ -152,13 +164,20 @@ pub(super) struct TaskChannel {
     /// `Some` from a successful open until the task is done with it (an
     /// rsync drops it once closed, then waits for its local side).
     pub(super) channel: Option<ssh2::Channel>,
+    /// Its raw handle, to signal the command on a cancel (`None` if libssh2
+    /// did not give it away, and then the close alone has to do).
+    pub(super) raw: Option<RawChannel>,
 }
 
 impl TaskChannel {
     /// Moves the open on (see [`open_for_task`]); true once the channel is open.
     pub(super) fn open(&mut self, sess: &Session, spare: &mut Spare) -> Result<bool, TaskFail> {
         match open_for_task(sess, spare, &mut self.open)? {
-            Some(ch) => {
+            Some((ch, raw)) => {
+                self.raw = raw;
+                if self.raw.is_none() {
+                    log::debug!(target: "ssh_parallel", "no raw handle for a channel; a cancel will only close it");
+                }
                 self.channel = Some(ch);
                 Ok(true)
             }

@@ -1,17 +1,23 @@
-//! Ending things: a `Cancel` (the task is answered at once, its channel
-//! closed in `Cancelling`), abandoning a session (`Broken`), a `Disconnect`
-//! (`Disconnecting`, then `Done`).
+//! Ending things: a `Cancel` (the task is answered at once; in
+//! `Cancelling` its command is signalled, then its channel closed),
+//! abandoning a session (`Broken`), a `Disconnect` (`Disconnecting`, then
+//! `Done`).
 //!
-//! Invariant: every end is bounded by `CLOSE_TIMEOUT`: a channel that cannot
-//! be closed in time breaks the session instead, and a disconnect that
-//! cannot be sent in time just closes the socket.
+//! How a cancelled command is stopped is [`kill`](super::kill)'s.
 //!
-//! May use: `conn`, `task`, `lend`, `event_loop` (`Cx`), `transport::libssh2`.
+//! Invariant: every end is bounded by `CLOSE_TIMEOUT` (plus the time the
+//! killing may take, [`Cancel::extra_time`]): a channel that cannot be
+//! closed in time breaks the session instead, and a disconnect that cannot
+//! be sent in time just closes the socket.
+//!
+//! May use: `conn`, `task`, `kill`, `lend`, `event_loop` (`Cx`),
+//! `transport::libssh2`.
 
 use std::time::Instant;
 
-use super::conn::{Conn, Flow, Phase};
+use super::conn::{Conn, Flow, Phase, Spare};
 use super::event_loop::Cx;
+use super::kill::{step_kill, step_killer};
 use super::{fail, CLOSE_TIMEOUT};
 use crate::transport::libssh2::{is_socket_error, would_block, write_blocked_on_input};
 use crate::transport::protocol::{Event, Token, TransportError};
@@ -48,38 +54,50 @@ impl Conn {
         }
     }
 
-    /// Closes a cancelled task's channel. Once the close request is sent the
-    /// session is free again: a server that waits for the remote process to
-    /// end before confirming (OpenSSH without a pty) must not hold it up.
+    /// Signals a cancelled command, closes its channel, runs the killer if
+    /// one is due. Once the close request is sent (and the killer is done)
+    /// the session is free again: a server that waits for the remote process
+    /// to end before confirming (OpenSSH without a pty) must not hold it up.
     pub(super) fn step_cancel(&mut self) -> Result<Flow, String> {
         let sess = self.sess.as_ref().expect("session while cancelling");
-        let Phase::Cancelling(slot) = &mut self.phase else {
+        let Phase::Cancelling(c) = &mut self.phase else {
             return Ok(Flow::Again);
         };
-        let Some(ch) = slot else {
-            return match sess.channel_session() {
-                Ok(ch) => {
-                    *slot = Some(ch);
-                    Ok(Flow::Again)
-                }
-                Err(e) if would_block(&e) => Ok(Flow::Wait),
-                Err(e) if is_socket_error(&e) => Err(format!("opening a channel: {e}")),
-                Err(_) => Ok(Flow::Free),
+        let c = &mut **c;
+        if !c.closed {
+            let Some(ch) = &mut c.ch else {
+                return match sess.channel_session() {
+                    Ok(ch) => {
+                        c.ch = Some(ch);
+                        Ok(Flow::Again)
+                    }
+                    Err(e) if would_block(&e) => Ok(Flow::Wait),
+                    Err(e) if is_socket_error(&e) => Err(format!("opening a channel: {e}")),
+                    Err(_) => Ok(Flow::Free),
+                };
             };
-        };
-        match ch.close() {
-            Ok(()) => Ok(Flow::Free),
-            Err(e) if would_block(&e) => {
-                if write_blocked_on_input(sess) {
-                    // Sent; only the server's confirmation is missing. The channel
-                    // stays in libssh2's list until the session is freed.
-                    Ok(Flow::Free)
-                } else {
-                    Ok(Flow::Wait)
+            if let Some(k) = &mut c.kill {
+                if !step_kill(sess, ch, k)? {
+                    return Ok(Flow::Wait);
                 }
+                c.kill = None;
             }
-            Err(e) => Err(format!("closing a cancelled channel: {e}")),
+            match ch.close() {
+                Ok(()) => {}
+                // Sent if libssh2 waits for input: only the server's confirmation
+                // is missing. The channel stays in libssh2's list until freed.
+                Err(e) if would_block(&e) && write_blocked_on_input(sess) => {}
+                Err(e) if would_block(&e) => return Ok(Flow::Wait),
+                Err(e) => return Err(format!("closing a cancelled channel: {e}")),
+            }
+            c.closed = true;
         }
+        let Some(k) = &mut c.killer else { return Ok(Flow::Free) };
+        // Its open would finish the spare's instead of starting its own.
+        if matches!(self.spare, Spare::Opening) {
+            return Ok(Flow::Wait);
+        }
+        Ok(if step_killer(sess, k)? { Flow::Free } else { Flow::Wait })
     }
 
     /// Abandons the session; the next `Run` reconnects.

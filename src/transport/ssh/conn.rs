@@ -91,9 +91,9 @@ pub(super) enum Phase {
         token: Token,
         slot: Arc<Mutex<Option<TcpStream>>>,
     },
-    /// A cancelled task's channel is being closed (`None`: its channel was
-    /// still being opened, so finish opening it first); `deadline` bounds it.
-    Cancelling(Option<ssh2::Channel>),
+    /// A cancelled task's command is being stopped and its channel closed
+    /// (see [`Cancel`](super::kill::Cancel)); `deadline` bounds it.
+    Cancelling(Box<super::kill::Cancel>),
     /// The session was abandoned (no socket, no session); the next `Run`
     /// reconnects.
     Broken,
@@ -134,7 +134,8 @@ pub(super) enum Spare {
     /// Its `CHANNEL_OPEN` is in flight. libssh2 keeps one open in progress per
     /// session, so whoever calls `channel_session` next finishes this one.
     Opening,
-    Ready(ssh2::Channel),
+    /// Open, with its raw handle taken while it was the newest channel.
+    Ready(ssh2::Channel, Option<crate::transport::libssh2::RawChannel>),
     /// The server refused a second channel (`MaxSessions`): no more spares on
     /// this connection.
     Off,
@@ -235,7 +236,7 @@ impl Conn {
     pub(super) fn wake_at(&self) -> Option<Instant> {
         let safety = self.is_busy().then(|| self.safety.stepped + self.safety_interval());
         let retry = match &self.phase {
-            Phase::Running(t) => t.ch.open.retry_at,
+            Phase::Running(t) => t.wake_at(),
             _ => None,
         };
         [self.deadline, self.keepalive.next, safety, retry]
@@ -262,7 +263,7 @@ impl Conn {
         if self.deadline.is_some_and(|d| d <= now) {
             self.deadline_passed(cx);
         }
-        let retry = matches!(&self.phase, Phase::Running(t) if t.ch.open.retry_at.is_some_and(|at| at <= now));
+        let retry = matches!(&self.phase, Phase::Running(t) if t.wake_at().is_some_and(|at| at <= now));
         if retry {
             self.step(cx);
         } else if self.is_busy() && self.safety.stepped + self.safety_interval() <= now {

@@ -1,17 +1,20 @@
 //! A command on a channel: env (exported in the command line when the
 //! server refuses it), pty, exec, stdin, EOF, output until both streams end,
-//! close and exit status.
+//! close and exit status; and its idle timeout (no output on either stream
+//! for that long fails it as a `Timeout`, and the cancel stops it).
 //!
 //! Invariant: after a write would block, nothing but that same write is
 //! sent until it goes through; only when libssh2 waits for input (the
-//! window is shut) is the output read meanwhile.
+//! window is shut) is the output read meanwhile. The idle clock starts at
+//! the exec and is checked only before a step reads (so output that is
+//! already there counts).
 //!
 //! May use: `channel`, `conn` (`Flow`, `TaskFail`, `Spare`),
 //! `transport::libssh2`, `task` (the command, sinks).
 
 use std::io::{self, Write};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use ssh2::Session;
 
@@ -52,18 +55,23 @@ pub(super) struct CommandRun {
     stdin_off: usize,
     /// Where stdout and stderr go.
     sinks: Sinks,
+    /// The idle timeout ([`Job::idle_timeout`]).
+    idle: Option<Duration>,
 }
 
 /// A command's stdout and stderr sinks.
 struct Sinks {
     out: Sink,
     err: Sink,
+    /// When output last came (or the command started).
+    heard: Instant,
 }
 
 impl OutputSink for Sinks {
     type Error = String;
 
     fn put(&mut self, stream: usize, data: &[u8]) -> Result<(), String> {
+        self.heard = Instant::now();
         if stream == 0 {
             self.out.write(data)
         } else {
@@ -93,8 +101,43 @@ impl CommandRun {
             env_fallback: Vec::new(),
             stdin,
             stdin_off: 0,
-            sinks: Sinks { out, err },
+            sinks: Sinks {
+                out,
+                err,
+                heard: Instant::now(),
+            },
+            idle: job.idle_timeout,
         })
+    }
+
+    /// Whether the command was started (its exec sent).
+    pub(super) fn started(&self) -> bool {
+        matches!(self.stage, Stage::Stdin | Stage::Eof | Stage::Drain | Stage::Close)
+    }
+
+    /// When its idle timeout passes, if it has one and runs.
+    pub(super) fn idle_deadline(&self) -> Option<Instant> {
+        let d = self.idle.filter(|_| self.started() && self.stage != Stage::Close)?;
+        Some(self.sinks.heard + d)
+    }
+
+    /// Fails the command if it has said nothing for its idle timeout; the
+    /// output pending in libssh2 is read first, since it was heard in time.
+    fn check_idle(&mut self, ch: &mut ssh2::Channel) -> Result<(), TaskFail> {
+        let Some(at) = self.idle_deadline() else { return Ok(()) };
+        if Instant::now() < at {
+            return Ok(());
+        }
+        if self.stage == Stage::Drain {
+            drain(ch, &mut self.sinks)?;
+        }
+        match self.idle_deadline() {
+            Some(at) if Instant::now() >= at => Err(TaskFail::Task(TransportError::Timeout(format!(
+                "no output for {:.2?} (idle timeout)",
+                self.idle.unwrap_or_default()
+            )))),
+            _ => Ok(()),
+        }
     }
 
     /// Whether its channel open may be in flight.
@@ -110,7 +153,9 @@ impl CommandRun {
     /// Runs the channel: open, env, pty, exec, stdin, EOF, drain, close.
     pub(super) fn step(&mut self, sess: &Session, spare: &mut Spare, tc: &mut TaskChannel) -> Result<Flow, TaskFail> {
         let lost = |what: &str, e: &dyn std::fmt::Display| TaskFail::Lost(format!("{what}: {e}"));
-        let Action::Command(c) = &*self.action else {
+        // A clone (one count) so that `self` stays free to change below.
+        let action = self.action.clone();
+        let Action::Command(c) = &*action else {
             return Err(TaskFail::Task(TransportError::local("not a command (transport bug)")));
         };
         loop {
@@ -122,6 +167,9 @@ impl CommandRun {
                 continue;
             }
             let ch = tc.get();
+            if self.stage != Stage::Close {
+                self.check_idle(ch)?;
+            }
             match self.stage {
                 Stage::Open => {}
                 Stage::Env => {
@@ -170,6 +218,7 @@ impl CommandRun {
                     if !exec(ch, &cmd, "the command", TransportError::local)? {
                         return Ok(Flow::Wait);
                     }
+                    self.sinks.heard = Instant::now();
                     self.stage = Stage::Stdin;
                 }
                 Stage::Stdin => {

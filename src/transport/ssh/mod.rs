@@ -38,7 +38,8 @@
 //! - [`channel`]: opening a task's channel (and the spare), exec, close;
 //! - [`task`]: the running task, an enum of [`exec`] (commands), [`scp`]
 //!   (put and get) and [`rsync_step`] (over the [`rsync`] bridge);
-//! - [`lend`]: a session lent to a parsub; [`close`]: cancel and disconnect.
+//! - [`lend`]: a session lent to a parsub; [`close`]: cancel and disconnect;
+//!   [`kill`]: stopping a cancelled command on the host.
 //!
 //! Invariant: every connection lives on one I/O thread (`label % threads`),
 //! and only that thread touches its session, except while it is `Lent`.
@@ -63,6 +64,7 @@ mod event_loop;
 mod exec;
 mod hostkey;
 mod keepalive;
+mod kill;
 mod lend;
 mod rsync;
 mod rsync_step;

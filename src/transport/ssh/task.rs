@@ -7,7 +7,7 @@
 //! Invariant: a task is answered exactly once, by [`Task::finish`], which
 //! consumes it; whoever takes a task out of `Phase::Running` must finish it.
 //!
-//! May use: `conn`, `channel`, `exec`, `scp`, `rsync_step`, `event_loop`
+//! May use: `conn`, `channel`, `kill`, `exec`, `scp`, `rsync_step`, `event_loop`
 //! (`Cx`), `transport` (protocol), `task` (actions).
 
 use std::time::{Instant, SystemTime};
@@ -19,6 +19,7 @@ use super::conn::{Conn, Flow, Phase, TaskFail};
 use super::event_loop::Cx;
 use super::exec::CommandRun;
 use super::finish;
+use super::kill::Cancel;
 use super::rsync_step::RsyncRun;
 use super::scp::ScpRun;
 use super::CLOSE_TIMEOUT;
@@ -100,6 +101,21 @@ impl Task {
         matches!(&self.kind, TaskKind::Command(c) if c.only_draining())
     }
 
+    /// When the task must be stepped even without an event: a refused
+    /// channel's retry, or the command's idle deadline.
+    pub(super) fn wake_at(&self) -> Option<Instant> {
+        let idle = match &self.kind {
+            TaskKind::Command(c) => c.idle_deadline(),
+            _ => None,
+        };
+        self.ch.open.retry_at.into_iter().chain(idle).min()
+    }
+
+    /// Whether a command runs on the channel, so a cancel must signal it.
+    fn command_started(&self) -> bool {
+        matches!(&self.kind, TaskKind::Command(c) if c.started())
+    }
+
     /// Answers the scheduler with `result` and what the task kept.
     pub(super) fn finish(self, events: &Sender<Event>, result: Result<Exit, TransportError>) {
         let outcome = match self.kind {
@@ -133,13 +149,17 @@ impl Conn {
             return;
         };
         let channel = t.ch.channel.take();
+        let raw = t.ch.raw.take();
         let opening = t.opening();
+        let command = t.command_started();
         t.finish(cx.events, result);
         if channel.is_none() && !opening {
             self.become_idle(cx);
             return;
         }
-        self.deadline = Some(Instant::now() + CLOSE_TIMEOUT);
-        self.phase = Phase::Cancelling(channel);
+        let sess = self.sess.as_ref().expect("session while running");
+        let cancel = Cancel::new(sess, channel, raw, command);
+        self.deadline = Some(Instant::now() + CLOSE_TIMEOUT + cancel.extra_time());
+        self.phase = Phase::Cancelling(Box::new(cancel));
     }
 }
