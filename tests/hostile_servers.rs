@@ -16,17 +16,28 @@ use testbed::{EmbeddedServer, Fault as ServerFault};
 const USER: &str = "alice";
 const PASSWORD: &str = "wonderland";
 
+/// This test binary's scratch directory under the target dir, emptied once per process
+/// (statics are never dropped, so a `TempDir` here would be left behind in /tmp).
+fn scratch() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("hostile_servers");
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    })
+}
+
 /// A throwaway HOME (known_hosts lives there) for the whole test process: HOME is
 /// process-wide, so it is set once, before any test connects.
 fn fake_home() -> &'static Path {
-    static HOME: OnceLock<tempfile::TempDir> = OnceLock::new();
+    static HOME: OnceLock<PathBuf> = OnceLock::new();
     HOME.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        fs::create_dir(dir.path().join(".ssh")).unwrap();
-        std::env::set_var("HOME", dir.path());
-        dir
+        let home = scratch().join("home");
+        fs::create_dir_all(home.join(".ssh")).unwrap();
+        std::env::set_var("HOME", &home);
+        home
     })
-    .path()
 }
 
 fn host(port: u16) -> Host {
@@ -70,7 +81,6 @@ struct HostileScp {
     server: EmbeddedServer,
     /// The absolute path the fake sends as a name (must never be created).
     absolute: PathBuf,
-    _bin: tempfile::TempDir,
 }
 
 fn hostile_scp() -> &'static Mutex<Option<Arc<HostileScp>>> {
@@ -84,23 +94,20 @@ fn hostile_scp_server() -> Arc<HostileScp> {
     if let Some(s) = &*slot {
         return s.clone();
     }
-    let bin = tempfile::tempdir().unwrap();
+    let bin = scratch().join("bin");
+    fs::create_dir_all(&bin).unwrap();
     let absolute = std::env::temp_dir().join(format!("hostile-abs-{}-{}", std::process::id(), rand_tag()));
-    let script = bin.path().join("scp");
+    let script = bin.join("scp");
     fs::write(&script, FAKE_SCP.replace("@ABS@", &ps(&absolute))).unwrap();
     fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
-    let path = format!("{}:{}", ps(bin.path()), std::env::var("PATH").unwrap_or_default());
+    let path = format!("{}:{}", ps(&bin), std::env::var("PATH").unwrap_or_default());
     let server = EmbeddedServer::builder()
         .password(USER, PASSWORD)
         .env("PATH", path)
         .builtin_scp(false)
         .start()
         .unwrap();
-    let s = Arc::new(HostileScp {
-        server,
-        absolute,
-        _bin: bin,
-    });
+    let s = Arc::new(HostileScp { server, absolute });
     *slot = Some(s.clone());
     s
 }
@@ -217,6 +224,7 @@ fn handshake_error(fault: ServerFault) -> (ssh_parallel::Error, Duration) {
 fn endless_banner_and_garbage_after_the_banner_are_connect_errors_in_time() {
     for fault in [ServerFault::EndlessBanner, ServerFault::GarbageAfterBanner] {
         let (e, took) = handshake_error(fault.clone());
+        eprintln!("{fault:?} after {took:?}: {e}");
         assert_eq!(e.kind(), ErrorKind::Connect, "{fault:?}: {e}");
         // Generous: this asserts "no hang", not speed (connect_timeout is 2 s).
         assert!(took < Duration::from_secs(15), "{fault:?} took {took:?}");
@@ -281,11 +289,15 @@ fn a_host_key_changed_across_a_reconnection_is_refused_under_accept_new() {
             if let Some(mut server) = first.lock().unwrap().take() {
                 server.stop();
             }
-            EmbeddedServer::builder()
-                .password(USER, PASSWORD)
-                .port(port)
-                .start()
-                .unwrap()
+            // The old listener's runtime may take a moment to let the port go.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                match EmbeddedServer::builder().password(USER, PASSWORD).port(port).start() {
+                    Ok(server) => return server,
+                    Err(e) if Instant::now() > deadline => panic!("restart on port {port}: {e}"),
+                    Err(_) => std::thread::sleep(Duration::from_millis(50)),
+                }
+            }
         })
     };
     let mut pssh = Parallel::builder()
@@ -303,6 +315,7 @@ fn a_host_key_changed_across_a_reconnection_is_refused_under_accept_new() {
     assert!(start.elapsed() < Duration::from_secs(30), "{:?}", start.elapsed());
     assert_eq!(report.label("k").unwrap().tasks()[0].stdout_str(), "first\n");
     let e = pssh.get_error("k").unwrap().expect("the reconnection must be refused");
+    eprintln!("{e}");
     assert_eq!(e.kind(), ErrorKind::Connect, "{e}");
     assert!(e.to_string().contains("does not match"), "{e}");
     assert!(

@@ -86,4 +86,15 @@ fn never_read_channels_accept_the_command_but_never_run_it() {
     assert!(out.is_empty());
     assert_eq!(server.commands(), ["echo never"]);
     assert_eq!(server.stats().commands, 0);
+    // Unread, the channel's buffer fills and the connection stops reading: 10 MB of stdin
+    // cannot all go out.
+    let mut ch = sess.channel_session().unwrap();
+    ch.exec("cat >/dev/null").unwrap();
+    sess.set_timeout(2000);
+    let started = Instant::now();
+    assert!(
+        ch.write_all(&vec![b'x'; 10 << 20]).is_err(),
+        "10 MB went to a server that never reads"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
 }

@@ -102,10 +102,10 @@ impl EmbeddedServer {
         let listener = runtime
             .block_on(async {
                 let socket = TcpSocket::new_v4()?;
-                if port != 0 {
-                    // The port of a server just stopped still has connections in TIME_WAIT.
-                    socket.set_reuseaddr(true)?;
-                }
+                // As tokio's own `TcpListener::bind` does: a server started on the port of one
+                // just stopped must not fail on its connections in TIME_WAIT, and Linux lets
+                // those go only if the old listener had the flag too.
+                socket.set_reuseaddr(true)?;
                 socket.bind((crate::LOCALHOST, port).into())?;
                 socket.listen(4096)
             })
