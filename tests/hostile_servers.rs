@@ -334,6 +334,6 @@ fn a_host_key_changed_across_a_reconnection_is_refused_under_accept_new() {
         .filter(|l| l.starts_with(&format!("[127.0.0.1]:{port} ")))
         .map(key_of)
         .collect();
-    assert_eq!(recorded, [first_key.clone()], "{known}");
+    assert_eq!(recorded, [first_key.as_str()], "{known}");
     assert_ne!(second.host_key_openssh(), first_key);
 }

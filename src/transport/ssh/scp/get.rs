@@ -276,6 +276,22 @@ fn expected_name(source: &str) -> Option<Vec<u8>> {
     Some(last.as_bytes().to_vec())
 }
 
+/// Parses `<mode> <size> <name>` (after the `C` or `D`).
+fn parse_record(rest: &[u8]) -> Option<(u32, u64, &[u8])> {
+    let mut parts = rest.splitn(3, |&b| b == b' ');
+    let mode = u32::from_str_radix(std::str::from_utf8(parts.next()?).ok()?, 8).ok()?;
+    let size = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
+    Some((mode & 0o7777, size, parts.next()?))
+}
+
+/// `FileTimes` from (mtime, atime) in seconds since the epoch.
+fn file_times((mtime, atime): Times) -> std::fs::FileTimes {
+    let at = |s: i64| SystemTime::UNIX_EPOCH + Duration::from_secs(s.max(0) as u64);
+    std::fs::FileTimes::new()
+        .set_modified(at(mtime))
+        .set_accessed(at(atime))
+}
+
 #[cfg(test)]
 mod tests {
     use super::expected_name;
@@ -292,20 +308,4 @@ mod tests {
             assert_eq!(name(unknowable), None, "{unknowable:?}");
         }
     }
-}
-
-/// Parses `<mode> <size> <name>` (after the `C` or `D`).
-fn parse_record(rest: &[u8]) -> Option<(u32, u64, &[u8])> {
-    let mut parts = rest.splitn(3, |&b| b == b' ');
-    let mode = u32::from_str_radix(std::str::from_utf8(parts.next()?).ok()?, 8).ok()?;
-    let size = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
-    Some((mode & 0o7777, size, parts.next()?))
-}
-
-/// `FileTimes` from (mtime, atime) in seconds since the epoch.
-fn file_times((mtime, atime): Times) -> std::fs::FileTimes {
-    let at = |s: i64| SystemTime::UNIX_EPOCH + Duration::from_secs(s.max(0) as u64);
-    std::fs::FileTimes::new()
-        .set_modified(at(mtime))
-        .set_accessed(at(atime))
 }
