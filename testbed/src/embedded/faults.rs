@@ -45,6 +45,7 @@ pub enum Fault {
     NeverReadChannels,
     /// Open every channel with a window of 0 bytes and never enlarge it: the client cannot
     /// send a byte of channel data (commands still run and their output still flows).
+    /// With [`Fault::Sha1Only`] too, only `Sha1Only` applies.
     ZeroWindow,
 }
 
