@@ -203,8 +203,9 @@ fn a_well_formed_recursive_get_from_the_fake_still_works() {
     assert_eq!(fs::read(top.path().join("tree/sub/deeper")).unwrap(), b"evil\n");
 }
 
-/// Runs `true` against a server with `fault` and returns the error and how long it took.
-fn handshake_error(fault: ServerFault) -> (ssh_parallel::Error, Duration) {
+/// Runs `command` on a server with `fault` (connect timeout 2 s) and returns the error
+/// it must end with and how long the run took.
+fn fault_error(fault: ServerFault, command: Command) -> (ssh_parallel::Error, Duration) {
     let server = EmbeddedServer::builder()
         .password(USER, PASSWORD)
         .fault(fault)
@@ -213,7 +214,7 @@ fn handshake_error(fault: ServerFault) -> (ssh_parallel::Error, Duration) {
     let mut pssh = Parallel::new();
     pssh.add_host("x", host(server.port()).connect_timeout(Duration::from_secs(2)))
         .unwrap();
-    pssh.all(Command::new("true")).unwrap();
+    pssh.all(command).unwrap();
     let start = Instant::now();
     pssh.run();
     let e = pssh.get_error("x").unwrap().cloned().expect("an error");
@@ -223,7 +224,7 @@ fn handshake_error(fault: ServerFault) -> (ssh_parallel::Error, Duration) {
 #[test]
 fn endless_banner_and_garbage_after_the_banner_are_connect_errors_in_time() {
     for fault in [ServerFault::EndlessBanner, ServerFault::GarbageAfterBanner] {
-        let (e, took) = handshake_error(fault.clone());
+        let (e, took) = fault_error(fault.clone(), Command::new("true"));
         eprintln!("{fault:?} after {took:?}: {e}");
         assert_eq!(e.kind(), ErrorKind::Connect, "{fault:?}: {e}");
         // Generous: this asserts "no hang", not speed (connect_timeout is 2 s).
@@ -233,23 +234,10 @@ fn endless_banner_and_garbage_after_the_banner_are_connect_errors_in_time() {
 
 /// Sends `stdin` to `cat` on a server with `fault`, under a task timeout of 2 s.
 fn stdin_error(fault: ServerFault, stdin: Vec<u8>) -> (ssh_parallel::Error, Duration) {
-    let server = EmbeddedServer::builder()
-        .password(USER, PASSWORD)
-        .fault(fault)
-        .start()
-        .unwrap();
-    let mut pssh = Parallel::new();
-    pssh.add_host("s", host(server.port())).unwrap();
-    pssh.all(
-        Command::new("cat >/dev/null")
-            .stdin(Stdin::data(stdin))
-            .timeout(Duration::from_secs(2)),
-    )
-    .unwrap();
-    let start = Instant::now();
-    pssh.run();
-    let e = pssh.get_error("s").unwrap().cloned().expect("an error");
-    (e, start.elapsed())
+    let cat = Command::new("cat >/dev/null")
+        .stdin(Stdin::data(stdin))
+        .timeout(Duration::from_secs(2));
+    fault_error(fault, cat)
 }
 
 #[test]
