@@ -47,6 +47,10 @@ pub struct EmbeddedServerBuilder {
     builtin_scp: Option<bool>,
     /// Offer only `curve25519-sha256` for key exchange.
     curve25519_only: bool,
+    /// Variables set for commands over the base environment (a name given again replaces it).
+    env: Vec<(String, String)>,
+    /// The port to listen on (0: an ephemeral one).
+    port: u16,
 }
 
 impl Default for EmbeddedServerBuilder {
@@ -64,6 +68,8 @@ impl Default for EmbeddedServerBuilder {
             inactivity_timeout: Some(Duration::from_secs(600)),
             curve25519_only: false,
             builtin_scp: None,
+            env: Vec::new(),
+            port: 0,
         }
     }
 }
@@ -161,7 +167,23 @@ impl EmbeddedServerBuilder {
         self
     }
 
-    /// Starts the server on 127.0.0.1 with an ephemeral port, on its own runtime thread.
+    /// Sets an environment variable for every command, over the base environment (e.g. a
+    /// `PATH` that puts a fake program first). The client's env requests still come last.
+    /// Whether the built-in scp is on by default is decided with this `PATH`.
+    pub fn env(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.push((name.into(), value.into()));
+        self
+    }
+
+    /// Listens on this port of 127.0.0.1 instead of an ephemeral one (e.g. to replace a
+    /// stopped server by another at the same address); the address may be reused at once.
+    pub fn port(mut self, port: u16) -> Self {
+        self.port = port;
+        self
+    }
+
+    /// Starts the server on 127.0.0.1 (an ephemeral port unless [`port`](Self::port)), on
+    /// its own runtime thread.
     pub fn start(self) -> Result<EmbeddedServer> {
         EmbeddedServer::start_with(self)
     }
@@ -175,6 +197,8 @@ pub(super) struct Prepared {
     pub(super) shared: Arc<Shared>,
     /// Worker threads of the server's runtime (at least 1).
     pub(super) worker_threads: usize,
+    /// The port to listen on (0: an ephemeral one).
+    pub(super) port: u16,
 }
 
 impl EmbeddedServerBuilder {
@@ -218,6 +242,10 @@ impl EmbeddedServerBuilder {
             ..Default::default()
         };
         let config = make_config(preferred.clone());
+        let zero_window_config = server::Config {
+            window_size: 0,
+            ..make_config(preferred.clone())
+        };
         let sha1_config = make_config(Preferred {
             kex: Cow::Borrowed(&[russh::kex::DH_G14_SHA1, russh::kex::DH_G1_SHA1]),
             mac: Cow::Borrowed(&[russh::mac::HMAC_SHA1]),
@@ -236,6 +264,12 @@ impl EmbeddedServerBuilder {
         if let Ok(lang) = std::env::var("LANG") {
             base_env.push(("LANG".to_string(), lang));
         }
+        for (name, value) in self.env {
+            match base_env.iter_mut().find(|(n, _)| *n == name) {
+                Some(slot) => slot.1 = value,
+                None => base_env.push((name, value)),
+            }
+        }
         let builtin_scp = self
             .builtin_scp
             .unwrap_or_else(|| !program_on_path("scp", &base_env[0].1));
@@ -251,6 +285,7 @@ impl EmbeddedServerBuilder {
             commands: Mutex::new(Vec::new()),
             config: Arc::new(config),
             sha1_config: Arc::new(sha1_config),
+            zero_window_config: Arc::new(zero_window_config),
             shell: self.shell,
             working_dir: self.working_dir.unwrap_or_else(crate::home_dir),
             base_env,
@@ -262,6 +297,7 @@ impl EmbeddedServerBuilder {
             host_key,
             shared,
             worker_threads: self.worker_threads,
+            port: self.port,
         })
     }
 }

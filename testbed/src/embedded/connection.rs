@@ -4,7 +4,9 @@
 //! requests (env, pty, exec, shell, subsystem).
 //!
 //! Invariant: a channel runs at most one command: the request that launches it takes it
-//! out of [`Connection::channels`], so later requests on it are refused. Every accepted
+//! out of [`Connection::channels`], so later requests on it are refused (under
+//! [`Fault::NeverReadChannels`](super::Fault::NeverReadChannels) it moves to
+//! [`Connection::stalled`] instead, never read until the connection ends). Every accepted
 //! connection is counted in [`Shared::counters`], and an active one sits in
 //! [`Shared::conns`] exactly while its task runs.
 
@@ -23,6 +25,7 @@ use tokio::sync::watch;
 
 use super::exec::{run_command, Launch, PendingChannel};
 use super::faults::FaultSet;
+use super::hostile::{endless_banner, garbage_after_banner};
 use super::shared::{lock, Shared};
 use super::socket::{ConnCtl, FaultStream};
 
@@ -71,6 +74,12 @@ async fn handle_connection(shared: Arc<Shared>, stream: TcpStream, mut shutdown:
         drop(stream);
         return;
     }
+    if faults.endless_banner {
+        return endless_banner(stream, shutdown).await;
+    }
+    if faults.garbage_after_banner {
+        return garbage_after_banner(stream, shutdown).await;
+    }
     if let Some(delay) = faults.delay {
         tokio::time::sleep(delay).await;
     }
@@ -91,6 +100,8 @@ async fn handle_connection(shared: Arc<Shared>, stream: TcpStream, mut shutdown:
     };
     let config = if faults.sha1_only {
         shared.sha1_config.clone()
+    } else if faults.zero_window {
+        shared.zero_window_config.clone()
     } else {
         shared.config.clone()
     };
@@ -99,6 +110,7 @@ async fn handle_connection(shared: Arc<Shared>, stream: TcpStream, mut shutdown:
         ctl,
         faults,
         channels: HashMap::new(),
+        stalled: Vec::new(),
     };
     match server::run_stream(config, stream, handler).await {
         Ok(session) => {
@@ -120,6 +132,9 @@ struct Connection {
     faults: FaultSet,
     /// Session channels opened and not yet launched; a launched or closed channel leaves.
     channels: HashMap<ChannelId, PendingChannel>,
+    /// Channels whose command was accepted but never started ([`Fault::NeverReadChannels`](super::Fault::NeverReadChannels)):
+    /// held unread, so russh's buffer for them fills and the connection stops reading.
+    stalled: Vec<Channel<Msg>>,
 }
 
 impl Connection {
@@ -149,6 +164,11 @@ impl Connection {
             return Ok(());
         };
         session.channel_success(id)?;
+        if self.faults.never_read_channels {
+            lock(&self.shared.commands).push(label);
+            self.stalled.push(pending.channel);
+            return Ok(());
+        }
         self.shared.counters.commands.fetch_add(1, Ordering::Relaxed);
         self.ctl.running.fetch_add(1, Ordering::Relaxed);
         lock(&self.shared.commands).push(label);

@@ -2,7 +2,7 @@
 //! ([`FaultSet`]).
 //!
 //! Invariant: the fault list is read once, when a connection is accepted; a change made
-//! with [`EmbeddedServer::set_faults`](super::EmbeddedServer::set_faults)(super::EmbeddedServer::set_faults) applies to the
+//! with [`EmbeddedServer::set_faults`](super::EmbeddedServer::set_faults) applies to the
 //! connections accepted after it, never to those already open.
 
 use std::time::Duration;
@@ -32,6 +32,21 @@ pub enum Fault {
     /// Offer only SHA-1 key exchange (`diffie-hellman-group14-sha1`, `-group1-sha1`) and
     /// `hmac-sha1`: clients without SHA-1 (libssh2 as vendored by `ssh2`) cannot connect.
     Sha1Only,
+    /// Send text lines forever instead of a banner (none starts with `SSH-`), until the
+    /// client closes the connection or the server stops: a client must give up by its own
+    /// deadline.
+    EndlessBanner,
+    /// Send a valid banner, then bytes that are no SSH packet (a packet length far beyond
+    /// any limit), and then nothing more while the connection stays open.
+    GarbageAfterBanner,
+    /// Accept session channels and answer their requests, but never run a command and never
+    /// read their data: once russh's buffer for the channel is full, the whole connection
+    /// stops reading, so a client sending stdin sees its writes block for good.
+    NeverReadChannels,
+    /// Open every channel with a window of 0 bytes and never enlarge it: the client cannot
+    /// send a byte of channel data (commands still run and their output still flows).
+    /// With [`Fault::Sha1Only`] too, only `Sha1Only` applies.
+    ZeroWindow,
 }
 
 /// The faults of one connection, as flags (read once when it is accepted).
@@ -51,6 +66,14 @@ pub(super) struct FaultSet {
     pub(super) no_banner: bool,
     /// [`Fault::Sha1Only`].
     pub(super) sha1_only: bool,
+    /// [`Fault::EndlessBanner`].
+    pub(super) endless_banner: bool,
+    /// [`Fault::GarbageAfterBanner`].
+    pub(super) garbage_after_banner: bool,
+    /// [`Fault::NeverReadChannels`].
+    pub(super) never_read_channels: bool,
+    /// [`Fault::ZeroWindow`].
+    pub(super) zero_window: bool,
 }
 
 impl FaultSet {
@@ -66,6 +89,10 @@ impl FaultSet {
                 Fault::DropDuringCommand(d) => set.drop_during_command = Some(*d),
                 Fault::NoBanner => set.no_banner = true,
                 Fault::Sha1Only => set.sha1_only = true,
+                Fault::EndlessBanner => set.endless_banner = true,
+                Fault::GarbageAfterBanner => set.garbage_after_banner = true,
+                Fault::NeverReadChannels => set.never_read_channels = true,
+                Fault::ZeroWindow => set.zero_window = true,
             }
         }
         set

@@ -5,7 +5,7 @@
 //! start), [`connection`] (the accept loop and russh's per-connection handler: auth and
 //! channel requests), [`exec`] (a command on a channel, as a process), [`scp_channel`]
 //! (the built-in scp on a channel), [`socket`] (a connection's socket, cut on demand),
-//! [`faults`] and [`shared`].
+//! [`hostile`] (connections that never become SSH sessions), [`faults`] and [`shared`].
 //!
 //! Invariant: every task and process the server starts lives on its own runtime thread
 //! and dies with [`EmbeddedServer::stop`] (or drop): connections are cut, process groups
@@ -15,6 +15,7 @@ mod builder;
 mod connection;
 mod exec;
 mod faults;
+mod hostile;
 mod scp_channel;
 mod shared;
 mod socket;
@@ -89,6 +90,7 @@ impl EmbeddedServer {
             host_key,
             shared,
             worker_threads,
+            port,
         } = b.prepare()?;
 
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -100,7 +102,11 @@ impl EmbeddedServer {
         let listener = runtime
             .block_on(async {
                 let socket = TcpSocket::new_v4()?;
-                socket.bind((crate::LOCALHOST, 0).into())?;
+                // As tokio's own `TcpListener::bind` does: a server started on the port of one
+                // just stopped must not fail on its connections in TIME_WAIT, and Linux lets
+                // those go only if the old listener had the flag too.
+                socket.set_reuseaddr(true)?;
+                socket.bind((crate::LOCALHOST, port).into())?;
                 socket.listen(4096)
             })
             .map_err(io_err("listening on 127.0.0.1"))?;

@@ -101,6 +101,8 @@ pub(super) struct Shared {
     pub(super) config: Arc<server::Config>,
     /// The same, offering only SHA-1 algorithms ([`Fault::Sha1Only`]).
     pub(super) sha1_config: Arc<server::Config>,
+    /// The same, opening channels with a window of 0 that never grows ([`Fault::ZeroWindow`]).
+    pub(super) zero_window_config: Arc<server::Config>,
     /// The shell commands run with (`SHELL -c COMMAND`).
     pub(super) shell: PathBuf,
     /// Working directory of commands.

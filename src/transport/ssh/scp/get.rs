@@ -2,9 +2,25 @@
 //! the remote `scp -f` become files and directories under the target, with
 //! their modes and times.
 //!
-//! Invariant: a received name is one path component (no `/`, `.` or `..`),
-//! so nothing is written outside the target; a directory's mode and times
-//! are set at its `E`, after its contents.
+//! The remote scp is not trusted to send only what was asked for (the class
+//! of CVE-2019-6111, where a hostile server overwrites files the user never
+//! requested). The rule, as OpenSSH's fix has it and a little stricter:
+//!
+//! * every received name is one path component: not empty, `.` or `..`,
+//!   and without `/`;
+//! * the top-level records (`C` or `D` outside any `D`) answer the sources
+//!   one by one, in order, since the sources are quoted and the remote shell
+//!   expands nothing: a top-level record beyond the last source is refused,
+//!   and its name must be the source's last component (trailing `/`
+//!   removed) unless that cannot be known here (`~`, `.` or `..`);
+//! * a `D` record is refused unless the get is recursive; inside a `D`,
+//!   any number of `C`, `D` and `E` records may come (all land under it);
+//! * an `E` must close an open `D`; `T` records only set the next times.
+//!
+//! Invariant: a record is checked against the rule before anything is
+//! created for it, so a refused transfer writes nothing outside the target
+//! and nothing beyond what was asked; a directory's mode and times are set
+//! at its `E`, after its contents.
 //!
 //! May use: its parent `scp`.
 
@@ -26,6 +42,13 @@ pub(super) struct GetState {
     times: Option<Times>,
     /// Directories entered (`D`), with the mode and times to set at their `E`.
     dirs: Vec<(PathBuf, u32, Option<Times>)>,
+    /// Whether `D` records are expected at all.
+    recursive: bool,
+    /// The name each source's top-level record must have, in order (`None`:
+    /// not known here, any safe name).
+    expected: Vec<Option<Vec<u8>>>,
+    /// Top-level records received so far.
+    answered: usize,
     step: GetStep,
 }
 
@@ -72,6 +95,9 @@ impl Scp {
                 target_is_dir,
                 times: None,
                 dirs: Vec::new(),
+                recursive: t.recursive,
+                expected: t.sources.iter().map(|s| expected_name(s)).collect(),
+                answered: 0,
                 step: GetStep::Record,
             }),
         );
@@ -144,6 +170,7 @@ impl Scp {
             Some(b'C' | b'D') => {
                 let (mode, size, name) = parse_record(&line[1..]).ok_or_else(bad)?;
                 let dest = g.dest(name)?;
+                g.check_asked(line[0] == b'D', name)?;
                 let times = g.times.take();
                 if line[0] == b'D' {
                     if dest.exists() {
@@ -191,6 +218,34 @@ impl Scp {
 }
 
 impl GetState {
+    /// Checks a `C` or `D` record against what was asked for (see the module
+    /// doc), and counts a top-level one.
+    fn check_asked(&mut self, is_dir: bool, name: &[u8]) -> Result<(), String> {
+        let shown = String::from_utf8_lossy(name);
+        if is_dir && !self.recursive {
+            return Err(format!(
+                "the remote scp sent a directory {shown:?} for a get that is not recursive"
+            ));
+        }
+        if !self.dirs.is_empty() {
+            return Ok(());
+        }
+        match self.expected.get(self.answered) {
+            None => Err(format!(
+                "the remote scp sent {shown:?} beyond the {} file(s) asked for",
+                self.expected.len()
+            )),
+            Some(Some(want)) if want.as_slice() != name => Err(format!(
+                "the remote scp sent {shown:?} where {:?} was asked for",
+                String::from_utf8_lossy(want)
+            )),
+            Some(_) => {
+                self.answered += 1;
+                Ok(())
+            }
+        }
+    }
+
     /// Where a received `C` or `D` record goes.
     fn dest(&self, name: &[u8]) -> Result<PathBuf, String> {
         if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') {
@@ -208,6 +263,19 @@ impl GetState {
     }
 }
 
+/// The name the remote scp gives a source's top-level record, as OpenSSH's
+/// scp computes it (trailing `/` removed, then the last component); `None`
+/// where this side cannot know it (the remote home, `/`, `.` or `..`).
+fn expected_name(source: &str) -> Option<Vec<u8>> {
+    let trimmed = source.trim_end_matches('/');
+    let last = trimmed.rsplit('/').next().unwrap_or(trimmed);
+    // Only a bare `~` (or `~/`) is left unquoted for the remote shell to expand.
+    if matches!(last, "" | "." | ".." | "~") && !(last == "~" && trimmed.contains('/')) {
+        return None;
+    }
+    Some(last.as_bytes().to_vec())
+}
+
 /// Parses `<mode> <size> <name>` (after the `C` or `D`).
 fn parse_record(rest: &[u8]) -> Option<(u32, u64, &[u8])> {
     let mut parts = rest.splitn(3, |&b| b == b' ');
@@ -222,4 +290,22 @@ fn file_times((mtime, atime): Times) -> std::fs::FileTimes {
     std::fs::FileTimes::new()
         .set_modified(at(mtime))
         .set_accessed(at(atime))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::expected_name;
+
+    #[test]
+    fn expected_names_follow_openssh_and_give_up_where_unknowable() {
+        let name = |s: &str| expected_name(s).map(|n| String::from_utf8(n).unwrap());
+        assert_eq!(name("a.txt").as_deref(), Some("a.txt"));
+        assert_eq!(name("/srv/data/").as_deref(), Some("data"));
+        assert_eq!(name("~/notes//").as_deref(), Some("notes"));
+        assert_eq!(name("~foo").as_deref(), Some("~foo"));
+        assert_eq!(name("dir/~").as_deref(), Some("~"));
+        for unknowable in ["~", "~/", "/", ".", "dir/..", ""] {
+            assert_eq!(name(unknowable), None, "{unknowable:?}");
+        }
+    }
 }
