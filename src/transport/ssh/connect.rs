@@ -265,9 +265,9 @@ fn handshake_error(target: &str, e: &ssh2::Error) -> String {
         || e.message().contains("exchange encryption keys")
     {
         format!(
-            "{target}: SSH handshake failed: {e}. This client's libssh2 has SHA-1 and DSA compiled out: \
-             a server offering only ssh-rsa (SHA-1) or ssh-dss host keys, *-sha1 key exchange or hmac-sha1 \
-             cannot be reached; enable SHA-2 algorithms (rsa-sha2-256/512, ed25519, curve25519) on the server"
+            "{target}: SSH handshake failed: {e}. If the server offers only ssh-rsa (SHA-1) or ssh-dss host \
+             keys, *-sha1 key exchange or hmac-sha1, that is why: this client's libssh2 has SHA-1 and DSA \
+             compiled out; enable SHA-2 algorithms (rsa-sha2-256/512, ed25519, curve25519) on the server"
         )
     } else {
         format!("{target}: SSH handshake failed: {e}")
