@@ -99,10 +99,10 @@ pub struct Common {
     #[arg(short = 'i', long = "identity", value_name = "FILE", global = true)]
     pub identity: Vec<PathBuf>,
 
-    /// An ssh_config directive `Key=Value` (repeatable): User, Port,
-    /// IdentityFile, IdentitiesOnly, IdentityAgent, ConnectTimeout,
-    /// StrictHostKeyChecking, ServerAliveInterval, ServerAliveCountMax,
-    /// BatchMode, PasswordAuthentication.
+    /// An ssh_config directive `Key=Value` or `Key Value` (repeatable), as
+    /// with `ssh -o`: any directive ssh_config accepts except Host, Match and
+    /// Include. It wins over ~/.ssh/config and /etc/ssh/ssh_config (the
+    /// first value obtained wins); -l, -i and -t win over it.
     #[arg(short = 'o', long = "option", value_name = "KEY=VALUE", global = true)]
     pub options: Vec<String>,
 

@@ -78,7 +78,11 @@ fn run(cli: Cli) -> Result<i32, Usage> {
     let options = SshOptions::parse(&common.options).map_err(Usage)?;
     let timeout = common.command_timeout.map(sshopts::secs).transpose().map_err(Usage)?;
 
-    let mut pssh = Parallel::builder().workers(common.fanout).build()?;
+    let mut builder = Parallel::builder().workers(common.fanout);
+    if let Some(env) = options.resolve_env().map_err(Usage)? {
+        builder = builder.ssh_config_env(env);
+    }
+    let mut pssh = builder.build()?;
     let mut names = Vec::new();
     for t in &targets {
         let host = options.host_for(t, common).map_err(Usage)?;

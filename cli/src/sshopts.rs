@@ -1,175 +1,147 @@
 //! `-o Key=Value` ssh_config directives, and the `Host` each target gets from
-//! them and the other login options.
+//! the login options.
 //!
-//! Only the directives the `Host` builder can express are accepted; any other
-//! is a usage error naming it rather than being silently ignored.
+//! `-o` lines are handed to the library's ssh_config resolver rather than
+//! interpreted here, so every directive it honours works with OpenSSH's
+//! meaning: they are written to a private file read before `~/.ssh/config`
+//! and `/etc/ssh/ssh_config`, and the first obtained value wins, as with
+//! `ssh -o`. Each line is first resolved alone so that an error names the
+//! option as typed rather than the private file.
 
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use ssh_parallel::{Host, HostKeyCheck};
+use ssh_parallel::ssh_config::{resolve, ConfigFile, Query};
+use ssh_parallel::{ConfigError, Host, ResolveEnv};
 
 use crate::args::Common;
 use crate::hosts::Target;
 
-/// `IdentityAgent`: none, the default `$SSH_AUTH_SOCK`, or a socket.
-#[derive(Debug, Clone)]
-enum Agent {
-    Off,
-    Default,
-    Socket(PathBuf),
-}
+/// Keywords that make sense only in a file: `ssh -o` refuses them too.
+const FILE_ONLY: [&str; 3] = ["host", "match", "include"];
 
-/// The directives given with `-o`, after parsing.
-#[derive(Debug, Default, Clone)]
+/// The `-o` directives, validated, in a private file the resolver reads first;
+/// the file is removed when this value is dropped.
+#[derive(Debug)]
 pub struct SshOptions {
-    user: Option<String>,
-    port: Option<u16>,
-    identity_files: Vec<PathBuf>,
-    identities_only: bool,
-    agent: Option<Agent>,
-    connect_timeout: Option<Duration>,
-    host_key_check: Option<HostKeyCheck>,
-    keepalive: Option<Duration>,
-    keepalive_count_max: Option<u32>,
+    file: Option<PathBuf>,
 }
-
-const KNOWN: &str = "User, Port, IdentityFile, IdentitiesOnly, IdentityAgent, ConnectTimeout, \
-StrictHostKeyChecking, ServerAliveInterval, ServerAliveCountMax, BatchMode, PasswordAuthentication";
 
 impl SshOptions {
-    /// Parses `Key=Value` or `Key Value` directives; keys are case-insensitive.
-    /// As in ssh, the first value given for a key wins (IdentityFile adds up).
+    /// Validates `directives` (`Key=Value` or `Key Value`) and writes them,
+    /// in order, to a private file. An error names the option as typed.
     pub fn parse(directives: &[String]) -> Result<SshOptions, String> {
-        let mut o = SshOptions::default();
-        for d in directives {
-            let (key, value) = split_directive(d)?;
-            let bad = |what: &str| format!("-o {d:?}: {key} {what}");
-            match key.to_ascii_lowercase().as_str() {
-                "user" => {
-                    o.user.get_or_insert_with(|| value.to_owned());
-                }
-                "port" => {
-                    let p = value.parse::<u16>().ok().filter(|p| *p > 0);
-                    let p = p.ok_or_else(|| bad("must be a port number from 1 to 65535"))?;
-                    o.port.get_or_insert(p);
-                }
-                "identityfile" => o.identity_files.push(PathBuf::from(value)),
-                "identitiesonly" => o.identities_only = yes_no(value).ok_or_else(|| bad("must be yes or no"))?,
-                "identityagent" => {
-                    let agent = match value {
-                        "none" => Agent::Off,
-                        "SSH_AUTH_SOCK" => Agent::Default,
-                        path => Agent::Socket(PathBuf::from(path)),
-                    };
-                    o.agent.get_or_insert(agent);
-                }
-                "connecttimeout" => {
-                    let t = seconds(value).ok_or_else(|| bad("must be a number of seconds"))?;
-                    o.connect_timeout.get_or_insert(t);
-                }
-                "stricthostkeychecking" => {
-                    let check = match value.to_ascii_lowercase().as_str() {
-                        "yes" | "ask" => HostKeyCheck::Strict,
-                        "accept-new" => HostKeyCheck::AcceptNew,
-                        "no" | "off" => HostKeyCheck::Off,
-                        _ => return Err(bad("must be yes, accept-new or no")),
-                    };
-                    o.host_key_check.get_or_insert(check);
-                }
-                "serveraliveinterval" => {
-                    let t = value
-                        .parse::<u64>()
-                        .map_err(|_| bad("must be a whole number of seconds"))?;
-                    o.keepalive.get_or_insert(Duration::from_secs(t));
-                }
-                "serveralivecountmax" => {
-                    let n = value.parse::<u32>().ok().filter(|n| *n > 0);
-                    let n = n.ok_or_else(|| bad("must be a number above 0"))?;
-                    o.keepalive_count_max.get_or_insert(n);
-                }
-                // Never prompting is all this program does; the values only
-                // need to be well-formed.
-                "batchmode" | "passwordauthentication" => {
-                    yes_no(value).ok_or_else(|| bad("must be yes or no"))?;
-                }
-                _ => {
-                    return Err(format!(
-                        "-o {d:?}: unsupported ssh_config directive {key:?} (supported: {KNOWN})"
-                    ))
-                }
-            }
+        if directives.is_empty() {
+            return Ok(SshOptions { file: None });
         }
-        Ok(o)
+        let env = ResolveEnv::from_system().map_err(|e| e.to_string())?;
+        let mut text = String::new();
+        for d in directives {
+            check_shape(d)?;
+            text.push_str(d.trim());
+            text.push('\n');
+        }
+        for d in directives {
+            let one = SshOptions::write(&format!("{}\n", d.trim()))?;
+            let Some(path) = one.file.as_ref() else { continue };
+            let alone = env.clone().with_only_file(Some(ConfigFile::explicit(path)));
+            resolve(&alone, &Query::new("ssh-parallel-check")).map_err(|e| explain(d, path, &e))?;
+        }
+        SshOptions::write(&text)
     }
 
-    /// The `Host` for `target`: the `user@` of the node set first, then `-l`,
-    /// then `-o User`; `-i` keys before `-o IdentityFile` ones.
+    /// The resolver environment: the `-o` file, then the usual files.
+    pub fn resolve_env(&self) -> Result<Option<ResolveEnv>, String> {
+        let Some(path) = &self.file else { return Ok(None) };
+        let mut env = ResolveEnv::from_system().map_err(|e| e.to_string())?;
+        env.files.insert(0, ConfigFile::explicit(path));
+        Ok(Some(env))
+    }
+
+    /// A private file (mode 0600, created afresh so nobody can plant one)
+    /// holding `text`.
+    fn write(text: &str) -> Result<SshOptions, String> {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let mut last = None;
+        for attempt in 0..16u32 {
+            let name = format!("ssh-parallel-o-{}-{nanos}-{attempt}", std::process::id());
+            let path = std::env::temp_dir().join(name);
+            match OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path) {
+                Ok(mut f) => {
+                    // Owned from here on, so a failed write still removes it.
+                    let owned = SshOptions { file: Some(path) };
+                    f.write_all(text.as_bytes())
+                        .map_err(|e| format!("cannot write the -o options to a temporary file: {e}"))?;
+                    return Ok(owned);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some(e),
+                Err(e) => return Err(format!("cannot create a temporary file for the -o options: {e}")),
+            }
+        }
+        let e = last.map_or_else(String::new, |e| e.to_string());
+        Err(format!("cannot create a temporary file for the -o options: {e}"))
+    }
+
+    /// The `Host` for `target`: the `user@` of the node set first, then `-l`;
+    /// the `-i` keys and `-t`. These win over every ssh_config value.
     pub fn host_for(&self, target: &Target, common: &Common) -> Result<Host, String> {
         let mut h = Host::parse(&target.label).map_err(|e| e.to_string())?;
         // User commands and paths are passed through as typed: `date +%s%N`
         // must not be read as a `%VAR%` reference.
         h = h.expand_vars(false);
-        if let Some(u) = target.user.as_ref().or(common.user.as_ref()).or(self.user.as_ref()) {
+        if let Some(u) = target.user.as_ref().or(common.user.as_ref()) {
             h = h.user(u.clone());
         }
-        if h.port_number().is_none() {
-            if let Some(p) = self.port {
-                h = h.port(p);
-            }
-        }
-        for key in common.identity.iter().chain(&self.identity_files) {
+        for key in &common.identity {
             h = h.key_file(expand_tilde(key));
         }
-        match &self.agent {
-            Some(Agent::Off) => h = h.agent(false),
-            Some(Agent::Default) => h = h.agent(true),
-            Some(Agent::Socket(path)) => h = h.agent_socket(expand_tilde(path)),
-            None if self.identities_only => h = h.agent(false),
-            None => {}
-        }
-        let connect = common.connect_timeout.map(secs).transpose()?.or(self.connect_timeout);
-        if let Some(t) = connect {
+        if let Some(t) = common.connect_timeout.map(secs).transpose()? {
             h = h.connect_timeout(t);
-        }
-        if let Some(c) = self.host_key_check {
-            h = h.host_key_check(c);
-        }
-        if let Some(k) = self.keepalive {
-            h = h.keepalive(k);
-        }
-        if let Some(n) = self.keepalive_count_max {
-            h = h.keepalive_count_max(n);
         }
         Ok(h)
     }
 }
 
-fn split_directive(d: &str) -> Result<(&str, &str), String> {
-    let d_trim = d.trim();
-    let (k, v) = match d_trim.split_once('=') {
-        Some((k, v)) => (k.trim(), v.trim()),
-        None => match d_trim.split_once(char::is_whitespace) {
-            Some((k, v)) => (k.trim(), v.trim()),
-            None => return Err(format!("-o {d:?}: expected Key=Value")),
-        },
-    };
-    if k.is_empty() || v.is_empty() {
+impl Drop for SshOptions {
+    fn drop(&mut self) {
+        if let Some(path) = &self.file {
+            // Nothing useful to do if it is already gone.
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// A directive must be one line with a keyword and a value, and not one of
+/// the keywords that only mean something in a file.
+fn check_shape(d: &str) -> Result<(), String> {
+    let t = d.trim();
+    if t.contains(['\n', '\r']) {
+        return Err(format!("-o {d:?}: a directive is one line"));
+    }
+    let key_end = t.find(|c: char| c.is_whitespace() || c == '=').unwrap_or(t.len());
+    let (key, rest) = t.split_at(key_end);
+    let value = rest.trim_start().strip_prefix('=').unwrap_or(rest).trim();
+    if key.is_empty() || value.is_empty() || key.starts_with('#') {
         return Err(format!("-o {d:?}: expected Key=Value"));
     }
-    Ok((k, v))
-}
-
-fn yes_no(v: &str) -> Option<bool> {
-    match v.to_ascii_lowercase().as_str() {
-        "yes" => Some(true),
-        "no" => Some(false),
-        _ => None,
+    if FILE_ONLY.contains(&key.to_ascii_lowercase().as_str()) {
+        return Err(format!("-o {d:?}: {key} is not supported as a command-line option"));
     }
+    Ok(())
 }
 
-fn seconds(v: &str) -> Option<Duration> {
-    v.parse::<f64>().ok().and_then(|s| secs(s).ok())
+/// The resolver's error for the one-line file of `d`, told about `-o d`.
+fn explain(d: &str, path: &std::path::Path, e: &ConfigError) -> String {
+    let message = match e {
+        ConfigError::Invalid { message, .. } => message.clone(),
+        other => other.to_string().replace(&path.display().to_string(), "-o"),
+    };
+    format!("-o {d:?}: {message}")
 }
 
 /// A timeout option's seconds as a `Duration`; zero, negative or absurd
@@ -194,13 +166,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn directives() {
-        let o = SshOptions::parse(&["port=2222".into(), "StrictHostKeyChecking no".into(), "Port=1".into()]).unwrap();
-        assert_eq!(o.port, Some(2222));
-        assert_eq!(o.host_key_check, Some(HostKeyCheck::Off));
-        let e = SshOptions::parse(&["ProxyJump=bastion".into()]).unwrap_err();
-        assert!(e.contains("unsupported ssh_config directive \"ProxyJump\""), "{e}");
-        assert!(SshOptions::parse(&["Port=x".into()]).is_err());
-        assert!(SshOptions::parse(&["Port".into()]).is_err());
+    fn shapes() {
+        assert!(check_shape("Port=2222").is_ok());
+        assert!(check_shape("StrictHostKeyChecking no").is_ok());
+        assert!(check_shape(" Port = 1 ").is_ok());
+        assert!(check_shape("Port").is_err());
+        assert!(check_shape("Port=").is_err());
+        assert!(check_shape("=1").is_err());
+        assert!(check_shape("Port=1\nUser=x").is_err());
+        let e = check_shape("Host=x").unwrap_err();
+        assert!(e.contains("not supported as a command-line option"), "{e}");
     }
 }

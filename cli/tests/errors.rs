@@ -54,12 +54,12 @@ fn usage_errors_are_one_line_and_exit_2() {
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["-w", "web[1-", "--", "true"], "invalid node set"),
         (
-            vec!["-w", &h, "-o", "ProxyJump=bastion", "--", "true"],
-            "unsupported ssh_config directive \"ProxyJump\"",
+            vec!["-w", &h, "-o", "Bogus=1", "--", "true"],
+            "-o \"Bogus=1\": bad configuration option",
         ),
         (
-            vec!["-w", &h, "-o", "Port=http", "--", "true"],
-            "Port must be a port number",
+            vec!["-w", &h, "-o", "Port=99999", "--", "true"],
+            "-o \"Port=99999\": badly formatted port number",
         ),
         (
             vec!["-w", "no-such-host.invalid", "--", "true"],
