@@ -88,9 +88,6 @@ enum Timer {
     Wake { label: LabelId, gen: u64 },
     /// Cancel the run `token` of `label`, if it is still running.
     TaskTimeout { label: LabelId, token: Token },
-    /// Send the cancelled run's `Cancel` again if `token` has not answered:
-    /// a transport may not know a task yet that it was just sent.
-    Recancel { label: LabelId, token: Token },
 }
 
 /// One run of a plan. Labels are indexed by `LabelId` in `rt` and `reports`.
@@ -297,7 +294,6 @@ impl Scheduler<'_> {
                         self.transports.send(&host, Request::Cancel { token });
                     }
                 }
-                Timer::Recancel { label, token } => self.recancel(label, token),
             }
         }
     }

@@ -8,22 +8,19 @@
 //! transports have answered.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crossbeam_channel::{Receiver, RecvError};
 use petgraph::graph::NodeIndex;
 
 use super::state::{Discard, State};
-use super::{Scheduler, Timer};
+use super::Scheduler;
 use crate::error::{Error, ErrorKind};
 use crate::plan::LabelId;
 use crate::report::{TaskReport, TaskStatus};
 use crate::run::{OutputStream, RunEvent};
 use crate::task::Action;
-use crate::transport::{Event, Request, Token};
-
-/// How often a cancelled task that has not answered is cancelled again.
-const RECANCEL: Duration = Duration::from_millis(100);
+use crate::transport::{Event, Request};
 
 impl Scheduler<'_> {
     /// The next transport event, or `None` at `deadline` or when the run was
@@ -57,25 +54,15 @@ impl Scheduler<'_> {
             if rt.state == State::Running && !rt.timed_out && !rt.cancelled {
                 rt.cancelled = true;
                 let token = rt.token;
-                self.recancel(l, token);
+                // One `Cancel`, as a timeout sends: every transport finds a
+                // task from its `Run` on (requests keep their order, and the
+                // local transport registers a task before its pool runs it).
+                let host = self.plan.labels[l].host.clone();
+                self.transports.send(&host, Request::Cancel { token });
             }
         }
         // Waiting labels stop now; connecting ones when their connection answers.
         self.wake_all_for_abort();
-    }
-
-    /// Sends `Cancel` for the cancelled run `token` of `l` while it has not
-    /// answered, every `RECANCEL`: the local transport registers a task on
-    /// its worker thread, so a `Cancel` right behind the `Run` can find
-    /// nothing to stop. Transports ignore a `Cancel` of a finished token.
-    pub(super) fn recancel(&mut self, l: LabelId, token: Token) {
-        let rt = &self.rt[l];
-        if rt.state != State::Running || rt.token != token || !rt.cancelled {
-            return;
-        }
-        let host = self.plan.labels[l].host.clone();
-        self.transports.send(&host, Request::Cancel { token });
-        self.add_timer(Instant::now() + RECANCEL, Timer::Recancel { label: l, token });
     }
 
     /// In a cancelled run, stops label `l` at its head `node`; returns

@@ -93,8 +93,13 @@ fn worker(rx: Receiver<Work>, idle: Arc<AtomicUsize>) {
     }
 }
 
-/// How to stop a running task when its timeout passes.
+/// How to stop a task when it is cancelled (its timeout passed, or the run
+/// was cancelled).
 enum Cancel {
+    /// Handed to the pool, not started yet: a cancel marks it `Cancelled`.
+    Queued,
+    /// Cancelled before it started: the worker answers without running it.
+    Cancelled,
     /// Kill the process group.
     Process(i32),
     /// A closure or an in-process copy cannot be interrupted: answer for it
@@ -127,6 +132,9 @@ fn dispatch(rx: Receiver<Request>, events: Sender<Event>) {
                 let _ = events.send(Event::Closed { label, conn });
             }
             Request::Run(job) => {
+                // Registered here, not on the worker, so that a `Cancel` sent
+                // right behind the `Run` finds the task.
+                running.lock().insert(job.token, (job.label, Cancel::Queued));
                 let events = events.clone();
                 let running = running.clone();
                 pool.execute(Box::new(move || {
@@ -142,6 +150,12 @@ fn dispatch(rx: Receiver<Request>, events: Sender<Event>) {
                 let mut map = running.lock();
                 match map.get(&token) {
                     Some((_, Cancel::Process(pgid))) => crate::process::kill_group(*pgid),
+                    Some((_, Cancel::Queued)) => {
+                        if let Some(entry) = map.get_mut(&token) {
+                            entry.1 = Cancel::Cancelled;
+                        }
+                    }
+                    Some((_, Cancel::Cancelled)) => {}
                     Some(&(label, Cancel::Abandon)) => {
                         map.remove(&token);
                         drop(map);
@@ -167,8 +181,16 @@ fn dispatch(rx: Receiver<Request>, events: Sender<Event>) {
 fn run_job(job: Job, running: &Running) -> Outcome {
     let started = SystemTime::now();
     let fail = |e: TransportError| Outcome::new(Err(e), started);
-    // Registered before anything can fail, so that every job is answered.
-    running.lock().insert(job.token, (job.label, Cancel::Abandon));
+    // Still registered (the dispatcher did it), so every job is answered;
+    // one cancelled while queued is answered without running.
+    {
+        let mut map = running.lock();
+        let entry = map.entry(job.token).or_insert((job.label, Cancel::Queued));
+        if matches!(entry.1, Cancel::Cancelled) {
+            return fail(TransportError::local("cancelled before it started"));
+        }
+        entry.1 = Cancel::Abandon;
+    }
     match &*job.action {
         Action::Command(c) => run_command(&job, c, running, started),
         Action::ScpGet(ScpGet(t)) | Action::ScpPut(ScpPut(t)) => match copy_paths(t) {
