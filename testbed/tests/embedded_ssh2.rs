@@ -262,14 +262,6 @@ fn a_thousand_concurrent_connections() {
 
 // ---- faults -------------------------------------------------------------------------------
 
-fn fault_server(fault: Fault) -> EmbeddedServer {
-    EmbeddedServer::builder()
-        .password("alice", "secret")
-        .fault(fault)
-        .start()
-        .unwrap()
-}
-
 #[test]
 fn fault_refuse_handshake() {
     let server = fault_server(Fault::RefuseHandshake);

@@ -10,14 +10,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use testbed::{EmbeddedServer, Fault};
 
-fn fault_server(fault: Fault) -> EmbeddedServer {
-    EmbeddedServer::builder()
-        .password("alice", "secret")
-        .fault(fault)
-        .start()
-        .unwrap()
-}
-
 fn tcp(server: &EmbeddedServer) -> TcpStream {
     let s = TcpStream::connect(server.addr()).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();

@@ -192,3 +192,12 @@ pub fn write_random_file(path: &Path, len: usize, seed: u64) {
     data.truncate(len);
     std::fs::write(path, data).expect("write file");
 }
+
+/// An embedded server (user `alice`, password `secret`) with `fault`.
+pub fn fault_server(fault: testbed::Fault) -> testbed::EmbeddedServer {
+    testbed::EmbeddedServer::builder()
+        .password("alice", "secret")
+        .fault(fault)
+        .start()
+        .unwrap()
+}
