@@ -172,6 +172,21 @@ fn non_utf8_output_and_megabyte_lines_are_kept_byte_exact() {
     assert!(report.label("a").unwrap().tasks()[0].stdout_str().ends_with("\0end"));
 }
 
+/// A resolver environment reading only `file`, with `home` as `~` and no
+/// process-wide state (no real home, user or variables).
+fn config_env(home: &std::path::Path, file: &std::path::Path) -> ssh_parallel::ResolveEnv {
+    ssh_parallel::ResolveEnv {
+        home: home.to_path_buf(),
+        local_user: "me".into(),
+        uid: 1000,
+        local_host: "here.example".into(),
+        files: vec![ssh_parallel::ssh_config::ConfigFile::explicit(file)],
+        shell: "/bin/sh".into(),
+        vars: Default::default(),
+        system_dir: home.to_path_buf(),
+    }
+}
+
 /// One line of an ssh_config: known keywords with odd values, `Host` and
 /// `Match` headers, and junk. Never `Match exec` (it would run the text) nor
 /// an `Include` of anything but a missing relative file.
@@ -231,8 +246,8 @@ proptest! {
         lines in prop::collection::vec(ssh_config_line(), 0..12),
         alias in "[a-z][a-z0-9.-]{0,12}",
     ) {
-        use ssh_parallel::ssh_config::{resolve, ConfigFile, Query};
-        use ssh_parallel::{ConfigError, ResolveEnv};
+        use ssh_parallel::ssh_config::{resolve, Query};
+        use ssh_parallel::ConfigError;
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("config");
         let text = lines.join("\n");
@@ -240,17 +255,7 @@ proptest! {
         // file holds.
         let line_count = text.split('\n').count();
         std::fs::write(&file, &text).unwrap();
-        let env = ResolveEnv {
-            home: dir.path().to_path_buf(),
-            local_user: "me".into(),
-            uid: 1000,
-            local_host: "here.example".into(),
-            files: vec![ConfigFile::explicit(&file)],
-            shell: "/bin/sh".into(),
-            vars: Default::default(),
-            system_dir: dir.path().to_path_buf(),
-        };
-        match resolve(&env, &Query::new(alias)) {
+        match resolve(&config_env(dir.path(), &file), &Query::new(alias)) {
             Ok(_) => {}
             Err(ConfigError::Invalid { file: f, line, message }) => {
                 prop_assert_eq!(&f, &file);
@@ -264,19 +269,10 @@ proptest! {
 
 #[test]
 fn cyclic_and_deep_includes_and_nul_bytes_in_ssh_config_name_file_and_line() {
-    use ssh_parallel::ssh_config::{resolve, ConfigFile, Query};
-    use ssh_parallel::{ConfigError, ResolveEnv};
+    use ssh_parallel::ssh_config::{resolve, Query};
+    use ssh_parallel::ConfigError;
     let dir = tempfile::tempdir().unwrap();
-    let env = |file: &std::path::Path| ResolveEnv {
-        home: dir.path().to_path_buf(),
-        local_user: "me".into(),
-        uid: 1000,
-        local_host: "here".into(),
-        files: vec![ConfigFile::explicit(file)],
-        shell: "/bin/sh".into(),
-        vars: Default::default(),
-        system_dir: dir.path().to_path_buf(),
-    };
+    let env = |file: &std::path::Path| config_env(dir.path(), file);
     // A file that includes itself.
     let cyclic = dir.path().join("cyclic");
     std::fs::write(&cyclic, format!("Port 2222\nInclude {}\n", cyclic.display())).unwrap();
