@@ -290,8 +290,7 @@ impl Scheduler<'_> {
                     if rt.state == State::Running && rt.token == token && !rt.timed_out && !rt.cancelled {
                         rt.timed_out = true;
                         log::info!(target: "ssh_parallel", "[{}] task timed out; cancelling it", self.plan.labels[label].name);
-                        let host = self.plan.labels[label].host.clone();
-                        self.transports.send(&host, Request::Cancel { token });
+                        self.send_cancel(label, token);
                     }
                 }
             }
@@ -347,5 +346,14 @@ impl Scheduler<'_> {
                 }
             }
         }
+    }
+
+    /// Sends `Cancel` for the run `token` of label `l` (a timeout or a
+    /// cancelled run). One is enough: every transport finds a task from its
+    /// `Run` on (requests keep their order, and the local transport
+    /// registers a task before its pool runs it).
+    fn send_cancel(&mut self, l: LabelId, token: Token) {
+        let host = self.plan.labels[l].host.clone();
+        self.transports.send(&host, Request::Cancel { token });
     }
 }

@@ -20,7 +20,7 @@ use crate::plan::LabelId;
 use crate::report::{TaskReport, TaskStatus};
 use crate::run::{OutputStream, RunEvent};
 use crate::task::Action;
-use crate::transport::{Event, Request};
+use crate::transport::Event;
 
 impl Scheduler<'_> {
     /// The next transport event, or `None` at `deadline` or when the run was
@@ -54,11 +54,7 @@ impl Scheduler<'_> {
             if rt.state == State::Running && !rt.timed_out && !rt.cancelled {
                 rt.cancelled = true;
                 let token = rt.token;
-                // One `Cancel`, as a timeout sends: every transport finds a
-                // task from its `Run` on (requests keep their order, and the
-                // local transport registers a task before its pool runs it).
-                let host = self.plan.labels[l].host.clone();
-                self.transports.send(&host, Request::Cancel { token });
+                self.send_cancel(l, token);
             }
         }
         // Waiting labels stop now; connecting ones when their connection answers.
