@@ -32,6 +32,7 @@
 //! says where a label runs; `fault` scripts the fault-injection transport.
 #![deny(missing_docs)]
 
+mod amount;
 mod error;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
@@ -54,6 +55,7 @@ mod transport;
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 
+pub use amount::Amount;
 pub use error::{BoxError, Error, ErrorKind, Result};
 pub use host::{Host, HostKeyCheck};
 pub use parallel::{Parallel, ParallelBuilder, RunHandle};

@@ -17,6 +17,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
+use crate::amount::Amount;
 use crate::error::{Error, ErrorKind, Result};
 use crate::host::{ConfigSource, Host, SshConfigs};
 use crate::plan::{IntoSelector, Plan, Selection};
@@ -82,6 +83,65 @@ impl Parallel {
         self.plan.add_host(label, host)
     }
 
+    /// Registers `n` sub-nodes of `host` (Pegasus' parametrised nodes):
+    /// labels `label:0` .. `label:{n-1}`, each with its own connection, and
+    /// the variables `%SLOT%` (`0` .. `n-1`) and `%PARENT%` (`label`) beside
+    /// `%LABEL%` (`label:i`) and `%HOST%`. The selector `label:*` (or
+    /// `label*`) names them, and so does `label` alone: it is the name of the
+    /// group, not a label of its own (`add_host(label, ..)` is then a
+    /// [`ErrorKind::DuplicateLabel`] error, as is a slot label already taken;
+    /// nothing is registered then). Returns the labels added.
+    ///
+    /// ```
+    /// use ssh_parallel::{Command, Host, Parallel};
+    /// let mut pssh = Parallel::new();
+    /// let slots = pssh.add_slots("gpu1", Host::local(), 4)?;
+    /// assert_eq!(slots, vec!["gpu1:0", "gpu1:1", "gpu1:2", "gpu1:3"]);
+    /// pssh.push("gpu1", Command::new("echo train --device %SLOT% on %PARENT%"))?;
+    /// let report = pssh.run();
+    /// assert_eq!(report.label("gpu1:2").unwrap().tasks()[0].stdout_str(), "train --device 2 on gpu1\n");
+    /// # Ok::<(), ssh_parallel::Error>(())
+    /// ```
+    pub fn add_slots(&mut self, label: impl Into<String>, host: Host, n: usize) -> Result<Selection> {
+        self.add_slots_with(label, host, (0..n).map(|_| std::iter::empty::<(String, String)>()))
+    }
+
+    /// [`add_slots`](Self::add_slots) with variables of each slot's own: one
+    /// slot per item of `slots`, each an iterator of `(name, value)` pairs
+    /// added to `%SLOT%` and `%PARENT%` (and overriding the host's).
+    ///
+    /// ```
+    /// use ssh_parallel::{Command, Host, Parallel};
+    /// let mut pssh = Parallel::new();
+    /// pssh.add_slots_with("gpu1", Host::local(), [[("CARD", "a100")], [("CARD", "h100")]])?;
+    /// pssh.push("gpu1:*", Command::new("echo %SLOT%=%CARD%"))?;
+    /// let report = pssh.run();
+    /// assert_eq!(report.label("gpu1:1").unwrap().tasks()[0].stdout_str(), "1=h100\n");
+    /// # Ok::<(), ssh_parallel::Error>(())
+    /// ```
+    pub fn add_slots_with<I, V, K, S>(
+        &mut self,
+        label: impl Into<String>,
+        mut host: Host,
+        slots: I,
+    ) -> Result<Selection>
+    where
+        I: IntoIterator<Item = V>,
+        V: IntoIterator<Item = (K, S)>,
+        K: Into<String>,
+        S: Into<String>,
+    {
+        let label = label.into();
+        let slots: Vec<BTreeMap<String, String>> = slots
+            .into_iter()
+            .map(|vars| vars.into_iter().map(|(k, v)| (k.into(), v.into())).collect())
+            .collect();
+        // One resolution of the OpenSSH configuration for the host, shared by its slots.
+        self.ssh_configs.apply(&label, &mut host)?;
+        let ids = self.plan.add_slots(label, host, slots)?;
+        Ok(self.plan.selection(&ids))
+    }
+
     /// Appends `action` to the queue of every label `selector` names and
     /// returns those labels (empty when none matched: not an error).
     pub fn push(&mut self, selector: impl IntoSelector, action: impl Into<Action>) -> Result<Selection> {
@@ -117,9 +177,12 @@ impl Parallel {
 
     /// Checks the plan without connecting anywhere: a goto or or_goto with no
     /// later `here` of its tag (other than `END`) is an
-    /// [`ErrorKind::MissingTag`] naming the label and the task.
+    /// [`ErrorKind::MissingTag`] naming the label and the task. Under
+    /// [`ParallelBuilder::waves`], a join on a label of a later wave is an
+    /// [`ErrorKind::InvalidConfig`] naming both labels.
     pub fn validate(&self) -> Result<()> {
-        self.plan.validate()
+        self.plan.validate()?;
+        crate::scheduler::check_waves(&self.plan, &self.cfg)
     }
 
     /// Runs every queue to its end and returns the report. Errors of an
@@ -173,6 +236,7 @@ impl Parallel {
         } else {
             None
         };
+        let problem = problem.or_else(|| crate::scheduler::check_waves(&self.plan, &self.cfg).err());
         if let Some(e) = problem {
             // Not fatal: the policies decide at run time (a retried goto
             // failure is ignored, for one), but say it early.
@@ -239,6 +303,8 @@ pub struct ParallelBuilder {
     channels_ahead: Option<bool>,
     ssh_config: ConfigSource,
     idle_timeout: Option<Duration>,
+    waves: Option<Amount>,
+    max_failures: Option<Amount>,
 }
 
 impl ParallelBuilder {
@@ -324,8 +390,10 @@ impl ParallelBuilder {
         self
     }
 
-    /// Checks the settings: `connections` below `workers`, or `io_threads`
-    /// of 0, is an [`ErrorKind::InvalidConfig`] error naming the options.
+    /// Checks the settings: `connections` below `workers`, `io_threads` of
+    /// 0, `waves` of 0 or a percentage above 100 (for `waves` or
+    /// `max_failures`) is an [`ErrorKind::InvalidConfig`] error naming the
+    /// options.
     pub fn build(self) -> Result<Parallel> {
         let defaults = Config::default();
         let io_threads = self.io_threads.unwrap_or(defaults.io_threads);
@@ -334,6 +402,12 @@ impl ParallelBuilder {
                 ErrorKind::InvalidConfig,
                 "option io_threads must be at least 1 (got 0)",
             ));
+        }
+        if let Some(w) = self.waves {
+            w.check("waves", false)?;
+        }
+        if let Some(m) = self.max_failures {
+            m.check("max_failures", true)?;
         }
         let connections = self.connections.unwrap_or(0);
         let workers = match (self.workers, self.connections) {
@@ -362,10 +436,82 @@ impl ParallelBuilder {
                 io_threads,
                 channels_ahead: self.channels_ahead.unwrap_or(defaults.channels_ahead),
                 idle_timeout: self.idle_timeout,
+                waves: self.waves,
+                max_failures: self.max_failures,
             },
             plan: Plan::default(),
             errors: BTreeMap::new(),
             ssh_configs: SshConfigs::new(self.ssh_config),
         })
+    }
+
+    // Rolling runs (Ansible's `serial` and `max_fail_percentage`).
+
+    /// Starts the labels in waves of `n` labels (a count, or
+    /// [`Amount::percent`] of the labels the run has work for, rounded down
+    /// but at least 1, as Ansible's `serial`): the labels whose queue is not
+    /// empty when the run starts, in registration order, are cut into waves;
+    /// a wave starts only once every label of the one before it has finished
+    /// its queue (joins included). Labels with an empty queue take no part.
+    /// Limits (`workers`, `connections`) apply within a wave.
+    ///
+    /// A label may join on labels of its own wave or of earlier ones. A join
+    /// on a label of a later wave would wait forever (that wave starts only
+    /// after this one has ended): [`Parallel::validate`] reports it as an
+    /// [`ErrorKind::InvalidConfig`] error naming both labels, and in a run
+    /// the join fails with [`ErrorKind::JoinFailed`] naming the later label,
+    /// handled by the waiting label's policy. A label a sub pushes to after
+    /// its wave has ended runs again at once, alongside the current wave.
+    /// `0` (or `0%`) and percentages above 100 are errors at [`build`](Self::build).
+    ///
+    /// ```
+    /// use ssh_parallel::{Amount, Command, Host, Parallel};
+    /// let mut pssh = Parallel::builder().waves(Amount::percent(50)).build()?;
+    /// for label in ["web1", "web2", "web3", "web4"] {
+    ///     pssh.add_host(label, Host::local())?;
+    /// }
+    /// // web1 and web2 first; web3 and web4 once both are done.
+    /// pssh.all(Command::new("echo deploying %LABEL%"))?;
+    /// assert!(pssh.run().success());
+    /// # Ok::<(), ssh_parallel::Error>(())
+    /// ```
+    pub fn waves(mut self, n: impl Into<Amount>) -> Self {
+        self.waves = Some(n.into());
+        self
+    }
+
+    /// Starts no more labels once more than `n` labels have failed (a count,
+    /// or [`Amount::percent`] of the labels the run has work for; "more than
+    /// 25% of 10" is 3 or more). A label has failed when it ends with an
+    /// error recorded (a task failed under `Abort`, `AbortAll` or `Done`, a
+    /// join failed); a label *started* once one of its tasks got a worker
+    /// slot or a sub of its ran. Past the threshold, every label that has
+    /// not started (a later wave, or waiting for its first worker slot under
+    /// `workers`) is stopped: its tasks are reported
+    /// [`Cancelled`](crate::TaskStatus::Cancelled) with an
+    /// [`ErrorKind::Cancelled`] error naming the threshold
+    /// (`not started: 3 of 10 labels failed, above max_failures 2`), and
+    /// those of its joins fail; labels already started go on to their end.
+    /// Unlike Ansible's `max_fail_percentage`, failures count over the
+    /// whole run, not per wave. `0` stops at the first failure; a
+    /// percentage above 100 is an error at [`build`](Self::build).
+    ///
+    /// ```
+    /// use ssh_parallel::{Command, ErrorKind, Host, Parallel};
+    /// let mut pssh = Parallel::builder().waves(1).max_failures(0).build()?;
+    /// for label in ["a", "b", "c"] {
+    ///     pssh.add_host(label, Host::local())?;
+    /// }
+    /// pssh.push("a", Command::new("exit 1"))?;
+    /// pssh.push("b,c", Command::new("true"))?;
+    /// let report = pssh.run();
+    /// let e = report.label("c").unwrap().error().unwrap();
+    /// assert_eq!(e.kind(), ErrorKind::Cancelled);
+    /// assert!(e.to_string().contains("above max_failures 0"), "{e}");
+    /// # Ok::<(), ssh_parallel::Error>(())
+    /// ```
+    pub fn max_failures(mut self, n: impl Into<Amount>) -> Self {
+        self.max_failures = Some(n.into());
+        self
     }
 }

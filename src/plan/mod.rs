@@ -8,7 +8,8 @@
 //! Layout: this file holds the types, label registration and `push`;
 //! [`selector`] the selector language; `queue` walking and popping a
 //! label's queue (and the accessors that take nodes apart, the only place
-//! that does); `validate` the checks before a run.
+//! that does); `slots` sub-nodes (several labels on one host); `validate`
+//! the checks before a run.
 //!
 //! Invariants: a label's `head..=tail` is its queue, linked by `Next` edges
 //! (`head` and `tail` are both `None` or both `Some`); pushes only add edges
@@ -21,6 +22,7 @@
 
 mod queue;
 pub(crate) mod selector;
+mod slots;
 mod validate;
 
 use std::collections::HashMap;
@@ -138,12 +140,15 @@ pub(crate) struct Plan {
     /// Whether a goto or or_goto was pushed since the last run: only then can
     /// `validate` find anything.
     pub(crate) has_jumps: bool,
+    /// Parent names of sub-nodes (`slots`) to their labels, in slot order;
+    /// no key is also a label.
+    parents: HashMap<Arc<str>, Vec<LabelId>>,
 }
 
 impl Plan {
     pub(crate) fn add_host(&mut self, label: String, host: Host) -> Result<()> {
         validate_label(&label)?;
-        if self.index.contains_key(label.as_str()) {
+        if self.index.contains_key(label.as_str()) || self.is_parent(&label) {
             return Err(Error::new(
                 ErrorKind::DuplicateLabel,
                 format!("label {label:?} is already registered"),
@@ -165,9 +170,21 @@ impl Plan {
         self.index.get(label).copied()
     }
 
-    /// The labels `sel` names now, in registration order.
+    /// The labels `sel` names now, in registration order; a part naming
+    /// the parent of sub-nodes names all of them.
     pub(crate) fn select(&self, sel: &Selector) -> Vec<LabelId> {
-        sel.resolve(self.labels.iter().map(|l| &*l.name), |n| self.id(n))
+        let mut ids = sel.resolve(self.labels.iter().map(|l| &*l.name), |n| self.id(n));
+        if !self.parents.is_empty() {
+            let found = ids.len();
+            for part in sel.exact_parts() {
+                ids.extend(self.slots_of(part).unwrap_or_default());
+            }
+            if ids.len() != found {
+                ids.sort_unstable();
+                ids.dedup();
+            }
+        }
+        ids
     }
 
     /// `ids` as a [`Selection`].

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use petgraph::graph::NodeIndex;
 use petgraph::visit::EdgeRef;
-use petgraph::Direction::Outgoing;
+use petgraph::Direction::{Incoming, Outgoing};
 
 use super::{Edge, JoinState, LabelId, Node, Plan, Step};
 use crate::task::Action;
@@ -123,6 +123,14 @@ impl Plan {
         if next.is_none() {
             entry.tail = None;
         }
+    }
+
+    /// The labels join node `j` waits for: those holding one of its markers.
+    pub(crate) fn join_targets(&self, j: NodeIndex) -> impl Iterator<Item = LabelId> + '_ {
+        self.graph
+            .edges_directed(j, Incoming)
+            .filter(|e| *e.weight() == Edge::Marker)
+            .filter_map(|e| self.label_of(e.source()))
     }
 
     /// The tasks waiting on join node `j`.

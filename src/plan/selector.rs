@@ -100,6 +100,14 @@ impl Selector {
         &self.text
     }
 
+    /// The parts naming one label exactly (no `*`), as written.
+    pub(crate) fn exact_parts(&self) -> impl Iterator<Item = &str> {
+        self.parts.iter().filter_map(|p| match p {
+            Part::Exact(s) => Some(s.as_str()),
+            _ => None,
+        })
+    }
+
     /// Whether `label` is selected.
     pub fn matches(&self, label: &str) -> bool {
         self.parts.iter().any(|p| match p {

@@ -106,6 +106,7 @@ impl Scheduler<'_> {
 
     /// Under AbortAll every label not in the middle of a task stops now.
     pub(super) fn wake_all_for_abort(&mut self) {
+        self.release_held();
         for l in 0..self.rt.len() {
             match self.rt[l].state {
                 State::WaitSlot | State::WaitJoin | State::Delayed => self.make_ready(l),

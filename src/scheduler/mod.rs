@@ -7,7 +7,8 @@
 //! timers; `state` the per-label state; `queue` walking a queue (local steps,
 //! reports, jumps, joins); `sub` running subs; `slots` worker slots and
 //! connection limits; `events` what transports answer; `failure` the error
-//! policies; `watch` the events and cancel of a started run.
+//! policies; `watch` the events and cancel of a started run; `rollout`
+//! waves and `max_failures`.
 //!
 //! Invariants: nothing but the scheduler touches the plan during a run; a
 //! run ends when `active` is 0, and never waits with nothing `outstanding`,
@@ -21,6 +22,7 @@
 mod events;
 mod failure;
 mod queue;
+mod rollout;
 mod slots;
 mod state;
 mod sub;
@@ -39,6 +41,8 @@ use crate::report::{LabelReport, Report};
 use crate::run::Watch;
 use crate::transport::{Event, Request, Token, Transports};
 use state::{Rt, State};
+
+pub(crate) use rollout::check_waves;
 
 /// How long the end of a run waits for connections to close.
 const CLOSE_GRACE: Duration = Duration::from_secs(10);
@@ -61,6 +65,10 @@ pub(crate) struct Config {
     pub(crate) channels_ahead: bool,
     /// A command's idle timeout unless it sets one (`ParallelBuilder::idle_timeout`).
     pub(crate) idle_timeout: Option<Duration>,
+    /// Start the labels in waves of this many (`ParallelBuilder::waves`).
+    pub(crate) waves: Option<crate::amount::Amount>,
+    /// Start no label once more than this many failed (`ParallelBuilder::max_failures`).
+    pub(crate) max_failures: Option<crate::amount::Amount>,
 }
 
 impl Default for Config {
@@ -76,6 +84,8 @@ impl Default for Config {
             io_threads: 1,
             channels_ahead: true,
             idle_timeout: None,
+            waves: None,
+            max_failures: None,
         }
     }
 }
@@ -140,6 +150,8 @@ pub(crate) struct Scheduler<'p> {
     watch: Option<Watch>,
     /// The run was cancelled: no task starts any more.
     cancelled: bool,
+    /// Waves and `max_failures`, when either is set (from `run` on).
+    rollout: Option<rollout::Rollout>,
 }
 
 impl<'p> Scheduler<'p> {
@@ -178,6 +190,7 @@ impl<'p> Scheduler<'p> {
             events: rx,
             watch: None,
             cancelled: false,
+            rollout: None,
         }
     }
 
@@ -190,10 +203,7 @@ impl<'p> Scheduler<'p> {
     /// Runs every queue to its end and returns the report.
     pub(crate) fn run(mut self) -> Report {
         let start = Instant::now();
-        for l in 0..self.rt.len() {
-            self.active += 1;
-            self.make_ready(l);
-        }
+        self.start_labels();
         loop {
             self.settle();
             if self.active == 0 {

@@ -28,7 +28,7 @@ impl Scheduler<'_> {
                 self.discard_from(l, node, how);
                 continue;
             }
-            if self.stop_if_cancelled(l, node) {
+            if self.stop_if_cancelled(l, node) || self.stop_if_not_started(l, node) {
                 continue;
             }
             if let Some(by) = self.abort_all.clone() {
@@ -79,6 +79,13 @@ impl Scheduler<'_> {
                         unreachable!("a join task's node is a join")
                     };
                     if js.remaining > 0 {
+                        if let Some(e) = self.join_on_later_wave(l, node, j) {
+                            self.rt[l].attempt = 1;
+                            if !self.fail(l, node, e) {
+                                return;
+                            }
+                            continue;
+                        }
                         self.rt[l].state = State::WaitJoin;
                         return;
                     }
@@ -199,7 +206,8 @@ impl Scheduler<'_> {
         match self.plan.marker(n) {
             Some(j) => {
                 self.plan.pop(l);
-                self.release_join(j, l, !matches!(how, Discard::Abort | Discard::Cancel));
+                let failed = matches!(how, Discard::Abort | Discard::Cancel | Discard::NotStarted);
+                self.release_join(j, l, !failed);
             }
             None => {
                 let status = if how == Discard::Skip {
@@ -208,8 +216,10 @@ impl Scheduler<'_> {
                     TaskStatus::Cancelled
                 };
                 let mut r = self.new_report(n, status);
-                if how == Discard::Cancel {
-                    r.error = Some(Box::new(self.not_started_error(l, n)));
+                match how {
+                    Discard::Cancel => r.error = Some(Box::new(self.not_started_error(l, n))),
+                    Discard::NotStarted => r.error = Some(Box::new(self.not_started_by_rollout(l, n))),
+                    Discard::Skip | Discard::Done | Discard::Abort => {}
                 }
                 self.record(l, n, r);
                 self.plan.pop(l);
@@ -252,6 +262,7 @@ impl Scheduler<'_> {
         });
         // A label keeps its connection between tasks and closes it when done.
         self.close_conn(l);
+        self.rollout_finished(l);
     }
 
     /// Labels stuck with nothing in flight (a bug if it ever happens): fail

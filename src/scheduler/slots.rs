@@ -31,6 +31,7 @@ impl Scheduler<'_> {
                 return;
             }
         }
+        self.mark_started(l);
         if action.class() == Class::Detached {
             self.send_run(l, action, None);
             return;

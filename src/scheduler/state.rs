@@ -32,6 +32,8 @@ pub(super) enum State {
     WaitJoin,
     /// Its queue is empty; counted out of `active`.
     Finished,
+    /// Not started yet: its wave comes later (`rollout`).
+    Held,
 }
 
 /// A label's connection, as the scheduler knows it. At most one per label;
@@ -59,6 +61,9 @@ pub(super) enum Discard {
     /// Dropped because the run was cancelled: joins fail, and every task is
     /// reported with a `Cancelled` error.
     Cancel,
+    /// Never started because more than `max_failures` labels failed
+    /// (`rollout`): as `Cancel`, the error naming the threshold.
+    NotStarted,
 }
 
 /// One label's run-time state, indexed by `LabelId` in `Scheduler::rt`.

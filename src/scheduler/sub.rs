@@ -21,6 +21,7 @@ impl Scheduler<'_> {
     /// Runs a sub on this thread. Returns whether the label goes on advancing.
     pub(super) fn run_sub(&mut self, l: LabelId, node: NodeIndex, action: &Arc<Action>) -> bool {
         let Action::Sub(sub) = &**action else { return true };
+        self.mark_started(l);
         self.rt[l].attempt += 1;
         let attempt = self.rt[l].attempt;
         let started = (SystemTime::now(), Instant::now());
@@ -34,6 +35,7 @@ impl Scheduler<'_> {
         for &t in &touched {
             if self.rt[t].state == State::Finished {
                 self.active += 1;
+                self.rollout_revived(t);
                 self.make_ready(t);
             }
         }
