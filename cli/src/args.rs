@@ -4,6 +4,8 @@
 use std::path::PathBuf;
 
 use clap::parser::ValueSource;
+use ssh_parallel::Amount;
+
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 const EXAMPLES: &str = "\
@@ -122,6 +124,23 @@ pub struct Common {
     /// `RUST_LOG` overrides it.
     #[arg(short = 'v', long = "verbose", action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+
+    /// Work on the hosts in waves of N hosts, or P% of them (rounded down,
+    /// at least 1), in node order: a wave starts once every host of the one
+    /// before has finished (Ansible's `serial`).
+    #[arg(long = "waves", value_name = "N|P%", global = true)]
+    pub waves: Option<Amount>,
+
+    /// Start no more hosts once more than N hosts, or P% of them, have
+    /// failed; hosts not started by then are reported as such (with -f or
+    /// --waves, the ones still waiting). 0: stop at the first failure.
+    #[arg(long = "max-failures", value_name = "N|P%", global = true)]
+    pub max_failures: Option<Amount>,
+
+    /// N sub-nodes per host, each on its own connection, named HOST:0 ..
+    /// HOST:N-1; the command's environment has `SLOT` set to the number.
+    #[arg(long = "slots", value_name = "N", global = true)]
+    pub slots: Option<usize>,
 }
 
 impl Common {
@@ -140,6 +159,9 @@ impl Common {
         self.command_timeout = more.command_timeout.or(self.command_timeout);
         self.max_status |= more.max_status;
         self.verbose = self.verbose.max(more.verbose);
+        self.waves = more.waves.or(self.waves);
+        self.max_failures = more.max_failures.or(self.max_failures);
+        self.slots = more.slots.or(self.slots);
     }
 }
 

@@ -79,6 +79,12 @@ fn run(cli: Cli) -> Result<i32, Usage> {
     let timeout = common.command_timeout.map(sshopts::secs).transpose().map_err(Usage)?;
 
     let mut builder = Parallel::builder().workers(common.fanout);
+    if let Some(w) = common.waves {
+        builder = builder.waves(w);
+    }
+    if let Some(m) = common.max_failures {
+        builder = builder.max_failures(m);
+    }
     if let Some(env) = options.resolve_env().map_err(Usage)? {
         builder = builder.ssh_config_env(env);
     }
@@ -86,10 +92,17 @@ fn run(cli: Cli) -> Result<i32, Usage> {
     let mut names = Vec::new();
     for t in &targets {
         let host = options.host_for(t, common).map_err(Usage)?;
-        pssh.add_host(t.label.clone(), host)?;
+        let first = match common.slots {
+            Some(n) => pssh
+                .add_slots(t.label.clone(), host, n)?
+                .labels()
+                .next()
+                .map(str::to_owned),
+            None => pssh.add_host(t.label.clone(), host).map(|()| Some(t.label.clone()))?,
+        };
         // After `add_host`: an ssh_config alias has its HostName by now, and
         // that is the name that must resolve.
-        if let Some(h) = pssh.host(&t.label) {
+        if let Some(h) = first.and_then(|l| pssh.host(&l)) {
             names.push(h.hostname().to_owned());
         }
     }
@@ -101,7 +114,8 @@ fn run(cli: Cli) -> Result<i32, Usage> {
     }
 
     let mode = Mode::from_args(&cli.output);
-    let order: Vec<String> = targets.iter().map(|t| t.label.clone()).collect();
+    // Registration order is node order (sub-nodes in slot order).
+    let order: Vec<String> = pssh.labels().map(str::to_owned).collect();
     let mut tracker = Tracker::new(mode, output::Colours::detect(), order, common.max_status);
     for (label, action) in actions {
         pssh.push(&label, finish_action(action, mode, timeout))?;
@@ -145,8 +159,13 @@ fn actions(cli: &Cli, targets: &[hosts::Target]) -> Result<Vec<(String, Action)>
             if line.trim().is_empty() {
                 return Err(Usage("the command is empty".into()));
             }
-            for t in targets {
-                out.push((t.label.clone(), Command::new(line.clone()).into()));
+            for (label, slot) in targets.iter().flat_map(|t| labels(t, cli.common.slots)) {
+                let mut cmd = Command::new(line.clone());
+                if let Some(i) = slot {
+                    // Commands pass through as typed (no `%VAR%`): the shell's `$SLOT`.
+                    cmd = cmd.env("SLOT", i.to_string());
+                }
+                out.push((label, cmd.into()));
             }
         }
         Some(Sub::Copy(c)) => {
@@ -176,26 +195,35 @@ fn actions(cli: &Cli, targets: &[hosts::Target]) -> Result<Vec<(String, Action)>
             if !Path::new(dest).is_dir() {
                 return Err(Usage(format!("rcopy: local directory {dest:?} does not exist")));
             }
-            for t in targets {
+            for (label, _) in targets.iter().flat_map(|t| labels(t, cli.common.slots)) {
                 for s in sources {
                     let base = Path::new(s.trim_end_matches('/'))
                         .file_name()
                         .map(|b| b.to_string_lossy().into_owned())
                         .ok_or_else(|| Usage(format!("rcopy: remote path {s:?} names no file")))?;
-                    // Like `clush --rcopy`: each host's copy gets its name appended.
-                    let target = Path::new(dest).join(format!("{base}.{}", t.label));
+                    // Like `clush --rcopy`: each host's (or sub-node's) copy gets its name appended.
+                    let target = Path::new(dest).join(format!("{base}.{label}"));
                     let target = target.to_string_lossy().into_owned();
                     let action: Action = if c.rsync {
                         RsyncGet::new(s.clone(), target).recursive(c.recursive).into()
                     } else {
                         ScpGet::new(s.clone(), target).recursive(c.recursive).into()
                     };
-                    out.push((t.label.clone(), action));
+                    out.push((label.clone(), action));
                 }
             }
         }
     }
     Ok(out)
+}
+
+/// The labels of `t` and their sub-node numbers: itself, or `LABEL:0` ..
+/// `LABEL:{n-1}` under `--slots n`.
+fn labels(t: &hosts::Target, slots: Option<usize>) -> Vec<(String, Option<usize>)> {
+    match slots {
+        Some(n) => (0..n).map(|i| (format!("{}:{i}", t.label), Some(i))).collect(),
+        None => vec![(t.label.clone(), None)],
+    }
 }
 
 fn check_transfer(c: &CopyArgs) -> Result<(), Usage> {

@@ -131,7 +131,7 @@ impl Tracker {
             Mode::ByHost { prefix } => gather::print_by_host(&hosts, prefix, self.colours),
             Mode::Live { .. } | Mode::Json => {}
         }
-        let outcomes: Vec<(&str, Outcome)> = hosts.iter().map(|(l, t)| (*l, outcome(l, t))).collect();
+        let outcomes: Vec<(&str, Outcome)> = hosts.iter().map(|(l, t)| (*l, outcome(l, t, interrupted))).collect();
         let _ = std::io::stdout().flush();
         self.print_failures(&outcomes);
         let code = self.exit_code(&outcomes, interrupted);
@@ -196,8 +196,10 @@ impl Tracker {
 }
 
 /// How a host ended, from its tasks in the final report: a failure wins
-/// (it happened before any cancel), then a cancelled task (Ctrl-C).
-fn outcome(label: &str, tasks: &[TaskReport]) -> Outcome {
+/// (it happened before any cancel), then a cancelled task: Ctrl-C, or,
+/// when not `interrupted`, a host `--max-failures` never started (a
+/// failure, its error naming the threshold).
+fn outcome(label: &str, tasks: &[TaskReport], interrupted: bool) -> Outcome {
     let exit_code = tasks.iter().filter_map(TaskReport::exit_code).max();
     if let Some(e) = tasks
         .iter()
@@ -210,7 +212,12 @@ fn outcome(label: &str, tasks: &[TaskReport]) -> Outcome {
         };
         return Outcome::Failed { message, exit_code };
     }
-    if tasks.iter().any(|t| t.status() == TaskStatus::Cancelled) {
+    let cancelled = tasks.iter().find(|t| t.status() == TaskStatus::Cancelled);
+    if let Some(e) = cancelled.and_then(TaskReport::error).filter(|_| !interrupted) {
+        let message = e.detail().to_owned();
+        return Outcome::Failed { message, exit_code };
+    }
+    if cancelled.is_some() {
         Outcome::Unfinished
     } else {
         Outcome::Succeeded(exit_code)
