@@ -48,7 +48,9 @@ pub enum ErrorKind {
     InvalidConfig,
     /// A host specification could not be parsed.
     InvalidHost,
-    /// The run was cancelled (`RunHandle::cancel`) before the task ended.
+    /// The run was cancelled (`RunHandle::cancel`) before the task ended, or
+    /// the task's label was never started because more labels had failed
+    /// than `ParallelBuilder::max_failures` allows (the message names it).
     Cancelled,
 }
 

@@ -3,39 +3,21 @@
 
 use std::time::Duration;
 
-use ssh_parallel::{Command, ErrorKind, Host, HostKeyCheck, Join, Parallel};
-use testbed::EmbeddedServer;
+use ssh_parallel::{Command, ErrorKind, Host, Join, Parallel};
 
 mod common;
 use common::*;
-
-const USER: &str = "alice";
-const PASSWORD: &str = "wonderland";
-
-fn server(dir: &std::path::Path) -> EmbeddedServer {
-    EmbeddedServer::builder()
-        .password(USER, PASSWORD)
-        .working_dir(dir)
-        .start()
-        .expect("start the embedded server")
-}
-
-fn ssh_host(server: &EmbeddedServer) -> Host {
-    Host::new("127.0.0.1")
-        .port(server.addr().port())
-        .user(USER)
-        .password(PASSWORD)
-        .agent(false)
-        .host_key_check(HostKeyCheck::Off)
-        .connect_timeout(Duration::from_secs(10))
-}
+#[path = "common/servers.rs"]
+mod servers;
+use servers::Server;
 
 #[test]
 fn four_slots_on_one_host_are_four_connections_running_at_once() {
     let dir = tempfile::tempdir().unwrap();
-    let server = server(dir.path());
+    let marks = path_str(&dir.path().join("mark"));
+    let server = Server::embedded();
     let mut pssh = Parallel::builder().no_ssh_config().build().unwrap();
-    let added = pssh.add_slots("gpu1", ssh_host(&server), 4).unwrap();
+    let added = pssh.add_slots("gpu1", server.host(), 4).unwrap();
     assert_eq!(added, vec!["gpu1:0", "gpu1:1", "gpu1:2", "gpu1:3"]);
     pssh.push("gpu1:*", Command::new("echo %SLOT% %PARENT% %LABEL% %HOST%"))
         .unwrap();
@@ -43,8 +25,10 @@ fn four_slots_on_one_host_are_four_connections_running_at_once() {
     // the run only succeeds if the four commands run at the same time.
     pssh.push(
         "gpu1",
-        Command::new("touch mark.%SLOT%; while [ $(ls mark.* | wc -l) -lt 4 ]; do sleep 0.05; done")
-            .timeout(Duration::from_secs(20)),
+        Command::new(format!(
+            "touch {marks}.%SLOT%; while [ $(ls {marks}.* | wc -l) -lt 4 ]; do sleep 0.05; done"
+        ))
+        .timeout(Duration::from_secs(20)),
     )
     .unwrap();
     let report = pssh.run();
@@ -56,9 +40,7 @@ fn four_slots_on_one_host_are_four_connections_running_at_once() {
             format!("{i} gpu1 {label} 127.0.0.1\n")
         );
     }
-    let stats = server.stats();
-    assert_eq!(stats.connections, 4, "{stats:?}");
-    assert_eq!(stats.authenticated, 4, "{stats:?}");
+    assert_eq!(server.logins(), 4);
 }
 
 #[test]
