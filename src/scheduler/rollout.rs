@@ -180,7 +180,7 @@ impl Scheduler<'_> {
             r.failed += 1;
             if r.tripped.is_none() && r.threshold.is_some_and(|t| r.failed > t) {
                 let msg = r.trip_message();
-                log::warn!(target: "ssh_parallel", "{msg} (label {} failed last)", self.plan.labels[l].name);
+                log::info!(target: "ssh_parallel", "{msg} (label {} failed last)", self.plan.labels[l].name);
                 r.tripped = Some(msg.into());
                 self.trip();
                 return;
