@@ -46,6 +46,9 @@ pub struct Parallel {
     plan: Plan,
     errors: BTreeMap<String, Error>,
     ssh_configs: SshConfigs,
+    /// Agent forwarding for hosts that neither the API nor their OpenSSH
+    /// configuration decided ([`ParallelBuilder::forward_agent`]).
+    forward_agent: Option<bool>,
 }
 
 impl Default for Parallel {
@@ -62,6 +65,7 @@ impl Parallel {
             plan: Plan::default(),
             errors: BTreeMap::new(),
             ssh_configs: SshConfigs::default(),
+            forward_agent: None,
         }
     }
 
@@ -79,6 +83,7 @@ impl Parallel {
     pub fn add_host(&mut self, label: impl Into<String>, mut host: Host) -> Result<()> {
         let label = label.into();
         self.ssh_configs.apply(&label, &mut host)?;
+        host.forward_agent = host.forward_agent.or(self.forward_agent);
         self.plan.add_host(label, host)
     }
 
@@ -239,6 +244,7 @@ pub struct ParallelBuilder {
     channels_ahead: Option<bool>,
     ssh_config: ConfigSource,
     idle_timeout: Option<Duration>,
+    forward_agent: Option<bool>,
 }
 
 impl ParallelBuilder {
@@ -292,6 +298,15 @@ impl ParallelBuilder {
     /// cut short.
     pub fn channels_ahead(mut self, on: bool) -> Self {
         self.channels_ahead = Some(on);
+        self
+    }
+
+    /// Forwards the local ssh-agent to every host that does not decide
+    /// otherwise, by [`Host::forward_agent`] or by `ForwardAgent` in its
+    /// OpenSSH configuration (default: off, as OpenSSH; parallel-ssh forwards
+    /// by default). Only forward to hosts you trust: see [`Host::forward_agent`].
+    pub fn forward_agent(mut self, on: bool) -> Self {
+        self.forward_agent = Some(on);
         self
     }
 
@@ -366,6 +381,7 @@ impl ParallelBuilder {
             plan: Plan::default(),
             errors: BTreeMap::new(),
             ssh_configs: SshConfigs::new(self.ssh_config),
+            forward_agent: self.forward_agent,
         })
     }
 }

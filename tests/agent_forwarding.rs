@@ -226,6 +226,46 @@ fn forward_agent_from_the_openssh_configuration_and_the_api_wins_over_it() {
     }
 }
 
+#[test]
+fn the_builder_default_forwards_where_neither_the_api_nor_the_configuration_decides() {
+    if !usable() {
+        return;
+    }
+    let agent = Agent::start();
+    let login = ClientKey::ed25519().unwrap();
+    let sshd = sshd_for(login.public_line());
+    // The agent is known (IdentityAgent) but not used to log in (IdentitiesOnly).
+    let text = format!(
+        "Host nofwd\n  ForwardAgent no\nHost *\n  HostName 127.0.0.1\n  Port {}\n  User {}\n  IdentityFile {}\n  \
+         IdentitiesOnly yes\n  IdentityAgent {}\n  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n",
+        sshd.port,
+        testbed::current_user(),
+        login.private_path().display(),
+        agent.socket.display()
+    );
+    let config = agent.dir.path().join("ssh_config");
+    fs::write(&config, text).unwrap();
+    let mut p = Parallel::builder()
+        .ssh_config(&config)
+        .forward_agent(true)
+        .build()
+        .unwrap();
+    p.add_host("dflt", Host::new("dflt")).unwrap();
+    p.add_host("nofwd", Host::new("nofwd")).unwrap();
+    p.add_host("api_off", Host::new("dflt").forward_agent(false)).unwrap();
+    p.all(Command::new(LIST).on_error(OnError::Ignore)).unwrap();
+    let report = p.run();
+    let dflt = &outputs(&report, "dflt")[0];
+    assert!(
+        dflt.contains(&agent.fingerprint) && dflt.contains("rc=0"),
+        "dflt: {dflt}\n{report}"
+    );
+    for label in ["nofwd", "api_off"] {
+        let out = &outputs(&report, label)[0];
+        assert!(out.contains(NO_AGENT), "{label}: {out}\n{report}");
+    }
+}
+
 /// `ssh` from the host to `second` (which lets in only the agent's key).
 fn hop(second: &OpenSshServer) -> String {
     format!(
