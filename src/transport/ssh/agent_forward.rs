@@ -210,10 +210,17 @@ impl AgentForward {
         self.armed = Some(sess.clone());
     }
 
+    /// Whether agent channels are being relayed (or wait to be taken up).
+    pub(super) fn active(&self) -> bool {
+        !self.relays.is_empty()
+    }
+
     /// Moves every agent channel on until nothing more can be done without
     /// waiting: takes the channels opened since the last call, copies both
-    /// ways, closes and frees the finished ones. Never blocks.
-    pub(super) fn pump(&mut self, sess: &Session) {
+    /// ways, closes and frees the finished ones. Never blocks. Returns
+    /// whether it made libssh2 calls that read the session's socket (so
+    /// packets of other channels may now wait in libssh2's queue).
+    pub(super) fn pump(&mut self, sess: &Session) -> bool {
         self.arm(sess);
         let (_lock, raw) = raw_session(sess);
         let mut new = Vec::new();
@@ -236,6 +243,7 @@ impl AgentForward {
         if self.relays.len() < before {
             log::debug!(target: "ssh_parallel", "[{}] forwarded agent connection closed", self.name);
         }
+        before > 0
     }
 
     /// A relay for a channel just opened: a new connection to the agent.

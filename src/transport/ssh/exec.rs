@@ -154,8 +154,10 @@ impl CommandRun {
     }
 
     /// Whether it only reads output.
+    /// An active agent relay counts as an exchange: its packets may wait in
+    /// libssh2 without an edge, so the safety step stays frequent meanwhile.
     pub(super) fn only_draining(&self) -> bool {
-        self.stage == Stage::Drain
+        self.stage == Stage::Drain && !self.agent.as_ref().is_some_and(AgentForward::active)
     }
 
     /// Runs the channel (see [`step_channel`](Self::step_channel)), with the
@@ -167,8 +169,13 @@ impl CommandRun {
         };
         agent.pump(sess);
         let flow = self.step_channel(sess, spare, tc)?;
-        if let Some(agent) = self.agent.as_mut() {
-            agent.pump(sess);
+        let read = self.agent.as_mut().is_some_and(|agent| agent.pump(sess));
+        if read && matches!(flow, Flow::Wait) {
+            // The relay's reads drained the socket, perhaps of this channel's
+            // packets too, which no new edge would announce: read them now.
+            // What this pass leaves of the agent's waits for the next event or
+            // the short safety step of an active relay (`only_draining`).
+            return self.step_channel(sess, spare, tc);
         }
         Ok(flow)
     }
