@@ -182,22 +182,79 @@ fn a_forwarded_agent_lists_its_key_on_the_host_and_none_without_forwarding() {
     }
 }
 
-/// An ssh_config forwarding `fwd` (by `ForwardAgent PATH`) and not `plain`.
-fn write_config(dir: &Path, sshd: &OpenSshServer, login: &ClientKey, agent: &Agent) -> PathBuf {
-    let common = format!(
-        "  HostName 127.0.0.1\n  Port {}\n  User {}\n  IdentityFile {}\n  IdentityAgent none\n  \
-         StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n",
+#[test]
+fn twenty_labels_forward_at_once_each_to_its_own_relays() {
+    if !usable() {
+        return;
+    }
+    let agent = Agent::start();
+    let login = ClientKey::ed25519().unwrap();
+    let sshd = sshd_for(login.public_line());
+    let mut p = parallel();
+    for i in 0..20 {
+        let h = host(&sshd, &login).agent_socket(&agent.socket).agent(false);
+        p.add_host(format!("h{i}"), h.forward_agent(true)).unwrap();
+    }
+    // Three agent connections one after the other, and three at once, per label.
+    p.all(Command::new("for i in 1 2 3; do ssh-add -l; done | grep -c SHA256"))
+        .unwrap();
+    p.all(Command::new(
+        "(ssh-add -l & ssh-add -l & ssh-add -l & wait) | grep -c SHA256",
+    ))
+    .unwrap();
+    let report = p.run();
+    assert!(report.success(), "{report}");
+    for i in 0..20 {
+        for out in outputs(&report, &format!("h{i}")) {
+            assert_eq!(out, "3\n", "h{i}\n{report}");
+        }
+    }
+}
+
+/// Runs `ssh-add -l` once on each `(label, host, forwarded)` under an OpenSSH
+/// configuration written by `config` (given the lines every host needs to log in
+/// to a fresh sshd, and the agent's socket) and a builder default of
+/// `builder_default`; checks which labels see the agent.
+fn check_under_config(
+    builder_default: Option<bool>,
+    config: impl FnOnce(&str, &Path) -> String,
+    hosts: Vec<(&str, Host, bool)>,
+) {
+    let agent = Agent::start();
+    let login = ClientKey::ed25519().unwrap();
+    let sshd = sshd_for(login.public_line());
+    let login_lines = format!(
+        "  HostName 127.0.0.1\n  Port {}\n  User {}\n  IdentityFile {}\n  StrictHostKeyChecking no\n  \
+         UserKnownHostsFile /dev/null\n",
         sshd.port,
         testbed::current_user(),
         login.private_path().display()
     );
-    let text = format!(
-        "Host fwd\n  ForwardAgent {}\n{common}\nHost plain\n{common}",
-        agent.socket.display()
-    );
-    let path = dir.join("ssh_config");
-    fs::write(&path, text).unwrap();
-    path
+    let path = agent.dir.path().join("ssh_config");
+    fs::write(&path, config(&login_lines, &agent.socket)).unwrap();
+    let mut builder = Parallel::builder().ssh_config(&path);
+    if let Some(on) = builder_default {
+        builder = builder.forward_agent(on);
+    }
+    let mut p = builder.build().unwrap();
+    let mut expected = Vec::new();
+    for (label, host, forwarded) in hosts {
+        p.add_host(label, host).unwrap();
+        expected.push((label, forwarded));
+    }
+    p.all(Command::new(LIST).on_error(OnError::Ignore)).unwrap();
+    let report = p.run();
+    for (label, forwarded) in expected {
+        let out = &outputs(&report, label)[0];
+        if forwarded {
+            assert!(
+                out.contains(&agent.fingerprint) && out.contains("rc=0"),
+                "{label}: {out}\n{report}"
+            );
+        } else {
+            assert!(out.contains(NO_AGENT), "{label}: {out}\n{report}");
+        }
+    }
 }
 
 #[test]
@@ -205,25 +262,21 @@ fn forward_agent_from_the_openssh_configuration_and_the_api_wins_over_it() {
     if !usable() {
         return;
     }
-    let agent = Agent::start();
-    let login = ClientKey::ed25519().unwrap();
-    let sshd = sshd_for(login.public_line());
-    let config = write_config(agent.dir.path(), &sshd, &login, &agent);
-    let mut p = Parallel::builder().ssh_config(&config).build().unwrap();
-    p.add_host("fwd", Host::new("fwd")).unwrap();
-    p.add_host("plain", Host::new("plain")).unwrap();
-    p.add_host("vetoed", Host::new("fwd").forward_agent(false)).unwrap();
-    p.all(Command::new(LIST).on_error(OnError::Ignore)).unwrap();
-    let report = p.run();
-    let fwd = &outputs(&report, "fwd")[0];
-    assert!(
-        fwd.contains(&agent.fingerprint) && fwd.contains("rc=0"),
-        "fwd: {fwd}\n{report}"
+    check_under_config(
+        None,
+        // The agent is only named by ForwardAgent (no agent is used to log in).
+        |login, socket| {
+            format!(
+                "Host fwd\n  ForwardAgent {}\n  IdentityAgent none\n{login}\nHost plain\n  IdentityAgent none\n{login}",
+                socket.display()
+            )
+        },
+        vec![
+            ("fwd", Host::new("fwd"), true),
+            ("plain", Host::new("plain"), false),
+            ("vetoed", Host::new("fwd").forward_agent(false), false),
+        ],
     );
-    for label in ["plain", "vetoed"] {
-        let out = &outputs(&report, label)[0];
-        assert!(out.contains(NO_AGENT), "{label}: {out}\n{report}");
-    }
 }
 
 #[test]
@@ -231,39 +284,21 @@ fn the_builder_default_forwards_where_neither_the_api_nor_the_configuration_deci
     if !usable() {
         return;
     }
-    let agent = Agent::start();
-    let login = ClientKey::ed25519().unwrap();
-    let sshd = sshd_for(login.public_line());
-    // The agent is known (IdentityAgent) but not used to log in (IdentitiesOnly).
-    let text = format!(
-        "Host nofwd\n  ForwardAgent no\nHost *\n  HostName 127.0.0.1\n  Port {}\n  User {}\n  IdentityFile {}\n  \
-         IdentitiesOnly yes\n  IdentityAgent {}\n  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n",
-        sshd.port,
-        testbed::current_user(),
-        login.private_path().display(),
-        agent.socket.display()
+    check_under_config(
+        Some(true),
+        // The agent is known (IdentityAgent) but not used to log in (IdentitiesOnly).
+        |login, socket| {
+            format!(
+                "Host nofwd\n  ForwardAgent no\nHost *\n  IdentitiesOnly yes\n  IdentityAgent {}\n{login}",
+                socket.display()
+            )
+        },
+        vec![
+            ("dflt", Host::new("dflt"), true),
+            ("nofwd", Host::new("nofwd"), false),
+            ("api_off", Host::new("dflt").forward_agent(false), false),
+        ],
     );
-    let config = agent.dir.path().join("ssh_config");
-    fs::write(&config, text).unwrap();
-    let mut p = Parallel::builder()
-        .ssh_config(&config)
-        .forward_agent(true)
-        .build()
-        .unwrap();
-    p.add_host("dflt", Host::new("dflt")).unwrap();
-    p.add_host("nofwd", Host::new("nofwd")).unwrap();
-    p.add_host("api_off", Host::new("dflt").forward_agent(false)).unwrap();
-    p.all(Command::new(LIST).on_error(OnError::Ignore)).unwrap();
-    let report = p.run();
-    let dflt = &outputs(&report, "dflt")[0];
-    assert!(
-        dflt.contains(&agent.fingerprint) && dflt.contains("rc=0"),
-        "dflt: {dflt}\n{report}"
-    );
-    for label in ["nofwd", "api_off"] {
-        let out = &outputs(&report, label)[0];
-        assert!(out.contains(NO_AGENT), "{label}: {out}\n{report}");
-    }
 }
 
 /// `ssh` from the host to `second` (which lets in only the agent's key).
