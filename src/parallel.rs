@@ -47,6 +47,9 @@ pub struct Parallel {
     plan: Plan,
     errors: BTreeMap<String, Error>,
     ssh_configs: SshConfigs,
+    /// Agent forwarding for hosts that neither the API nor their OpenSSH
+    /// configuration decided ([`ParallelBuilder::forward_agent`]).
+    forward_agent: Option<bool>,
 }
 
 impl Default for Parallel {
@@ -63,6 +66,7 @@ impl Parallel {
             plan: Plan::default(),
             errors: BTreeMap::new(),
             ssh_configs: SshConfigs::default(),
+            forward_agent: None,
         }
     }
 
@@ -80,6 +84,7 @@ impl Parallel {
     pub fn add_host(&mut self, label: impl Into<String>, mut host: Host) -> Result<()> {
         let label = label.into();
         self.ssh_configs.apply(&label, &mut host)?;
+        host.forward_agent = host.forward_agent.or(self.forward_agent);
         self.plan.add_host(label, host)
     }
 
@@ -305,6 +310,7 @@ pub struct ParallelBuilder {
     idle_timeout: Option<Duration>,
     waves: Option<Amount>,
     max_failures: Option<Amount>,
+    forward_agent: Option<bool>,
 }
 
 impl ParallelBuilder {
@@ -358,6 +364,15 @@ impl ParallelBuilder {
     /// cut short.
     pub fn channels_ahead(mut self, on: bool) -> Self {
         self.channels_ahead = Some(on);
+        self
+    }
+
+    /// Forwards the local ssh-agent to every host that does not decide
+    /// otherwise, by [`Host::forward_agent`] or by `ForwardAgent` in its
+    /// OpenSSH configuration (default: off, as OpenSSH; parallel-ssh forwards
+    /// by default). Only forward to hosts you trust: see [`Host::forward_agent`].
+    pub fn forward_agent(mut self, on: bool) -> Self {
+        self.forward_agent = Some(on);
         self
     }
 
@@ -442,6 +457,7 @@ impl ParallelBuilder {
             plan: Plan::default(),
             errors: BTreeMap::new(),
             ssh_configs: SshConfigs::new(self.ssh_config),
+            forward_agent: self.forward_agent,
         })
     }
 

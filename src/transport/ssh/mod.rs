@@ -36,6 +36,7 @@
 //! - [`connect`] (resolve, TCP, handshake), [`hostkey`] (known_hosts),
 //!   [`auth`];
 //! - [`channel`]: opening a task's channel (and the spare), exec, close;
+//!   [`agent_forward`]: a command's forwarded agent, relayed;
 //! - [`task`]: the running task, an enum of [`exec`] (commands), [`scp`]
 //!   (put and get) and [`rsync_step`] (over the [`rsync`] bridge);
 //! - [`lend`]: a session lent to a parsub; [`close`]: cancel and disconnect;
@@ -55,6 +56,7 @@ use std::time::{Duration, SystemTime};
 use crossbeam_channel::Sender;
 use mio::Waker;
 
+mod agent_forward;
 mod auth;
 mod channel;
 mod close;
