@@ -27,6 +27,12 @@ pub enum Tool {
     /// Plain OpenSSH `scp` / `rsync -e ssh`, one process per host in parallel (the
     /// baseline for transfers).
     OpenSsh,
+    /// The `ssh-parallel` binary (see `cli.rs`, as are the next two).
+    Cli,
+    /// ClusterShell's `clush`: one `ssh` per host.
+    Clush,
+    /// bssh (crates.io): one process, russh sessions on tokio.
+    Bssh,
 }
 
 impl Tool {
@@ -38,6 +44,9 @@ impl Tool {
             Tool::Pdsh => "pdsh",
             Tool::Nop => "Net::OpenSSH::Parallel",
             Tool::OpenSsh => "OpenSSH scp/rsync",
+            Tool::Cli => "ssh-parallel (binary)",
+            Tool::Clush => "clush",
+            Tool::Bssh => "bssh",
         }
     }
 }
@@ -71,6 +80,7 @@ impl Peers {
             Tool::Pdsh => self.pdsh.as_ref().map(drop),
             Tool::Nop => self.nop.as_ref().map(drop),
             Tool::OpenSsh => self.openssh.as_ref().map(drop),
+            Tool::Cli | Tool::Clush | Tool::Bssh => return crate::cli::available(tool).map(drop),
         };
         r.map_err(Clone::clone)
     }
@@ -87,6 +97,9 @@ impl Peers {
             format!("Net::OpenSSH::Parallel {} (Debian)", v(&self.nop)),
             format!("{} (Debian)", v(&self.openssh)),
         ]
+        .into_iter()
+        .chain(crate::cli::versions())
+        .collect()
     }
 }
 
@@ -504,6 +517,7 @@ pub fn command(
                 .env("PDSH_SSH_ARGS", format!("-F {cfg} -x -l%u %h"));
             c
         }
+        (Tool::Cli | Tool::Clush | Tool::Bssh, w) => crate::cli::command(tool, t, n, w)?,
         (Tool::OpenSsh, Work::Run { .. }) => return Err("baseline for transfers only".into()),
         (Tool::OpenSsh, w) => {
             let body = match w {
