@@ -478,3 +478,44 @@ fn sigint_mid_run_leaves_no_remote_process_and_exits_130() {
     assert_eq!(out.stderr(), "node[1-3]: interrupted before it finished\n", "{out:?}");
     assert_none_left(&sleep, pid, Duration::from_secs(5));
 }
+
+#[test]
+fn ipv6_literals_in_the_node_set() {
+    let Some(bed) = Bed::start() else { return };
+    let v6 = OpenSshServer::builder()
+        .authorize(&bed.key)
+        .config_line("ListenAddress ::1")
+        .start()
+        .expect("sshd on ::1 and 127.0.0.1");
+    let me = testbed::current_user();
+    let bracketed = format!("[::1]:{}", v6.port);
+    let with_user = format!("{me}@[::1]:{},node1", v6.port);
+    let common = [
+        "-i",
+        bed.key.private_path().to_str().unwrap(),
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+    ];
+    for hosts in [&bracketed, &with_user] {
+        let mut args: Vec<&str> = common.to_vec();
+        args.extend(["-w", hosts.as_str(), "--", "echo ${SSH_CONNECTION%% *}"]);
+        let out = bed.run(&args);
+        assert_eq!(out.code(), 0, "{hosts}: {out:?}");
+        assert!(
+            out.stdout().lines().any(|l| l == format!("{bracketed}: ::1")),
+            "{hosts}: the client came from ::1: {out:?}"
+        );
+    }
+    // Excluded like any other entry, and folded after the node set in the summary.
+    let mut args: Vec<&str> = common.to_vec();
+    let both = format!("{bracketed},nokey");
+    args.extend(["-o", "IdentitiesOnly=yes", "-w", &both, "-x", "nokey", "--", "exit 7"]);
+    let out = bed.run(&args);
+    assert_eq!(
+        (out.code(), out.stderr()),
+        (1, format!("{bracketed}: exited with status 7\n")),
+        "{out:?}"
+    );
+}
