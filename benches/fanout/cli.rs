@@ -139,6 +139,22 @@ fn cli_home(target: &Target) -> Result<PathBuf, String> {
     Ok(home)
 }
 
+/// The target's ssh_config without its `*KnownHostsFile /dev/null` lines, which bssh
+/// refuses ("points to sensitive system location"); its `--strict-host-key-checking no`
+/// stands for them.
+fn bssh_config(target: &Target) -> Result<PathBuf, String> {
+    let text =
+        std::fs::read_to_string(&target.ssh_config).map_err(|e| format!("{}: {e}", target.ssh_config.display()))?;
+    let kept: String = text
+        .lines()
+        .filter(|l| !l.contains("KnownHostsFile"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let path = target.dir.join(format!("ssh_config-bssh-{}", target.port));
+    std::fs::write(&path, kept).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(path)
+}
+
 /// The command `tool` (one of this module's) runs for `work` on `n` labels of `target`.
 pub fn command(tool: Tool, target: &Target, n: usize, work: &Work) -> Result<Command, String> {
     let Work::Run { cmd, steps: 1, .. } = work else {
@@ -161,12 +177,13 @@ pub fn command(tool: Tool, target: &Target, n: usize, work: &Work) -> Result<Com
                 .arg(cmd);
         }
         Tool::Bssh => {
-            // bssh reads no ssh_config for the login: the key, the user and the port are
-            // given as the config gives them to the others; host-key checks off as there.
-            let list: Vec<String> = (1..=n).map(|i| format!("h{i}")).collect();
+            // -F: the same ssh_config (less what bssh refuses); the key, user and port are repeated on the command
+            // line (the same values) in case bssh's reading of the file misses one. -b:
+            // no two-stage Ctrl-C; stdout is not a terminal, so no TUI either.
             c.env("HOME", cli_home(target)?)
-                .args(["-H", &list.join(","), "--parallel", &fanout])
-                .args(["-F", &cfg])
+                .args(["-H", &hosts, "--parallel", &fanout, "-b"])
+                .arg("-F")
+                .arg(bssh_config(target)?)
                 .args(["-i", &target.key.display().to_string()])
                 .args(["-l", &target.user, "-p", &target.port.to_string()])
                 .args(["--strict-host-key-checking", "no"])
