@@ -131,13 +131,15 @@ fn dpkg_version(pkg: &str) -> Option<String> {
 /// Installs what is missing (Debian packages with apt-get, parallel-ssh into a venv under
 /// `work`) and says what can run. Never fails: a peer that cannot be had is reported.
 pub fn install(work: &Path, allow_install: bool) -> Peers {
-    let apt_wanted: [(&str, &str); 6] = [
+    // clustershell (clush) is for the command-line rows (cli.rs); the others by index below.
+    let apt_wanted: [(&str, &str); 7] = [
         ("pssh", "command -v parallel-ssh"),
         ("pdsh", "command -v pdsh"),
         ("libnet-openssh-parallel-perl", "perl -MNet::OpenSSH::Parallel -e1"),
         ("openssh-server", "test -x /usr/sbin/sshd"),
         ("openssh-client", "command -v ssh && command -v scp"),
         ("rsync", "command -v rsync"),
+        ("clustershell", "command -v clush"),
     ];
     let missing: Vec<&str> = apt_wanted.iter().filter(|(_, t)| !sh_ok(t)).map(|(p, _)| *p).collect();
     let mut apt_error = String::new();
