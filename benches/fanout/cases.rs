@@ -312,6 +312,8 @@ pub fn cases(o: &Opts, d: &Data) -> Vec<Case> {
         rounds(3),
         0,
     ));
+    // 7. The command line against the command-line tools.
+    v.extend(crate::cli::cases(o));
     if let Some(filter) = &o.cases {
         v.retain(|c| {
             filter

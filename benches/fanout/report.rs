@@ -210,6 +210,7 @@ pub fn write_results(all: &[Outcome], ctx: &ReportCtx) -> std::io::Result<String
         }
     }
     md.push('\n');
+    md.push_str(&crate::cli::section(all));
     md.push_str(&growth_section(all));
     md.push_str(&targets_section(all, ctx));
     if !ctx.loads.is_empty() {

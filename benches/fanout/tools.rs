@@ -27,6 +27,12 @@ pub enum Tool {
     /// Plain OpenSSH `scp` / `rsync -e ssh`, one process per host in parallel (the
     /// baseline for transfers).
     OpenSsh,
+    /// The `ssh-parallel` binary (see `cli.rs`, as are the next two).
+    Cli,
+    /// ClusterShell's `clush`: one `ssh` per host.
+    Clush,
+    /// bssh (crates.io): one process, russh sessions on tokio.
+    Bssh,
 }
 
 impl Tool {
@@ -38,6 +44,9 @@ impl Tool {
             Tool::Pdsh => "pdsh",
             Tool::Nop => "Net::OpenSSH::Parallel",
             Tool::OpenSsh => "OpenSSH scp/rsync",
+            Tool::Cli => "ssh-parallel (binary)",
+            Tool::Clush => "clush",
+            Tool::Bssh => "bssh",
         }
     }
 }
@@ -71,6 +80,7 @@ impl Peers {
             Tool::Pdsh => self.pdsh.as_ref().map(drop),
             Tool::Nop => self.nop.as_ref().map(drop),
             Tool::OpenSsh => self.openssh.as_ref().map(drop),
+            Tool::Cli | Tool::Clush | Tool::Bssh => return crate::cli::available(tool).map(drop),
         };
         r.map_err(Clone::clone)
     }
@@ -87,6 +97,9 @@ impl Peers {
             format!("Net::OpenSSH::Parallel {} (Debian)", v(&self.nop)),
             format!("{} (Debian)", v(&self.openssh)),
         ]
+        .into_iter()
+        .chain(crate::cli::versions())
+        .collect()
     }
 }
 
@@ -118,13 +131,15 @@ fn dpkg_version(pkg: &str) -> Option<String> {
 /// Installs what is missing (Debian packages with apt-get, parallel-ssh into a venv under
 /// `work`) and says what can run. Never fails: a peer that cannot be had is reported.
 pub fn install(work: &Path, allow_install: bool) -> Peers {
-    let apt_wanted: [(&str, &str); 6] = [
+    // clustershell (clush) is for the command-line rows (cli.rs); the others by index below.
+    let apt_wanted: [(&str, &str); 7] = [
         ("pssh", "command -v parallel-ssh"),
         ("pdsh", "command -v pdsh"),
         ("libnet-openssh-parallel-perl", "perl -MNet::OpenSSH::Parallel -e1"),
         ("openssh-server", "test -x /usr/sbin/sshd"),
         ("openssh-client", "command -v ssh && command -v scp"),
         ("rsync", "command -v rsync"),
+        ("clustershell", "command -v clush"),
     ];
     let missing: Vec<&str> = apt_wanted.iter().filter(|(_, t)| !sh_ok(t)).map(|(p, _)| *p).collect();
     let mut apt_error = String::new();
@@ -504,6 +519,7 @@ pub fn command(
                 .env("PDSH_SSH_ARGS", format!("-F {cfg} -x -l%u %h"));
             c
         }
+        (Tool::Cli | Tool::Clush | Tool::Bssh, w) => crate::cli::command(tool, t, n, w)?,
         (Tool::OpenSsh, Work::Run { .. }) => return Err("baseline for transfers only".into()),
         (Tool::OpenSsh, w) => {
             let body = match w {

@@ -1,9 +1,20 @@
 //! Node sets: the `-w` / `-x` arguments expanded into the hosts to work on,
 //! in node-set order, and host names folded back for display.
+//!
+//! IPv6 literals (`::1`, `[::1]`, `[::1]:2222`, `user@[::1]`) are entries of
+//! their own: the node-set grammar reads brackets as ranges and has no room
+//! for them, so they are kept beside the node set (as clush takes them, and
+//! unlike pdsh, which refuses them), come after the node set's names, and
+//! are never expanded.
+//!
+//! Invariant: every target label is either a node-set name or an IPv6
+//! literal as typed, and `Host::parse` accepts both.
+//!
+//! May use: nothing of this program (the `nodeset` crate and std only).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
-use std::net::{IpAddr, ToSocketAddrs};
+use std::net::{IpAddr, Ipv6Addr, ToSocketAddrs};
 
 use nodeset::NodeSet;
 
@@ -21,29 +32,55 @@ pub struct Target {
 /// a file and `-` from standard input (one or more a line, `#` comments).
 pub fn select(hosts: &[String], exclude: &[String]) -> Result<Vec<Target>, String> {
     let mut stdin_used = false;
-    let (included, users) = expand_all(hosts, &mut stdin_used)?;
-    let (excluded, _) = expand_all(exclude, &mut stdin_used)?;
-    let chosen = included.difference(&excluded);
+    let included = expand_all(hosts, &mut stdin_used)?;
+    let excluded = expand_all(exclude, &mut stdin_used)?;
+    let chosen = included.set.difference(&excluded.set);
+    let literals = included.literals.difference(&excluded.literals).cloned();
     Ok(chosen
         .iter()
+        .chain(literals)
         .map(|label| Target {
-            user: users.get(label.as_str()).cloned(),
+            user: included.users.get(label.as_str()).cloned(),
             label,
         })
         .collect())
 }
 
-fn expand_all(values: &[String], stdin_used: &mut bool) -> Result<(NodeSet, BTreeMap<String, String>), String> {
-    let mut all = NodeSet::new();
-    let mut users = BTreeMap::new();
+/// What `-w` or `-x` values name.
+#[derive(Default)]
+struct Named {
+    /// The node-set names.
+    set: NodeSet,
+    /// The IPv6 literals, as typed (without their `user@`).
+    literals: BTreeSet<String>,
+    /// The user of each `user@` entry, by name or literal.
+    users: BTreeMap<String, String>,
+}
+
+fn expand_all(values: &[String], stdin_used: &mut bool) -> Result<Named, String> {
+    let mut all = Named::default();
     for value in values {
         for text in sources(value, stdin_used)? {
-            let (set, user_of) = parse_with_users(&text)?;
-            all = all.union(&set);
-            users.extend(user_of);
+            parse_with_users(&text, &mut all)?;
         }
     }
-    Ok((all, users))
+    Ok(all)
+}
+
+/// Whether `entry` is an IPv6 address, bare or in brackets with an optional
+/// `:port` (`::1`, `[::1]`, `[fe80::1]:2222`).
+fn is_ipv6_literal(entry: &str) -> bool {
+    let Some(inner) = entry.strip_prefix('[') else {
+        return entry.parse::<Ipv6Addr>().is_ok();
+    };
+    let Some((addr, after)) = inner.split_once(']') else {
+        return false;
+    };
+    let port_ok = match after.strip_prefix(':') {
+        None => after.is_empty(),
+        Some(p) => p.parse::<u16>().is_ok_and(|p| p > 0),
+    };
+    port_ok && addr.parse::<Ipv6Addr>().is_ok()
 }
 
 /// The node-set texts a `-w`/`-x` value stands for.
@@ -121,10 +158,9 @@ fn bracket_size(inside: &str) -> u128 {
 }
 
 /// Parses one node-set text whose comma-separated entries may carry a
-/// `user@` prefix; the node-set parser would read `@` as a group reference.
-fn parse_with_users(text: &str) -> Result<(NodeSet, BTreeMap<String, String>), String> {
-    let mut set = NodeSet::new();
-    let mut users = BTreeMap::new();
+/// `user@` prefix (the node-set parser would read `@` as a group reference)
+/// or be IPv6 literals, into `into`.
+fn parse_with_users(text: &str, into: &mut Named) -> Result<(), String> {
     for entry in split_top_level(text) {
         let entry = entry.trim();
         if entry.is_empty() {
@@ -139,6 +175,13 @@ fn parse_with_users(text: &str) -> Result<(NodeSet, BTreeMap<String, String>), S
                 return Err(format!("invalid user {u:?} in node set {text:?}"));
             }
         }
+        if is_ipv6_literal(nodes) {
+            if let Some(u) = user {
+                into.users.insert(nodes.to_owned(), u.to_owned());
+            }
+            into.literals.insert(nodes.to_owned());
+            continue;
+        }
         let bound = upper_bound(nodes);
         if bound > MAX_HOSTS {
             return Err(format!(
@@ -148,15 +191,16 @@ fn parse_with_users(text: &str) -> Result<(NodeSet, BTreeMap<String, String>), S
         let part: NodeSet = nodes.parse().map_err(|e| format!("invalid node set {text:?}: {e}"))?;
         if let Some(u) = user {
             for node in part.iter() {
-                users.insert(node, u.to_owned());
+                into.users.insert(node, u.to_owned());
             }
         }
-        set = set.union(&part);
+        into.set = into.set.union(&part);
     }
-    Ok((set, users))
+    Ok(())
 }
 
-/// Splits on the commas outside brackets.
+/// Splits on the commas outside brackets (an IPv6 literal's brackets hold
+/// no comma).
 fn split_top_level(text: &str) -> Vec<&str> {
     let mut parts = Vec::new();
     let mut depth = 0i32;
@@ -176,10 +220,21 @@ fn split_top_level(text: &str) -> Vec<&str> {
     parts
 }
 
-/// Folds node names into the shortest node set (`web[01-03,07]`); names the
-/// node-set syntax cannot hold are listed as they are.
+/// Folds node names into the shortest node set (`web[01-03,07]`); IPv6
+/// literals follow it as they are, and so does everything when some other
+/// name does not fit the node-set syntax.
 pub fn fold<'a>(names: impl IntoIterator<Item = &'a str>) -> String {
-    let names: Vec<&str> = names.into_iter().collect();
+    let (literals, names): (Vec<&str>, Vec<&str>) = names.into_iter().partition(|n| is_ipv6_literal(n));
+    let folded = fold_names(&names);
+    let mut all: Vec<&str> = Vec::new();
+    if !folded.is_empty() {
+        all.push(&folded);
+    }
+    all.extend(literals);
+    all.join(",")
+}
+
+fn fold_names(names: &[&str]) -> String {
     let joined = names.join(",");
     match joined.parse::<NodeSet>() {
         Ok(set) if set.len() == names.iter().collect::<BTreeSet<_>>().len() => set.to_string(),
@@ -280,6 +335,26 @@ mod tests {
                 Err(e) => proptest::prop_assert!(!e.is_empty() && !e.contains('\n'), "{w:?}: {e:?}"),
             }
         }
+    }
+
+    #[test]
+    fn ipv6_literals_are_entries_of_their_own() {
+        let t = select(&["alice@[::1]:2222,web[1-2],::1,[fe80::1]".into()], &["web2".into()]).unwrap();
+        let labels: Vec<&str> = t.iter().map(|t| t.label.as_str()).collect();
+        assert_eq!(labels, ["web1", "::1", "[::1]:2222", "[fe80::1]"]);
+        assert_eq!(t[2].user.as_deref(), Some("alice"));
+        assert_eq!(t[1].user, None);
+        for l in &labels {
+            assert!(ssh_parallel::Host::parse(l).is_ok(), "{l}");
+        }
+        let t = select(&["[::1],[::1]:22".into()], &["[::1]".into()]).unwrap();
+        assert_eq!(t.len(), 1);
+        assert_eq!(t[0].label, "[::1]:22");
+        for bad in ["[::1", "[::1]:x", "[::1]:0", "[zz::1]", "[::1]x"] {
+            assert!(select(&[bad.into()], &[]).is_err(), "{bad}");
+        }
+        assert_eq!(fold(["web2", "[::1]:22", "web1"]), "web[1-2],[::1]:22");
+        assert_eq!(fold(["::1"]), "::1");
     }
 
     #[test]

@@ -9,6 +9,8 @@
 // Each test file uses its own part of this module.
 #![allow(dead_code)]
 
+pub mod pty;
+
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 

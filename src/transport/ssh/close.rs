@@ -105,6 +105,10 @@ impl Conn {
         log::debug!(target: "ssh_parallel", "[{}] abandoning the session: {why}", self.name);
         self.teardown(cx.registry, Phase::Broken);
         self.deadline = None;
+        if self.close_when_free {
+            self.closed(cx);
+            return;
+        }
         if !self.pending.is_empty() {
             self.start_connect(cx);
         }
@@ -114,6 +118,8 @@ impl Conn {
     pub(super) fn disconnect(&mut self, cx: &Cx<'_>) {
         match &self.phase {
             Phase::Done | Phase::Disconnecting => {}
+            // Within the cancel's own deadline; then `step` or `broken` closes.
+            Phase::Cancelling(_) => self.close_when_free = true,
             Phase::Idle => {
                 self.phase = Phase::Disconnecting;
                 self.deadline = Some(Instant::now() + CLOSE_TIMEOUT);

@@ -188,6 +188,10 @@ pub(super) struct Conn {
     /// The channel opened ahead for the next task. Never anything but
     /// `None` or `Off` while `Lent` (a lent session holds nothing of ours).
     pub(super) spare: Spare,
+    /// A `Disconnect` came while a cancelled command was still being stopped
+    /// (`Cancelling`): the close waits for the signals and the killer, or the
+    /// command would go on running on the host.
+    pub(super) close_when_free: bool,
 }
 
 impl Conn {
@@ -214,6 +218,7 @@ impl Conn {
                 every: SAFETY_TICK,
             },
             spare: Spare::None,
+            close_when_free: false,
         }
     }
 
@@ -328,6 +333,10 @@ impl Conn {
                     return;
                 }
                 Ok(Flow::Up) => self.up(cx),
+                Ok(Flow::Free) if self.close_when_free => {
+                    self.phase = Phase::Idle;
+                    self.disconnect(cx);
+                }
                 Ok(Flow::Free) => self.become_idle(cx),
                 Ok(Flow::TaskDone(exit)) => {
                     if let Phase::Running(t) = std::mem::replace(&mut self.phase, Phase::Idle) {

@@ -38,8 +38,14 @@ pub(super) const KILL_GRACE: Duration = Duration::from_secs(1);
 /// The killer's script: HUP to every sibling's process group, up to a second
 /// for them to go, then KILL. `$$` (this shell, a sibling too) is left out.
 /// Run by `sh` whatever the login shell (`exec` keeps the pid, so `$PPID` is
-/// still sshd); no `--` after `kill`, which dash refuses.
-const KILLER: &str = "exec sh -c 'g=$(pgrep -P $PPID | grep -vx $$); [ -n \"$g\" ] || exit 0; \
+/// still sshd); no `--` after `kill`, which dash refuses. It does nothing
+/// unless its parent is a per-connection sshd other than pid 1: once the
+/// connection is gone the shell is reparented (to init, a subreaper, or an
+/// sshd running as pid 1), and "its siblings" would then be every process
+/// group on the host.
+const KILLER: &str = "exec sh -c '[ $PPID -gt 1 ] || exit 0; \
+case $(ps -o comm= -p $PPID 2>/dev/null) in sshd*) ;; *) exit 0;; esac; \
+g=$(pgrep -P $PPID | grep -vx $$); [ -n \"$g\" ] || exit 0; \
 for p in $g; do kill -HUP -$p 2>/dev/null; done; i=0; while [ $i -lt 10 ]; do \
 a=; for p in $g; do kill -0 -$p 2>/dev/null && a=1; done; [ -z \"$a\" ] && exit 0; \
 sleep 0.1; i=$((i+1)); done; for p in $g; do kill -KILL -$p 2>/dev/null; done; exit 0'";
