@@ -72,6 +72,7 @@ impl Scheduler<'_> {
             Decision::Retry(d) => {
                 self.rt[l].reconnects = 0;
                 self.rt[l].timed_out = false;
+                self.give_job_back(l, node);
                 self.delay(l, d, true);
                 false
             }
@@ -108,7 +109,7 @@ impl Scheduler<'_> {
     pub(super) fn wake_all_for_abort(&mut self) {
         for l in 0..self.rt.len() {
             match self.rt[l].state {
-                State::WaitSlot | State::WaitJoin | State::Delayed => self.make_ready(l),
+                State::WaitSlot | State::WaitJoin | State::WaitJob | State::Delayed => self.make_ready(l),
                 State::WaitConn => {
                     self.release_slot(l);
                     self.make_ready(l);

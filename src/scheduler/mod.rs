@@ -7,7 +7,8 @@
 //! timers; `state` the per-label state; `queue` walking a queue (local steps,
 //! reports, jumps, joins); `sub` running subs; `slots` worker slots and
 //! connection limits; `events` what transports answer; `failure` the error
-//! policies; `watch` the events and cancel of a started run.
+//! policies; `watch` the events and cancel of a started run; `drain` the
+//! job queues labels drain.
 //!
 //! Invariants: nothing but the scheduler touches the plan during a run; a
 //! run ends when `active` is 0, and never waits with nothing `outstanding`,
@@ -18,6 +19,7 @@
 //! May use: `error`, `plan`, `policy`, `report`, `run`, `task` and `transport`
 //! (the channel protocol only); never `parallel`.
 
+mod drain;
 mod events;
 mod failure;
 mod queue;
@@ -140,6 +142,8 @@ pub(crate) struct Scheduler<'p> {
     watch: Option<Watch>,
     /// The run was cancelled: no task starts any more.
     cancelled: bool,
+    /// The job queues drained in this run and the jobs taken from them.
+    drains: drain::Drains,
 }
 
 impl<'p> Scheduler<'p> {
@@ -174,6 +178,7 @@ impl<'p> Scheduler<'p> {
             outstanding: 0,
             abort_all: None,
             touched: Vec::new(),
+            drains: drain::Drains::new(tx.clone()),
             transports: Transports::new(tx, cfg.io_threads),
             events: rx,
             watch: None,
@@ -199,13 +204,18 @@ impl<'p> Scheduler<'p> {
             if self.active == 0 {
                 break;
             }
-            if self.outstanding == 0 && self.timers.is_empty() && self.ready.is_empty() {
+            if self.outstanding == 0
+                && self.timers.is_empty()
+                && self.ready.is_empty()
+                && !self.drains.waiting(&self.rt)
+            {
                 self.fail_stuck();
                 continue;
             }
             self.wait_and_handle();
         }
         self.close_all();
+        let jobs_not_run = self.leave_queues();
         let Scheduler {
             reports, transports, ..
         } = self;
@@ -213,6 +223,7 @@ impl<'p> Scheduler<'p> {
         Report {
             labels: reports,
             duration: start.elapsed(),
+            jobs_not_run,
         }
     }
 }
