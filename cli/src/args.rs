@@ -172,6 +172,14 @@ pub enum Action {
     /// Copy a remote file from every host into a local directory, the host
     /// name appended to each copy's name: `rcopy -w HOSTS REMOTE... LOCALDIR`.
     Rcopy(CopyArgs),
+    /// Run the jobs of a queue file, each on the first free host (Pegasus'
+    /// queue mode): `queue -w HOSTS QUEUEFILE [--daemon]`; `queue --edit
+    /// QUEUEFILE` edits the queue under its lock.
+    Queue(crate::queue::QueueArgs),
+    /// Run each job of a queue file on every host, the next job once every
+    /// host finished this one (Pegasus' broadcast mode): `broadcast -w HOSTS
+    /// QUEUEFILE [-e]`.
+    Broadcast(crate::broadcast::BroadcastArgs),
 }
 
 /// Arguments of `copy` and `rcopy`.
