@@ -51,7 +51,7 @@ impl Setup {
     /// The command line's hosts and options; `sub` are the output flags
     /// given after the subcommand's name.
     pub fn new(cli: &Cli, sub: &OutputArgs) -> Result<Setup, Usage> {
-        let prepared = crate::prepare(&cli.common)?;
+        let prepared = crate::prepare(&cli.common, true)?;
         crate::check_resolvable(&prepared.names)?;
         let flags = OutputArgs {
             gather: cli.output.gather || sub.gather,
@@ -263,8 +263,14 @@ pub fn finish(
         text.push_str(&format!("{why}\n"));
     }
     let runs = rows.len();
+    // A broadcast runs each job on every host: then runs are counted too.
+    let head = if runs == book.count {
+        format!("{runs} jobs")
+    } else {
+        format!("{} jobs, {runs} runs", book.count)
+    };
     text.push_str(&format!(
-        "ssh-parallel: {runs} job runs: {succeeded} succeeded, {failed} failed, {not_run} not run; {} left in the queue file{}\n",
+        "ssh-parallel: {head}: {succeeded} succeeded, {failed} failed, {not_run} not run; {} left in the queue file{}\n",
         ending.left,
         if interrupted { " (interrupted)" } else { "" }
     ));

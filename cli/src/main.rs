@@ -84,7 +84,7 @@ fn run(cli: Cli) -> Result<i32, Usage> {
         targets,
         names,
         timeout,
-    } = prepare(common)?;
+    } = prepare(common, false)?;
     let actions = actions(&cli, &targets)?;
     check_resolvable(&names)?;
 
@@ -110,8 +110,9 @@ struct Prepared {
     timeout: Option<Duration>,
 }
 
-/// Checks the host options and registers every target.
-fn prepare(common: &args::Common) -> Result<Prepared, Usage> {
+/// Checks the host options and registers every target; `expand_vars` says
+/// whether `%VAR%`s of the tasks pushed are expanded.
+fn prepare(common: &args::Common, expand_vars: bool) -> Result<Prepared, Usage> {
     if common.hosts.is_empty() {
         return Err(Usage("no hosts: give them with -w NODESET".into()));
     }
@@ -132,7 +133,8 @@ fn prepare(common: &args::Common) -> Result<Prepared, Usage> {
     let mut pssh = builder.build()?;
     let mut names = Vec::new();
     for t in &targets {
-        let host = options.host_for(t, common).map_err(Usage)?;
+        // Job files are templates (`%HOST%`, `%%`); a command line is not.
+        let host = options.host_for(t, common).map_err(Usage)?.expand_vars(expand_vars);
         pssh.add_host(t.label.clone(), host)?;
         // After `add_host`: an ssh_config alias has its HostName by now, and
         // that is the name that must resolve.
