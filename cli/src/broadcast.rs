@@ -21,16 +21,17 @@
 
 use std::collections::HashSet;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::Instant;
 
 use clap::Args;
 use ssh_parallel::{Canceller, Drain, JobId, JobQueue, OnError, RunEvent, TaskStatus};
 
 use crate::args::{Cli, OutputArgs};
-use crate::jobrun::{self, Book, Ending, Setup, Tasks};
+use crate::jobrun::{self, Book, Setup, Tasks};
 use crate::queuefile::{QueueError, QueueFile};
 use crate::Usage;
 
@@ -56,7 +57,7 @@ pub struct BroadcastArgs {
 /// Runs `broadcast`; returns the exit status.
 pub fn run(cli: &Cli, args: &BroadcastArgs) -> Result<i32, Usage> {
     let file = Arc::new(QueueFile::open(&args.file)?);
-    let queued = file.remaining()?;
+    let queued = file.remaining(true)?.unwrap_or(0);
     log::info!("{}: {queued} jobs queued", file.shown());
     let mut setup = Setup::new(cli, &args.output)?;
     let queues: Vec<(String, JobQueue)> = setup.labels.iter().map(|l| (l.clone(), JobQueue::new())).collect();
@@ -68,6 +69,7 @@ pub fn run(cli: &Cli, args: &BroadcastArgs) -> Result<i32, Usage> {
     let book = Arc::new(Mutex::new(Book::default()));
     let tasks = setup.tasks();
     let mut feeder = None;
+    let stop = Arc::new(AtomicBool::new(false));
     let (report, interrupted) = jobrun::watch(
         &mut setup,
         |canceller| {
@@ -77,6 +79,7 @@ pub fn run(cli: &Cli, args: &BroadcastArgs) -> Result<i32, Usage> {
                 book: Arc::clone(&book),
                 tasks,
                 canceller: canceller.clone(),
+                stop: Arc::clone(&stop),
                 error_aborts: args.error_aborts,
             };
             feeder = Some(thread::spawn(move || f.run(&rx)));
@@ -99,19 +102,10 @@ pub fn run(cli: &Cli, args: &BroadcastArgs) -> Result<i32, Usage> {
         },
     );
     drop(tx);
-    let stopped = match feeder.map(JoinHandle::join) {
-        None => None,
-        Some(Ok(Ok(stopped))) => stopped,
-        Some(Ok(Err(e))) => Some(format!("ssh-parallel: error: {e}")),
-        Some(Err(_)) => Some("ssh-parallel: error: the queue file feeder stopped unexpectedly".to_owned()),
-    };
+    let ending = jobrun::ending(feeder, &stop, &file);
     for (_, q) in &queues {
         q.close();
     }
-    let ending = Ending {
-        left: file.remaining().unwrap_or(0),
-        stopped,
-    };
     let book = book.lock().unwrap_or_else(PoisonError::into_inner);
     Ok(jobrun::finish(&setup, &report, &book, &ending, interrupted, started))
 }
@@ -132,6 +126,8 @@ struct Feeder {
     book: Arc<Mutex<Book>>,
     tasks: Tasks,
     canceller: Canceller,
+    /// Set once the run is over.
+    stop: Arc<AtomicBool>,
     error_aborts: bool,
 }
 
@@ -146,13 +142,18 @@ impl Feeder {
         result
     }
 
+    /// Whether the run still wants jobs: not cancelled, not over.
+    fn wanted(&self) -> bool {
+        !self.canceller.is_cancelled() && !self.stop.load(Ordering::SeqCst)
+    }
+
     fn feed(&self, notes: &Receiver<Note>) -> Result<Option<String>, QueueError> {
         let mut gone: HashSet<String> = HashSet::new();
         loop {
-            if self.canceller.is_cancelled() {
+            if !self.wanted() {
                 return Ok(None);
             }
-            let Some(job) = self.file.take()? else {
+            let Some(job) = self.file.take(&|| self.wanted())? else {
                 return Ok(None);
             };
             let mut waiting: HashSet<JobId> = HashSet::new();

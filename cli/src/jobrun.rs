@@ -18,6 +18,8 @@
 
 use std::collections::HashMap;
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -25,6 +27,7 @@ use ssh_parallel::{Action, Canceller, Command, JobId, OnError, Parallel, Report,
 
 use crate::args::{Cli, OutputArgs};
 use crate::output::{gather, paint, Colours, Mode};
+use crate::queuefile::{QueueError, QueueFile};
 use crate::track::Tracker;
 use crate::{exit, interrupt, Usage};
 
@@ -154,10 +157,42 @@ impl Book {
 /// What the summary says beyond the report.
 #[derive(Debug, Default)]
 pub struct Ending {
-    /// Jobs left in the queue file, not taken.
-    pub left: usize,
+    /// Jobs left in the queue file, not taken; `None` when an editor held
+    /// the file's lock at the end.
+    pub left: Option<usize>,
     /// Why the runner stopped early, if it did (printed as it is).
     pub stopped: Option<String>,
+}
+
+/// The feeder thread of a runner: why it stopped early, or its error.
+pub type FeederThread = JoinHandle<Result<Option<String>, QueueError>>;
+
+/// How long a feeder may take to see that the run is over.
+const FEEDER_GRACE: Duration = Duration::from_secs(1);
+
+/// Ends the feeder once the run is over: sets `stop` (a take that gets the
+/// lock now takes nothing) and waits for the thread a little. A feeder still
+/// waiting for the lock of an edit in progress is left to the process's
+/// end rather than keeping the summary (and a Ctrl-C) waiting on the editor.
+pub fn ending(feeder: Option<FeederThread>, stop: &AtomicBool, file: &QueueFile) -> Ending {
+    stop.store(true, Ordering::SeqCst);
+    let t = Instant::now();
+    while feeder.as_ref().is_some_and(|f| !f.is_finished()) && t.elapsed() < FEEDER_GRACE {
+        std::thread::sleep(POLL);
+    }
+    let stopped = match feeder {
+        None => None,
+        Some(f) if !f.is_finished() => None,
+        Some(f) => match f.join() {
+            Ok(Ok(stopped)) => stopped,
+            Ok(Err(e)) => Some(format!("ssh-parallel: error: {e}")),
+            Err(_) => Some("ssh-parallel: error: the queue file feeder stopped unexpectedly".to_owned()),
+        },
+    };
+    Ending {
+        left: file.remaining(false).ok().flatten(),
+        stopped,
+    }
 }
 
 /// How one job ended, for the summary.
@@ -269,9 +304,12 @@ pub fn finish(
     } else {
         format!("{} jobs, {runs} runs", book.count)
     };
+    let left = match ending.left {
+        Some(n) => format!("{n} left in the queue file"),
+        None => "the queue file is being edited".to_owned(),
+    };
     text.push_str(&format!(
-        "ssh-parallel: {head}: {succeeded} succeeded, {failed} failed, {not_run} not run; {} left in the queue file{}\n",
-        ending.left,
+        "ssh-parallel: {head}: {succeeded} succeeded, {failed} failed, {not_run} not run; {left}{}\n",
         if interrupted { " (interrupted)" } else { "" }
     ));
     let _ = std::io::stderr().lock().write_all(text.as_bytes());

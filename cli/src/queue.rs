@@ -30,16 +30,17 @@
 //! May use: `jobrun`, `queuefile`, `edit`, `jobfile` (help text), `args`.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use clap::Args;
 use ssh_parallel::{Canceller, Drain, ErrorKind, JobQueue, OnError, RunEvent};
 
 use crate::args::{Cli, OutputArgs};
-use crate::jobrun::{self, Book, Ending, Setup, Tasks};
+use crate::jobrun::{self, Book, Setup, Tasks};
 use crate::queuefile::{QueueError, QueueFile};
 use crate::Usage;
 
@@ -82,7 +83,7 @@ pub fn run(cli: &Cli, args: &QueueArgs) -> Result<i32, Usage> {
     let file = Arc::new(QueueFile::open(&args.file)?);
     // A file that is wrong from the start is a usage error, before any
     // connection.
-    let queued = file.remaining()?;
+    let queued = file.remaining(true)?.unwrap_or(0);
     log::info!("{}: {queued} jobs queued", file.shown());
     let mut setup = Setup::new(cli, &args.output)?;
     let jobs = JobQueue::new();
@@ -93,6 +94,7 @@ pub fn run(cli: &Cli, args: &QueueArgs) -> Result<i32, Usage> {
     let (tx, rx) = mpsc::channel();
     let book = Arc::new(Mutex::new(Book::default()));
     let mut feeder = None;
+    let stop = Arc::new(AtomicBool::new(false));
     let tasks = setup.tasks();
     let draining = setup.labels.len();
     let (report, interrupted) = jobrun::watch(
@@ -104,6 +106,7 @@ pub fn run(cli: &Cli, args: &QueueArgs) -> Result<i32, Usage> {
                 book: Arc::clone(&book),
                 tasks,
                 canceller: canceller.clone(),
+                stop: Arc::clone(&stop),
                 daemon: args.daemon,
                 draining,
                 fanout: cli.common.fanout,
@@ -122,19 +125,8 @@ pub fn run(cli: &Cli, args: &QueueArgs) -> Result<i32, Usage> {
         },
     );
     drop(tx);
-    // The run has ended, so the feeder has nothing left to wait for but the
-    // lock of an edit in progress.
-    let stopped = match feeder.map(JoinHandle::join) {
-        None => None,
-        Some(Ok(Ok(stopped))) => stopped,
-        Some(Ok(Err(e))) => Some(format!("ssh-parallel: error: {e}")),
-        Some(Err(_)) => Some("ssh-parallel: error: the queue file feeder stopped unexpectedly".to_owned()),
-    };
+    let ending = jobrun::ending(feeder, &stop, &file);
     jobs.close();
-    let ending = Ending {
-        left: file.remaining().unwrap_or(0),
-        stopped,
-    };
     let book = book.lock().unwrap_or_else(PoisonError::into_inner);
     Ok(jobrun::finish(&setup, &report, &book, &ending, interrupted, started))
 }
@@ -167,6 +159,8 @@ struct Feeder {
     book: Arc<Mutex<Book>>,
     tasks: Tasks,
     canceller: Canceller,
+    /// Set once the run is over.
+    stop: Arc<AtomicBool>,
     daemon: bool,
     /// Hosts still draining.
     draining: usize,
@@ -190,7 +184,7 @@ impl Feeder {
         // The file's stamp when it was last found without a job to take.
         let mut empty_at = None;
         loop {
-            if self.canceller.is_cancelled() {
+            if !self.wanted() {
                 return Ok(None);
             }
             if self.draining == 0 {
@@ -199,7 +193,7 @@ impl Feeder {
             let free = self.running < self.draining.min(self.fanout);
             if free && empty_at != Some(self.file.stamp()) {
                 let stamp = self.file.stamp();
-                match self.file.take() {
+                match self.file.take(&|| self.wanted()) {
                     Ok(Some(job)) => {
                         self.push(&job);
                         continue;
@@ -232,6 +226,11 @@ impl Feeder {
                 Err(RecvTimeoutError::Disconnected) => return Ok(None),
             }
         }
+    }
+
+    /// Whether the run still wants jobs: not cancelled, not over.
+    fn wanted(&self) -> bool {
+        !self.canceller.is_cancelled() && !self.stop.load(Ordering::SeqCst)
     }
 
     fn push(&mut self, job: &str) {

@@ -114,9 +114,14 @@ impl QueueFile {
 
     /// Takes the first job, under the lock (waiting while an editor holds
     /// it): removes it from the queue, appends it to the consumed file and
-    /// returns it; `None` when the queue holds no job.
-    pub fn take(&self) -> Result<Option<String>, QueueError> {
+    /// returns it; `None` when the queue holds no job, or when `wanted`
+    /// says no once the lock is held (the run ended during the wait: the
+    /// job would have nowhere to run).
+    pub fn take(&self, wanted: &dyn Fn() -> bool) -> Result<Option<String>, QueueError> {
         let _held = self.lock.lock().map_err(|e| self.io(e))?;
+        if !wanted() {
+            return Ok(None);
+        }
         let text = self.read()?;
         let entries = jobfile::parse(&self.shown, &text)?;
         let Some(first) = entries.first() else {
@@ -132,11 +137,21 @@ impl QueueFile {
         Ok(Some(job))
     }
 
-    /// How many jobs the queue holds now (under the lock); for the summary.
-    pub fn remaining(&self) -> Result<usize, QueueError> {
-        let _held = self.lock.lock().map_err(|e| self.io(e))?;
+    /// How many jobs the queue holds now, read under the lock: waiting for
+    /// it when `wait`, else `None` if somebody holds it (an editor).
+    pub fn remaining(&self, wait: bool) -> Result<Option<usize>, QueueError> {
+        let _held = if wait {
+            self.lock.lock().map_err(|e| self.io(e))?
+        } else {
+            match self.lock.try_lock().map_err(|e| self.io(e))? {
+                Some(held) => held,
+                None => return Ok(None),
+            }
+        };
         let text = self.read()?;
-        Ok(jobfile::parse(&self.shown, &text)?.iter().map(|e| e.count()).sum())
+        Ok(Some(
+            jobfile::parse(&self.shown, &text)?.iter().map(|e| e.count()).sum(),
+        ))
     }
 
     fn read(&self) -> Result<String, QueueError> {

@@ -303,3 +303,52 @@ fn json_mode_has_a_result_per_job_and_a_job_summary() {
         "{out:?}"
     );
 }
+
+#[test]
+fn ctrl_c_does_not_wait_for_an_editor_holding_the_lock() {
+    let c = Cluster::start(&["a"]);
+    let w = Work::new();
+    fs::write(w.queue(), "").unwrap();
+    let child = c.spawn(&["queue", "--daemon", "-w", &c.host(0), &w.queue_str()]);
+    let marker = w.dir.path().join("editing");
+    // The editor adds a job, so the runner goes for the lock, and keeps the
+    // lock for seconds.
+    let editor = w.editor(
+        "slow.sh",
+        &format!(
+            "echo '{}' >> \"$1\"\ntouch {}\nsleep 6",
+            w.job("never"),
+            marker.display()
+        ),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let mut editing = c
+        .cmd()
+        .env("EDITOR", &editor)
+        .args(["queue", "--edit", &w.queue_str()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("the editor", || marker.exists());
+    // The runner's look at the changed file is now stuck on the lock.
+    std::thread::sleep(Duration::from_millis(600));
+    signal(child.id(), libc::SIGINT);
+    let out = wait_at_most(child, Duration::from_secs(20));
+    // The runner ended while the editor still held the lock.
+    assert!(
+        editing.try_wait().unwrap().is_none(),
+        "the runner waited for the editor: {out:?}"
+    );
+    assert_eq!(out.code(), 130, "{out:?}");
+    assert!(
+        out.stderr()
+            .contains("0 jobs: 0 succeeded, 0 failed, 0 not run; the queue file is being edited (interrupted)"),
+        "{out:?}"
+    );
+    assert_eq!(wait_at_most(editing, Duration::from_secs(20)).code(), 0);
+    // The job the runner was about to take stays in the file.
+    assert_eq!(jobs_in(&w.queue()), [w.job("never")]);
+    assert_eq!(w.consumed(), "");
+    assert_eq!(w.runs_of("never"), Vec::<String>::new());
+}
