@@ -352,3 +352,24 @@ fn ctrl_c_does_not_wait_for_an_editor_holding_the_lock() {
     assert_eq!(w.consumed(), "");
     assert_eq!(w.runs_of("never"), Vec::<String>::new());
 }
+
+#[test]
+fn an_unreachable_host_stops_taking_jobs_and_the_others_do_them() {
+    let c = Cluster::start(&["a"]);
+    let w = Work::new();
+    let jobs: Vec<String> = (0..6).map(|i| w.job(&format!("job-{i}"))).collect();
+    fs::write(w.queue(), jobs.join("\n")).unwrap();
+    let dead = format!("127.0.0.1:{}", common::closed_port());
+    let hosts = format!("{},{dead}", c.host(0));
+    let out = c.run(&["queue", "-t", "5", "-w", &hosts, &w.queue_str()]);
+    let ran: Vec<usize> = (0..6).filter(|i| w.runs_of(&format!("job-{i}")) == ["a"]).collect();
+    // The dead host fails at most the one job it took before it gave up.
+    assert!(ran.len() >= 5, "{ran:?} {out:?}");
+    if ran.len() == 5 {
+        assert_eq!(out.code(), 1, "{out:?}");
+        assert!(out.stderr().contains(&format!("{dead}: job ")), "{out:?}");
+    } else {
+        assert_eq!(out.code(), 0, "{out:?}");
+    }
+    assert_eq!(jobs_in(&w.queue()), Vec::<String>::new());
+}

@@ -171,3 +171,20 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn the_readme_side_by_side_example() {
+    let text = ". ~/.bashrc && python train.py --lr 1e-3 --seed 1\n\
+        { command = \"python train.py --lr %lr% --seed %seed% > %HOST%.log\", lr = [\"1e-3\", \"1e-4\"], seed = [1, 2] }\n";
+    let all: Vec<String> = jobs(text).iter().map(|j| canonical(j)).collect();
+    assert_eq!(
+        all,
+        [
+            ". ~/.bashrc && python train.py --lr 1e-3 --seed 1",
+            "python train.py --lr 1e-3 --seed 1 > %HOST%.log",
+            "python train.py --lr 1e-3 --seed 2 > %HOST%.log",
+            "python train.py --lr 1e-4 --seed 1 > %HOST%.log",
+            "python train.py --lr 1e-4 --seed 2 > %HOST%.log",
+        ]
+    );
+}
