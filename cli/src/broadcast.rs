@@ -17,42 +17,21 @@
 //! Invariant: no host starts job k+1 before every host still draining has
 //! finished job k.
 //!
-//! May use: `jobrun`, `queuefile`, `jobfile` (help text), `args`.
+//! May use: `jobrun`, `queuefile`, `args`, `hosts` (folding).
 
 use std::collections::HashSet;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
 use std::time::Instant;
 
-use clap::Args;
 use ssh_parallel::{Canceller, Drain, JobId, JobQueue, OnError, RunEvent, TaskStatus};
 
-use crate::args::{Cli, OutputArgs};
+use crate::args::{BroadcastArgs, Cli};
 use crate::jobrun::{self, Book, Setup, Tasks};
 use crate::queuefile::{QueueError, QueueFile};
 use crate::Usage;
-
-/// Arguments of `broadcast`.
-#[derive(Args, Debug)]
-#[command(after_help = crate::jobfile::HELP)]
-pub struct BroadcastArgs {
-    /// Stop at the first job that fails on some host (once every host has
-    /// finished that job); the jobs after it stay in the queue file.
-    #[arg(short = 'e', long = "error-aborts")]
-    pub error_aborts: bool,
-
-    /// How the output is shown (also accepted before `broadcast`).
-    #[command(flatten)]
-    pub output: OutputArgs,
-
-    /// The queue file: one job a line (see below); started jobs are moved to
-    /// QUEUEFILE.consumed.
-    #[arg(value_name = "QUEUEFILE")]
-    pub file: PathBuf,
-}
 
 /// Runs `broadcast`; returns the exit status.
 pub fn run(cli: &Cli, args: &BroadcastArgs) -> Result<i32, Usage> {

@@ -27,19 +27,17 @@
 //! and goes straight onto the `JobQueue`, which so never holds more jobs
 //! than there are idle hosts; every job taken is in the summary.
 //!
-//! May use: `jobrun`, `queuefile`, `edit`, `jobfile` (help text), `args`.
+//! May use: `jobrun`, `queuefile`, `edit`, `args`.
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use clap::Args;
 use ssh_parallel::{Canceller, Drain, ErrorKind, JobQueue, OnError, RunEvent};
 
-use crate::args::{Cli, OutputArgs};
+use crate::args::{Cli, QueueArgs};
 use crate::jobrun::{self, Book, Setup, Tasks};
 use crate::queuefile::{QueueError, QueueFile};
 use crate::Usage;
@@ -47,34 +45,6 @@ use crate::Usage;
 /// How often an empty queue file is looked at again.
 pub const FILE_POLL: Duration = Duration::from_millis(250);
 
-/// Arguments of `queue`.
-#[derive(Args, Debug)]
-#[command(after_help = crate::jobfile::HELP)]
-pub struct QueueArgs {
-    /// Keep waiting for jobs when the queue file is empty (stop with Ctrl-C).
-    #[arg(long = "daemon", conflicts_with = "edit")]
-    pub daemon: bool,
-
-    /// Edit the queue file under its lock instead of running it (Pegasus'
-    /// lock mode): a runner takes no job until the editor exits.
-    #[arg(long = "edit")]
-    pub edit: bool,
-
-    /// The editor for --edit (default: $EDITOR, else vi).
-    #[arg(long = "editor", value_name = "COMMAND", requires = "edit")]
-    pub editor: Option<String>,
-
-    /// How the output is shown (also accepted before `queue`).
-    #[command(flatten)]
-    pub output: OutputArgs,
-
-    /// The queue file: one job a line (see below); started jobs are moved to
-    /// QUEUEFILE.consumed.
-    #[arg(value_name = "QUEUEFILE")]
-    pub file: PathBuf,
-}
-
-/// Runs `queue` (or `queue --edit`); returns the exit status.
 /// Runs `queue` (or `queue --edit`); returns the exit status.
 pub fn run(cli: &Cli, args: &QueueArgs) -> Result<i32, Usage> {
     if args.edit {
