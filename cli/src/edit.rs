@@ -47,6 +47,11 @@ pub fn run(queue: &Path, editor: Option<&str>) -> Result<i32, String> {
         .map(str::to_owned)
         .or_else(|| std::env::var("EDITOR").ok().filter(|e| !e.trim().is_empty()))
         .unwrap_or_else(|| "vi".to_owned());
+    // Ctrl-C in the editor reaches us too (same process group): like git,
+    // wait for the editor to decide rather than leave it behind, unlocked.
+    if let Err(e) = ctrlc::set_handler(|| {}) {
+        log::warn!("cannot catch Ctrl-C: {e}");
+    }
     let status = Command::new("sh")
         .arg("-c")
         .arg(format!("{editor} \"$@\""))

@@ -373,3 +373,38 @@ fn an_unreachable_host_stops_taking_jobs_and_the_others_do_them() {
     }
     assert_eq!(jobs_in(&w.queue()), Vec::<String>::new());
 }
+
+#[test]
+fn queue_edit_creates_the_file_checks_it_and_reports_the_editor_status() {
+    let c = Cluster::start(&[]);
+    let w = Work::new();
+    // A queue that does not exist yet is created for the editor.
+    let append = w.editor("append.sh", "echo 'echo fine' >> \"$1\"");
+    let out = edit(&c, &w, &append);
+    assert_eq!(out.code(), 0, "{out:?}");
+    assert_eq!(fs::read_to_string(w.queue()).unwrap(), "echo fine\n");
+    // A bad line is named at once.
+    let bad = w.editor("bad.sh", "echo 'echo %X%' >> \"$1\"");
+    let out = edit(&c, &w, &bad);
+    assert_eq!(out.code(), 1, "{out:?}");
+    assert!(
+        out.stderr()
+            .contains(&format!("{}:2: unknown variable %X%", w.queue_str())),
+        "{out:?}"
+    );
+    // An editor that fails is reported.
+    let failing = w.editor("failing.sh", "exit 3");
+    let out = edit(&c, &w, &failing);
+    assert_eq!(out.code(), 1, "{out:?}");
+    assert!(out.stderr().contains("failed"), "{out:?}");
+    // --editor wins over $EDITOR.
+    let out = Out(c
+        .cmd()
+        .env("EDITOR", &failing)
+        .args(["queue", "--edit", "--editor", &append, &w.queue_str()])
+        .output()
+        .unwrap());
+    assert_eq!(out.code(), 1, "the bad line is still there: {out:?}");
+    assert!(out.stderr().contains(":2: unknown variable %X%"), "{out:?}");
+    assert!(fs::read_to_string(w.queue()).unwrap().ends_with("echo fine\n"));
+}
