@@ -208,6 +208,17 @@ impl JobQueue {
         (inner.pending.len(), inner.closed)
     }
 
+    /// Whether the next job to be taken is a command or a transfer.
+    pub(crate) fn next_needs_channel(&self) -> bool {
+        let inner = self.shared.inner.lock();
+        inner.pending.front().is_some_and(|j| {
+            matches!(
+                &*j.action,
+                Action::Command(_) | Action::ScpGet(_) | Action::ScpPut(_) | Action::RsyncGet(_) | Action::RsyncPut(_)
+            )
+        })
+    }
+
     /// Puts a taken job back at the front (a retry, or a label that stopped
     /// before running it), even into a closed queue: it was queued before
     /// the close.
