@@ -22,7 +22,7 @@ use std::sync::Arc;
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::error::Error;
-use crate::report::TaskReport;
+use crate::report::{JobId, TaskReport};
 
 /// Which stream of a command an output line comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -53,6 +53,9 @@ pub enum RunEvent {
         description: Arc<str>,
         /// 1 for the first run.
         attempt: u32,
+        /// The job, for a task taken from a [`JobQueue`](crate::JobQueue),
+        /// as in [`TaskReport::job`].
+        job: Option<JobId>,
     },
     /// One line a command printed, without its newline, as lossy UTF-8 text
     /// (like [`Output::lines`](crate::Output::lines) callbacks); a last line

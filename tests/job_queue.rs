@@ -265,7 +265,7 @@ fn abort_all_stops_every_drainer_and_reports_the_jobs_left() {
     let jobs = JobQueue::new();
     jobs.push(Command::new("exit 3").on_error(OnError::AbortAll)).unwrap();
     for _ in 0..5 {
-        jobs.push(Command::new("sleep 0.2")).unwrap();
+        jobs.push(Command::new("sleep 1")).unwrap();
     }
     jobs.close();
     pssh.push("*", Drain::new(&jobs)).unwrap();
@@ -447,7 +447,13 @@ fn job_tasks_show_in_run_events_and_a_cancel_ends_a_waiting_daemon() {
     let label = seen
         .iter()
         .find_map(|e| match e {
-            RunEvent::Started { label, description, .. } if &**description == "command `echo hello`" => {
+            RunEvent::Started {
+                label,
+                description,
+                job,
+                ..
+            } if &**description == "command `echo hello`" => {
+                assert_eq!(*job, Some(id), "the Started event names the job");
                 Some(label.clone())
             }
             _ => None,
@@ -567,4 +573,61 @@ fn validate_accepts_a_drain_with_tasks_after_it_and_json_names_the_jobs() {
     assert_eq!(not_run.len(), 1);
     assert_eq!(not_run[0]["status"], "cancelled");
     assert_eq!(not_run[0]["error"]["kind"], "Aborted");
+}
+
+#[test]
+fn a_drainer_that_cannot_connect_leaves_the_job_it_took_to_the_others() {
+    let closed_port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut pssh = Parallel::builder().no_ssh_config().build().unwrap();
+    let dead = Host::new("127.0.0.1")
+        .port(closed_port)
+        .user("nobody")
+        .connect_timeout(Duration::from_secs(5));
+    pssh.add_host("dead", dead).unwrap();
+    pssh.add_host("live", Host::local()).unwrap();
+    let jobs = JobQueue::new();
+    for i in 0..10 {
+        jobs.push(Command::new(format!("echo {i} on %LABEL%"))).unwrap();
+    }
+    jobs.close();
+    pssh.push("*", Drain::new(&jobs)).unwrap();
+    let report = pssh.run();
+    let dead = report.label("dead").unwrap();
+    assert_eq!(dead.error().map(|e| e.kind()), Some(ErrorKind::Connect));
+    // Only its drain, dropped: the job it took (job 0) never reached a host.
+    assert_eq!(dead.tasks().len(), 1);
+    assert_eq!(dead.tasks()[0].status(), TaskStatus::Cancelled);
+    let listed = report.jobs();
+    assert_eq!(listed.len(), 10);
+    for (i, j) in listed.iter().enumerate() {
+        assert_eq!(j.label(), Some("live"));
+        assert_eq!(j.report().stdout_str(), format!("{i} on live\n"));
+        assert_eq!(j.report().attempts(), 1, "a try that never connected is not an attempt");
+    }
+}
+
+#[test]
+fn a_job_removed_before_any_label_takes_it_never_runs() {
+    let mut pssh = local(&["a"]);
+    let jobs = JobQueue::new();
+    let ids: Vec<_> = (0..3)
+        .map(|i| jobs.push(Command::new(format!("echo {i}"))).unwrap())
+        .collect();
+    assert!(jobs.remove(ids[1]));
+    assert!(!jobs.remove(ids[1]), "only once");
+    assert_eq!(jobs.pending(), [ids[0], ids[2]]);
+    jobs.close();
+    pssh.push("a", Drain::new(&jobs)).unwrap();
+    let report = pssh.run();
+    assert!(report.success(), "{report}");
+    let ran: Vec<_> = report
+        .jobs()
+        .iter()
+        .map(|j| (j.id(), j.report().stdout_str()))
+        .collect();
+    assert_eq!(ran, [(ids[0], "0\n".to_owned()), (ids[2], "2\n".to_owned())]);
+    assert!(!jobs.remove(ids[0]), "a job already taken cannot be removed");
 }

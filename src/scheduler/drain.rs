@@ -209,6 +209,21 @@ impl Scheduler<'_> {
         });
     }
 
+    /// The label `l` stops on a failure of its head `node`: if that is a
+    /// job that never started here (its connection could not be opened, a
+    /// variable is missing on this host), it goes back to its queue, for
+    /// the other drainers, instead of being reported failed here. Returns
+    /// whether it did.
+    pub(super) fn give_back_unstarted(&mut self, l: LabelId, node: NodeIndex) -> bool {
+        if self.rt[l].started.is_some() || !self.drains.taken.contains_key(&node) {
+            return false;
+        }
+        // The failed try does not count against the job: it never ran.
+        self.rt[l].attempt = self.rt[l].attempt.saturating_sub(1);
+        self.give_job_back(l, node);
+        true
+    }
+
     /// The head `n` of the stopped label `l` is dropped: a job not started
     /// goes back to its queue (returns true: nothing to report here); a
     /// drain registers its queue, so that the jobs it leaves are reported.
@@ -232,6 +247,11 @@ impl Scheduler<'_> {
             .taken
             .get(&node)
             .is_some_and(|t| self.drains.queues[t.queue].queue.next_needs_channel())
+    }
+
+    /// The job at `node`, if it is one.
+    pub(super) fn job_at(&self, node: NodeIndex) -> Option<JobId> {
+        self.drains.taken.get(&node).map(|t| t.id)
     }
 
     /// Marks the report of a job's final outcome with its number.

@@ -90,6 +90,7 @@ impl Scheduler<'_> {
                 seq: task.map_or(0, |t| t.seq),
                 description: task.map_or_else(|| Arc::from(action.describe()), |t| t.desc.clone()),
                 attempt,
+                job: head.and_then(|n| self.job_at(n)),
             };
             self.emit(|| ev);
         }
