@@ -4,7 +4,7 @@
 //! retries moving a job to another label, a failing drainer leaving its jobs
 //! to the others, joins after drains, the jobs a queue refuses, a queue left
 //! with no drainer, the `workers` limit and run events: on the local
-//! transport, and over SSH to the embedded server.
+//! transport, and over SSH to the embedded server and OpenSSH's sshd.
 
 mod common;
 
@@ -16,10 +16,13 @@ use std::time::{Duration, Instant, SystemTime};
 
 use common::{local, wait_until};
 use ssh_parallel::{
-    Command, Drain, ErrorKind, Goto, Here, Host, HostKeyCheck, JobQueue, Join, OnError, Parallel, RunEvent, Stop, Sub,
+    Command, Drain, ErrorKind, Goto, Here, Host, JobQueue, Join, OnError, Parallel, RunEvent, ScpPut, Stop, Sub,
     TaskStatus,
 };
-use testbed::EmbeddedServer;
+
+#[path = "common/servers.rs"]
+mod servers;
+use servers::Server;
 
 /// Every job of the report, as (job number, label that ran it, status).
 fn outcomes(report: &ssh_parallel::Report) -> Vec<(u64, Option<String>, TaskStatus)> {
@@ -262,7 +265,7 @@ fn abort_all_stops_every_drainer_and_reports_the_jobs_left() {
     let jobs = JobQueue::new();
     jobs.push(Command::new("exit 3").on_error(OnError::AbortAll)).unwrap();
     for _ in 0..5 {
-        jobs.push(Command::new("sleep 0.2")).unwrap();
+        jobs.push(Command::new("sleep 1")).unwrap();
     }
     jobs.close();
     pssh.push("*", Drain::new(&jobs)).unwrap();
@@ -444,7 +447,13 @@ fn job_tasks_show_in_run_events_and_a_cancel_ends_a_waiting_daemon() {
     let label = seen
         .iter()
         .find_map(|e| match e {
-            RunEvent::Started { label, description, .. } if &**description == "command `echo hello`" => {
+            RunEvent::Started {
+                label,
+                description,
+                job,
+                ..
+            } if &**description == "command `echo hello`" => {
+                assert_eq!(*job, Some(id), "the Started event names the job");
                 Some(label.clone())
             }
             _ => None,
@@ -487,21 +496,16 @@ fn a_sub_job_runs_on_the_label_that_takes_it() {
     assert_eq!(report.jobs().len(), 30);
 }
 
-#[test]
-fn jobs_run_over_ssh_on_the_embedded_server_with_each_labels_variables() {
-    let server = EmbeddedServer::builder()
-        .password("alice", "wonderland")
-        .start()
-        .expect("start the embedded server");
+/// Over SSH (the embedded server, and OpenSSH's sshd): commands and a
+/// transfer taken as jobs, pushed after the run started, each expanded for
+/// the label that took it, over one connection per label.
+fn jobs_over_ssh(server: &Server) {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    fs::write(dir.path().join("payload"), "shipped\n").unwrap();
     let mut pssh = Parallel::new();
     for l in ["n1", "n2", "n3"] {
-        let host = Host::new("127.0.0.1")
-            .port(server.port())
-            .user("alice")
-            .password("wonderland")
-            .host_key_check(HostKeyCheck::Off)
-            .connect_timeout(Duration::from_secs(5));
-        pssh.add_host(l, host).unwrap();
+        pssh.add_host(l, server.host()).unwrap();
     }
     let jobs = JobQueue::new();
     pssh.push("*", Drain::new(&jobs)).unwrap();
@@ -510,16 +514,120 @@ fn jobs_run_over_ssh_on_the_embedded_server_with_each_labels_variables() {
         jobs.push(Command::new(format!("echo {i} on %LABEL% at %HOST%")))
             .unwrap();
     }
+    let copy = jobs
+        .push(ScpPut::new(format!("{d}/payload"), format!("{d}/copied-by-%LABEL%")))
+        .unwrap();
     jobs.close();
     let report = run.wait();
-    assert!(report.success(), "{report}");
+    assert!(report.success(), "{}: {report}", server.name());
     let listed = report.jobs();
-    assert_eq!(listed.len(), 30);
-    for (i, j) in listed.iter().enumerate() {
+    assert_eq!(listed.len(), 31);
+    for (i, j) in listed[..30].iter().enumerate() {
         let label = j.label().unwrap();
         assert_eq!(j.report().stdout_str(), format!("{i} on {label} at 127.0.0.1\n"));
     }
-    let stats = server.stats();
-    assert_eq!(stats.commands, 30);
-    assert!(stats.connections <= 3, "one connection per label at most: {stats:?}");
+    let by = listed[30].label().unwrap();
+    assert_eq!(listed[30].id(), copy);
+    assert_eq!(
+        fs::read_to_string(dir.path().join(format!("copied-by-{by}"))).unwrap(),
+        "shipped\n"
+    );
+    assert!(
+        server.logins() <= 3,
+        "one connection per label at most: {}",
+        server.logins()
+    );
+}
+
+on_both!(jobs_over_ssh);
+
+#[test]
+fn validate_accepts_a_drain_with_tasks_after_it_and_json_names_the_jobs() {
+    let mut pssh = local(&["a", "dead"]);
+    let jobs = JobQueue::new();
+    let id = jobs.push(Command::new("echo job")).unwrap();
+    jobs.close();
+    pssh.push("a", Command::new("true").or_goto("after")).unwrap();
+    pssh.push("a", Drain::new(&jobs)).unwrap();
+    pssh.push("a", Here::new("after")).unwrap();
+    pssh.push("a", Command::new("echo tail")).unwrap();
+    pssh.validate()
+        .expect("a drain with the rest of the queue after it is a valid plan");
+    let report = pssh.run();
+    assert!(report.success(), "{report}");
+    let v: serde_json::Value = serde_json::to_value(&report).unwrap();
+    let tasks = v["labels"][0]["tasks"].as_array().unwrap();
+    let jobs_in_json: Vec<_> = tasks.iter().filter_map(|t| t.get("job")).collect();
+    assert_eq!(jobs_in_json, [&serde_json::json!(id.get())]);
+    assert_eq!(tasks.last().unwrap()["stdout"], "tail\n");
+    assert!(v.get("jobs_not_run").is_none(), "only when jobs were given up on");
+
+    // Jobs given up on are in the JSON too.
+    let left = JobQueue::new();
+    left.push(Command::new("echo never")).unwrap();
+    pssh.push("dead", Command::new("exit 1")).unwrap();
+    pssh.push("dead", Drain::new(&left)).unwrap();
+    let report = pssh.run();
+    let v: serde_json::Value = serde_json::to_value(&report).unwrap();
+    let not_run = v["jobs_not_run"].as_array().expect("jobs_not_run");
+    assert_eq!(not_run.len(), 1);
+    assert_eq!(not_run[0]["status"], "cancelled");
+    assert_eq!(not_run[0]["error"]["kind"], "Aborted");
+}
+
+#[test]
+fn a_drainer_that_cannot_connect_leaves_the_job_it_took_to_the_others() {
+    let closed_port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut pssh = Parallel::builder().no_ssh_config().build().unwrap();
+    let dead = Host::new("127.0.0.1")
+        .port(closed_port)
+        .user("nobody")
+        .connect_timeout(Duration::from_secs(5));
+    pssh.add_host("dead", dead).unwrap();
+    pssh.add_host("live", Host::local()).unwrap();
+    let jobs = JobQueue::new();
+    for i in 0..10 {
+        jobs.push(Command::new(format!("echo {i} on %LABEL%"))).unwrap();
+    }
+    jobs.close();
+    pssh.push("*", Drain::new(&jobs)).unwrap();
+    let report = pssh.run();
+    let dead = report.label("dead").unwrap();
+    assert_eq!(dead.error().map(|e| e.kind()), Some(ErrorKind::Connect));
+    // Only its drain, dropped: the job it took (job 0) never reached a host.
+    assert_eq!(dead.tasks().len(), 1);
+    assert_eq!(dead.tasks()[0].status(), TaskStatus::Cancelled);
+    let listed = report.jobs();
+    assert_eq!(listed.len(), 10);
+    for (i, j) in listed.iter().enumerate() {
+        assert_eq!(j.label(), Some("live"));
+        assert_eq!(j.report().stdout_str(), format!("{i} on live\n"));
+        assert_eq!(j.report().attempts(), 1, "a try that never connected is not an attempt");
+    }
+}
+
+#[test]
+fn a_job_removed_before_any_label_takes_it_never_runs() {
+    let mut pssh = local(&["a"]);
+    let jobs = JobQueue::new();
+    let ids: Vec<_> = (0..3)
+        .map(|i| jobs.push(Command::new(format!("echo {i}"))).unwrap())
+        .collect();
+    assert!(jobs.remove(ids[1]));
+    assert!(!jobs.remove(ids[1]), "only once");
+    assert_eq!(jobs.pending(), [ids[0], ids[2]]);
+    jobs.close();
+    pssh.push("a", Drain::new(&jobs)).unwrap();
+    let report = pssh.run();
+    assert!(report.success(), "{report}");
+    let ran: Vec<_> = report
+        .jobs()
+        .iter()
+        .map(|j| (j.id(), j.report().stdout_str()))
+        .collect();
+    assert_eq!(ran, [(ids[0], "0\n".to_owned()), (ids[2], "2\n".to_owned())]);
+    assert!(!jobs.remove(ids[0]), "a job already taken cannot be removed");
 }

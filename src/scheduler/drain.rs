@@ -15,7 +15,7 @@
 //!
 //! May use: what `scheduler` may use (`task::jobs` for the queue).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -55,8 +55,8 @@ struct Met {
     queue: JobQueue,
     /// This run's waker registration on it.
     waker: u64,
-    /// The labels with a drain on it, in the order they were met.
-    drainers: Vec<LabelId>,
+    /// The labels with a drain on it (a set: it is looked up for every job).
+    drainers: BTreeSet<LabelId>,
 }
 
 /// A job spliced into a label's queue.
@@ -93,14 +93,12 @@ impl Drains {
                 self.queues.push(Met {
                     queue: queue.clone(),
                     waker,
-                    drainers: Vec::new(),
+                    drainers: BTreeSet::new(),
                 });
                 self.queues.len() - 1
             }
         };
-        if !self.queues[q].drainers.contains(&l) {
-            self.queues[q].drainers.push(l);
-        }
+        self.queues[q].drainers.insert(l);
         q
     }
 
@@ -211,6 +209,21 @@ impl Scheduler<'_> {
         });
     }
 
+    /// The label `l` stops on a failure of its head `node`: if that is a
+    /// job that never started here (its connection could not be opened, a
+    /// variable is missing on this host), it goes back to its queue, for
+    /// the other drainers, instead of being reported failed here. Returns
+    /// whether it did.
+    pub(super) fn give_back_unstarted(&mut self, l: LabelId, node: NodeIndex) -> bool {
+        if self.rt[l].started.is_some() || !self.drains.taken.contains_key(&node) {
+            return false;
+        }
+        // The failed try does not count against the job: it never ran.
+        self.rt[l].attempt = self.rt[l].attempt.saturating_sub(1);
+        self.give_job_back(l, node);
+        true
+    }
+
     /// The head `n` of the stopped label `l` is dropped: a job not started
     /// goes back to its queue (returns true: nothing to report here); a
     /// drain registers its queue, so that the jobs it leaves are reported.
@@ -224,6 +237,21 @@ impl Scheduler<'_> {
             self.drains.meet(&queue, l);
         }
         false
+    }
+
+    /// Whether `node` is a job whose queue's next job needs a channel (a
+    /// command or a transfer): the label will likely take it next, so its
+    /// channel may be opened ahead, as for a queue of commands.
+    pub(super) fn job_follows(&self, node: NodeIndex) -> bool {
+        self.drains
+            .taken
+            .get(&node)
+            .is_some_and(|t| self.drains.queues[t.queue].queue.next_needs_channel())
+    }
+
+    /// The job at `node`, if it is one.
+    pub(super) fn job_at(&self, node: NodeIndex) -> Option<JobId> {
+        self.drains.taken.get(&node).map(|t| t.id)
     }
 
     /// Marks the report of a job's final outcome with its number.

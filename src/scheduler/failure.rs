@@ -87,9 +87,12 @@ impl Scheduler<'_> {
             Decision::Done | Decision::Abort | Decision::AbortAll => {
                 r.status = TaskStatus::Failed;
                 r.error = Some(Box::new(e.clone()));
-                self.record(l, node, r);
-                self.plan.pop(l);
-                self.rt[l].reset_task();
+                // A job that never started here stays for the other drainers.
+                if !self.give_back_unstarted(l, node) {
+                    self.record(l, node, r);
+                    self.plan.pop(l);
+                    self.rt[l].reset_task();
+                }
                 self.reports[l].error = Some(e);
                 self.rt[l].stopped = Some(if decision == Decision::Done {
                     Discard::Done

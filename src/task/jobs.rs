@@ -10,8 +10,9 @@
 //!
 //! Invariants: a job is in exactly one place at a time: waiting here, or
 //! taken by one scheduler, which runs it to a final outcome, gives it back
-//! (at the front, keeping its attempts) or reports it not run; jobs are
-//! taken in push order (given-back ones first); a closed queue accepts no new
+//! (at the front, keeping its attempts) or reports it not run (`remove`
+//! only takes back a job still waiting); jobs are taken in push order
+//! (given-back ones first); a closed queue accepts no new
 //! job and never reopens; every waker registered is called after every push,
 //! give-back and close that follows its registration.
 //!
@@ -162,6 +163,22 @@ impl JobQueue {
         Ok(id)
     }
 
+    /// Takes back a job no label has taken yet: it will not run, and no run
+    /// reports it. Returns false when the job is not waiting here (a label
+    /// took it already, or it is not from this queue).
+    pub fn remove(&self, id: JobId) -> bool {
+        let mut inner = self.shared.inner.lock();
+        match inner.pending.iter().position(|j| j.id == id) {
+            Some(i) => inner.pending.remove(i).is_some(),
+            None => false,
+        }
+    }
+
+    /// The jobs waiting to be taken, in the order they will be.
+    pub fn pending(&self) -> Vec<JobId> {
+        self.shared.inner.lock().pending.iter().map(|j| j.id).collect()
+    }
+
     /// Closes the queue: no job may be pushed any more, and each drainer
     /// finishes its drain once the queue is empty. Closing twice does nothing.
     pub fn close(&self) {
@@ -206,6 +223,17 @@ impl JobQueue {
     pub(crate) fn peek(&self) -> (usize, bool) {
         let inner = self.shared.inner.lock();
         (inner.pending.len(), inner.closed)
+    }
+
+    /// Whether the next job to be taken is a command or a transfer.
+    pub(crate) fn next_needs_channel(&self) -> bool {
+        let inner = self.shared.inner.lock();
+        inner.pending.front().is_some_and(|j| {
+            matches!(
+                &*j.action,
+                Action::Command(_) | Action::ScpGet(_) | Action::ScpPut(_) | Action::RsyncGet(_) | Action::RsyncPut(_)
+            )
+        })
     }
 
     /// Puts a taken job back at the front (a retry, or a label that stopped
@@ -305,9 +333,12 @@ impl fmt::Debug for JobQueue {
 /// A job that fails follows its policy (the job's own, else the label's
 /// host's, else the global one): under a retry it goes back to the front of
 /// the queue, with its attempts counted, and may run on another label;
-/// `Ignore` goes on draining; `Done` and `Abort` stop this label's drain
-/// (the jobs it has not started stay for the others); `AbortAll` stops every
-/// label. The run's report lists every job once ([`Report::jobs`](crate::Report::jobs)).
+/// `Ignore` goes on draining; `Done` and `Abort` stop this label's drain,
+/// and a job that never started on it (its connection could not be opened,
+/// a `%VAR%` its host lacks) goes back to the queue for the others;
+/// `AbortAll` stops every label. A retry's delay is the label's pause before
+/// it takes another job. The run's report lists every job once
+/// ([`Report::jobs`](crate::Report::jobs)), with the label that ran it.
 #[derive(Clone, Debug)]
 pub struct Drain {
     pub(crate) queue: JobQueue,
