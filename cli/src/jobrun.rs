@@ -205,6 +205,9 @@ enum Fate {
 fn fate(t: &TaskReport) -> Fate {
     match (t.status(), t.error()) {
         (TaskStatus::Succeeded, _) => Fate::Succeeded(t.exit_code()),
+        (TaskStatus::Cancelled, _) if t.started().is_some() => {
+            Fate::NotRun("interrupted before it finished".to_owned())
+        }
         (TaskStatus::Cancelled | TaskStatus::Skipped, e) => {
             Fate::NotRun(e.map_or_else(|| "not run".to_owned(), |e| e.detail().to_owned()))
         }
@@ -290,7 +293,11 @@ pub fn finish(
             Fate::NotRun(why) => {
                 not_run += 1;
                 max_code = max_code.max(exit::NO_STATUS);
-                text.push_str(&format!("not run: job {ordinal} {command:?}: {why}\n"));
+                match label {
+                    // Started, then cancelled (Ctrl-C).
+                    Some(l) => text.push_str(&format!("{l}: job {ordinal} {command:?}: {why}\n")),
+                    None => text.push_str(&format!("not run: job {ordinal} {command:?}: {why}\n")),
+                }
             }
         }
     }

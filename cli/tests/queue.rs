@@ -408,3 +408,30 @@ fn queue_edit_creates_the_file_checks_it_and_reports_the_editor_status() {
     assert!(out.stderr().contains(":2: unknown variable %X%"), "{out:?}");
     assert!(fs::read_to_string(w.queue()).unwrap().ends_with("echo fine\n"));
 }
+
+#[test]
+fn ctrl_c_reports_the_running_job_unfinished_and_leaves_the_rest_queued() {
+    let c = Cluster::start(&["a"]);
+    let w = Work::new();
+    let marker = w.dir.path().join("running");
+    let long = format!("touch {}; sleep 30", marker.display());
+    fs::write(w.queue(), format!("{long}\n{}\n", w.job("next"))).unwrap();
+    let child = c.spawn(&["queue", "-w", &c.host(0), &w.queue_str()]);
+    wait_until("the long job", || marker.exists());
+    signal(child.id(), libc::SIGINT);
+    let out = wait_at_most(child, Duration::from_secs(20));
+    assert_eq!(out.code(), 130, "{out:?}");
+    assert!(
+        out.stderr().contains(&format!(
+            "{}: job 1 {long:?}: interrupted before it finished",
+            c.host(0)
+        )),
+        "{out:?}"
+    );
+    assert!(
+        out.stderr()
+            .contains("1 jobs: 0 succeeded, 0 failed, 1 not run; 1 left"),
+        "{out:?}"
+    );
+    assert_eq!(jobs_in(&w.queue()), [w.job("next")]);
+}
