@@ -435,3 +435,18 @@ fn ctrl_c_reports_the_running_job_unfinished_and_leaves_the_rest_queued() {
     );
     assert_eq!(jobs_in(&w.queue()), [w.job("next")]);
 }
+
+#[test]
+fn live_output_is_prefixed_with_the_host_as_on_the_command_line() {
+    let c = Cluster::start(&["a"]);
+    let w = Work::new();
+    fs::write(w.queue(), "echo one\n{ command = 'echo %N% >&2', N = ['two'] }\n").unwrap();
+    let out = c.run(&["queue", "-w", &c.host(0), &w.queue_str()]);
+    assert_eq!(out.code(), 0, "{out:?}");
+    assert_eq!(out.stdout(), format!("{}: one\n", c.host(0)), "{out:?}");
+    assert!(out.stderr().starts_with(&format!("{}: two\n", c.host(0))), "{out:?}");
+    // -N given after the subcommand's name.
+    fs::write(w.queue(), "echo three\n").unwrap();
+    let out = c.run(&["queue", "-N", "-w", &c.host(0), &w.queue_str()]);
+    assert_eq!(out.stdout(), "three\n", "{out:?}");
+}
