@@ -13,8 +13,10 @@
 //! Invariants: nothing but the scheduler touches the plan during a run; a
 //! run ends when `active` is 0, and never waits with nothing `outstanding`,
 //! no timer and no ready label (such labels are failed as stuck rather than
-//! hang). A cancelled run starts nothing more: every label stops at its
-//! next boundary and every running task gets the `Cancel` a timeout sends.
+//! hang), unless a label waits on an open job queue: then it sleeps on its
+//! event channel, which a push or a close wakes. A cancelled run starts
+//! nothing more: every label stops at its next boundary and every running
+//! task gets the `Cancel` a timeout sends.
 //!
 //! May use: `error`, `plan`, `policy`, `report`, `run`, `task` and `transport`
 //! (the channel protocol only); never `parallel`.
