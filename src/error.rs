@@ -28,7 +28,8 @@ pub enum ErrorKind {
     Timeout,
     /// A join failed because one of its targets was aborted.
     JoinFailed,
-    /// The label was stopped because another label failed under `AbortAll`.
+    /// The label was stopped because another label failed under `AbortAll`;
+    /// or a job was never run because every label draining its queue stopped.
     Aborted,
     /// A goto (or or_goto) named a tag with no later `here` on the label.
     GotoFailed,
@@ -52,6 +53,8 @@ pub enum ErrorKind {
     /// the task's label was never started because more labels had failed
     /// than `ParallelBuilder::max_failures` allows (the message names it).
     Cancelled,
+    /// A job was pushed to a [`JobQueue`](crate::JobQueue) already closed.
+    QueueClosed,
 }
 
 impl ErrorKind {
@@ -75,6 +78,7 @@ impl ErrorKind {
             ErrorKind::InvalidConfig => "invalid configuration",
             ErrorKind::InvalidHost => "invalid host",
             ErrorKind::Cancelled => "cancelled",
+            ErrorKind::QueueClosed => "queue closed",
         }
     }
 }

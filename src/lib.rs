@@ -61,12 +61,12 @@ pub use host::{Host, HostKeyCheck};
 pub use parallel::{Parallel, ParallelBuilder, RunHandle};
 pub use plan::{IntoSelector, Selection, Selector};
 pub use policy::{ErrorContext, OnError, PolicyFn, RetryPolicy};
-pub use report::{fold_labels, LabelReport, OutputGroup, Report, TaskReport, TaskStatus};
+pub use report::{fold_labels, JobEntry, JobId, LabelReport, OutputGroup, Report, TaskReport, TaskStatus};
 pub use run::{Canceller, OutputStream, RunEvent};
 pub use session::{ExecOutput, Session};
 pub use ssh_config::{ConfigError, ResolveEnv, SshConfig};
 pub use task::output::{Output, Stdin, DEFAULT_CAPTURE_LIMIT};
 pub use task::{
-    Action, Command, Connect, DoneFn, Goto, Here, Join, Parsub, RsyncGet, RsyncPut, ScpGet, ScpPut, Stop, Sub,
-    SubContext,
+    Action, Command, Connect, DoneFn, Drain, Goto, Here, JobQueue, Join, Parsub, RsyncGet, RsyncPut, ScpGet, ScpPut,
+    Stop, Sub, SubContext,
 };

@@ -9,9 +9,11 @@
 //! May use: `error` only (a leaf: everything else may use it).
 
 mod gather;
+mod jobs;
 mod json;
 
 pub use gather::{fold_labels, OutputGroup};
+pub use jobs::{JobEntry, JobId};
 
 use std::collections::HashMap;
 use std::fmt;
@@ -60,6 +62,8 @@ pub struct TaskReport {
     pub(crate) error: Option<Box<Error>>,
     pub(crate) attempts: u32,
     pub(crate) reruns: u32,
+    /// The job it ran, for a task taken from a job queue.
+    pub(crate) job: Option<JobId>,
 }
 
 /// Captured output of a task.
@@ -85,7 +89,14 @@ impl TaskReport {
             error: None,
             attempts: 0,
             reruns: 0,
+            job: None,
         }
+    }
+
+    /// The job it ran, when the task was taken from a
+    /// [`JobQueue`](crate::JobQueue) by a [`Drain`](crate::Drain).
+    pub fn job(&self) -> Option<JobId> {
+        self.job
     }
 
     /// The task's position in its label's queue (0-based, in push order).
@@ -181,6 +192,9 @@ impl fmt::Debug for TaskReport {
         if self.reruns > 0 {
             d.field("reruns", &self.reruns);
         }
+        if let Some(j) = self.job {
+            d.field("job", &j.0);
+        }
         if let Some(c) = self.exit_code {
             d.field("exit_code", &c);
         }
@@ -271,12 +285,14 @@ impl<'a> LabelsView<'a> {
 pub struct Report {
     pub(crate) labels: Vec<LabelReport>,
     pub(crate) duration: Duration,
+    /// Jobs given up on: left in a queue no label drained any more.
+    pub(crate) jobs_not_run: Vec<TaskReport>,
 }
 
 impl Report {
-    /// Whether no label recorded an error.
+    /// Whether no label recorded an error and no job was left unrun.
     pub fn success(&self) -> bool {
-        self.labels.iter().all(LabelReport::success)
+        self.labels.iter().all(LabelReport::success) && self.jobs_not_run.is_empty()
     }
 
     /// Every label's report, in the order the labels were added.
@@ -340,6 +356,12 @@ impl fmt::Display for Report {
             writeln!(f)?;
             if let Some(e) = &l.error {
                 writeln!(f, "{:width$}    {e}", "")?;
+            }
+        }
+        if !self.jobs_not_run.is_empty() {
+            writeln!(f, "{} jobs not run", self.jobs_not_run.len())?;
+            if let Some(e) = self.jobs_not_run[0].error() {
+                writeln!(f, "    {e}")?;
             }
         }
         let failed = self.labels.iter().filter(|l| !l.success()).count();

@@ -11,7 +11,8 @@
 //! Invariants: per label, a task's `Started` (one per attempt) comes before
 //! its `Line`s and its `Line`s before its `Finished`; every task of the
 //! report has exactly one `Finished`, carrying the same `TaskReport`; a
-//! label's `LabelDone` is its last event.
+//! label's `LabelDone` is its last event (a job retried on another label
+//! also has the `Started` of its earlier tries on the labels that gave it back).
 //!
 //! May use: `error` and `report` only.
 
@@ -21,7 +22,7 @@ use std::sync::Arc;
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::error::Error;
-use crate::report::TaskReport;
+use crate::report::{JobId, TaskReport};
 
 /// Which stream of a command an output line comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -39,7 +40,10 @@ pub enum RunEvent {
     /// A remote task (command, transfer, parsub, connect) was handed to its
     /// transport; sent again for every retry and re-run (`attempt` counts
     /// runs, re-runs after a lost connection included). Local steps (sub,
-    /// join, here, goto, stop) are not started, only finished.
+    /// join, here, goto, stop) are not started, only finished. A job of a
+    /// [`JobQueue`](crate::JobQueue) that a label gives back under a retry
+    /// policy may start again on another label: it has a `Started` on each
+    /// label that tried it and one `Finished`, on the label that ran it last.
     Started {
         /// The label.
         label: Arc<str>,
@@ -49,6 +53,9 @@ pub enum RunEvent {
         description: Arc<str>,
         /// 1 for the first run.
         attempt: u32,
+        /// The job, for a task taken from a [`JobQueue`](crate::JobQueue),
+        /// as in [`TaskReport::job`].
+        job: Option<JobId>,
     },
     /// One line a command printed, without its newline, as lossy UTF-8 text
     /// (like [`Output::lines`](crate::Output::lines) callbacks); a last line

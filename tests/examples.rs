@@ -273,3 +273,31 @@ fn parsub_sudo() {
         ],
     );
 }
+
+#[test]
+fn job_queue() {
+    let r = run_example("job_queue");
+    assert!(r.ok, "job_queue failed");
+    assert_lines(
+        &r,
+        &[
+            "seed 1 trained on gpu",
+            "seed 12 trained on gpu",
+            "seed 18 (late) trained on gpu",
+            "big model on gpu",
+            "job_queue: done, 19 jobs ran once each",
+        ],
+    );
+    // Every job is listed once, with the label that ran it; the big model moved off gpu1.
+    let listed: Vec<&str> = r
+        .stdout
+        .lines()
+        .filter(|l| l.trim_start().starts_with("job #"))
+        .collect();
+    assert_eq!(listed.len(), 19, "{listed:?}");
+    assert!(!r.stdout.contains("big model on gpu1"));
+    assert!(
+        listed.iter().any(|l| l.contains("(attempts 2): command `test gpu")),
+        "gpu1 takes the big model first, fails, and another label runs it: {listed:?}"
+    );
+}

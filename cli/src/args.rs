@@ -1,5 +1,5 @@
 //! The command line, declared with clap: options shared by every form, and the
-//! `copy` / `rcopy` subcommands.
+//! `copy` / `rcopy` / `queue` / `broadcast` subcommands.
 
 use std::path::PathBuf;
 
@@ -194,6 +194,14 @@ pub enum Action {
     /// Copy a remote file from every host into a local directory, the host
     /// name appended to each copy's name: `rcopy -w HOSTS REMOTE... LOCALDIR`.
     Rcopy(CopyArgs),
+    /// Run the jobs of a queue file, each on the first free host (Pegasus'
+    /// queue mode): `queue -w HOSTS QUEUEFILE [--daemon]`; `queue --edit
+    /// QUEUEFILE` edits the queue under its lock.
+    Queue(QueueArgs),
+    /// Run each job of a queue file on every host, the next job once every
+    /// host finished this one (Pegasus' broadcast mode): `broadcast -w HOSTS
+    /// QUEUEFILE [-e]`.
+    Broadcast(BroadcastArgs),
 }
 
 /// Arguments of `copy` and `rcopy`.
@@ -214,4 +222,50 @@ pub struct CopyArgs {
     /// The sources, then the destination.
     #[arg(value_name = "PATH", num_args = 2.., required = true)]
     pub paths: Vec<String>,
+}
+
+/// Arguments of `queue`.
+#[derive(Args, Debug)]
+#[command(after_help = crate::jobfile::HELP)]
+pub struct QueueArgs {
+    /// Keep waiting for jobs when the queue file is empty (stop with Ctrl-C).
+    #[arg(long = "daemon", conflicts_with = "edit")]
+    pub daemon: bool,
+
+    /// Edit the queue file under its lock instead of running it (Pegasus'
+    /// lock mode): a runner takes no job until the editor exits.
+    #[arg(long = "edit")]
+    pub edit: bool,
+
+    /// The editor for --edit (default: $EDITOR, else vi).
+    #[arg(long = "editor", value_name = "COMMAND", requires = "edit")]
+    pub editor: Option<String>,
+
+    /// How the output is shown (also accepted before `queue`).
+    #[command(flatten)]
+    pub output: OutputArgs,
+
+    /// The queue file: one job a line (see below); started jobs are moved to
+    /// QUEUEFILE.consumed.
+    #[arg(value_name = "QUEUEFILE")]
+    pub file: PathBuf,
+}
+
+/// Arguments of `broadcast`.
+#[derive(Args, Debug)]
+#[command(after_help = crate::jobfile::HELP)]
+pub struct BroadcastArgs {
+    /// Stop at the first job that fails on some host (once every host has
+    /// finished that job); the jobs after it stay in the queue file.
+    #[arg(short = 'e', long = "error-aborts")]
+    pub error_aborts: bool,
+
+    /// How the output is shown (also accepted before `broadcast`).
+    #[command(flatten)]
+    pub output: OutputArgs,
+
+    /// The queue file: one job a line (see below); started jobs are moved to
+    /// QUEUEFILE.consumed.
+    #[arg(value_name = "QUEUEFILE")]
+    pub file: PathBuf,
 }

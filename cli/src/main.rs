@@ -7,15 +7,24 @@
 //! stdout. `interrupt` turns Ctrl-C into the run's cancel. Modules: `args`
 //! (clap), `hosts` (node sets), `sshopts` (`-o` and login options into a
 //! `Host`), `output` (modes, sinks, `-b`/`-L` printing, JSON records),
-//! `track`, `interrupt`, `exit` (the statuses).
+//! `track`, `interrupt`, `exit` (the statuses); the Pegasus modes: `queue`,
+//! `broadcast` (runners), `jobrun` (what they share), `jobfile` (the job
+//! file format), `queuefile` (consuming it), `lock`, `edit` (`queue --edit`).
 
 #![deny(missing_docs)]
 
 mod args;
+mod broadcast;
+mod edit;
 mod exit;
 mod hosts;
 mod interrupt;
+mod jobfile;
+mod jobrun;
+mod lock;
 mod output;
+mod queue;
+mod queuefile;
 mod sshopts;
 mod track;
 
@@ -64,7 +73,47 @@ fn init_logging(verbose: u8) {
 }
 
 fn run(cli: Cli) -> Result<i32, Usage> {
+    match &cli.action {
+        Some(Sub::Queue(q)) => return queue::run(&cli, q),
+        Some(Sub::Broadcast(b)) => return broadcast::run(&cli, b),
+        _ => {}
+    }
     let common = &cli.common;
+    let Prepared {
+        mut pssh,
+        targets,
+        names,
+        timeout,
+    } = prepare(common, false)?;
+    let actions = actions(&cli, &targets)?;
+    check_resolvable(&names)?;
+
+    let mode = Mode::from_args(&cli.output);
+    // Registration order is node order (sub-nodes in slot order).
+    let order: Vec<String> = pssh.labels().map(str::to_owned).collect();
+    let mut tracker = Tracker::new(mode, output::Colours::detect(), order, common.max_status);
+    for (label, action) in actions {
+        pssh.push(&label, finish_action(action, mode, timeout))?;
+    }
+    let (report, interrupted) = watch(&mut pssh, &mut tracker);
+    Ok(tracker.finish(&report, interrupted))
+}
+
+/// The hosts of the command line, registered on a new `Parallel`.
+struct Prepared {
+    /// One label per target, nothing pushed yet.
+    pssh: Parallel,
+    /// The targets, in node order.
+    targets: Vec<hosts::Target>,
+    /// The host names to resolve (see [`check_resolvable`]).
+    names: Vec<String>,
+    /// `-u`, per task.
+    timeout: Option<Duration>,
+}
+
+/// Checks the host options and registers every target; `expand_vars` says
+/// whether `%VAR%`s of the tasks pushed are expanded.
+fn prepare(common: &args::Common, expand_vars: bool) -> Result<Prepared, Usage> {
     if common.hosts.is_empty() {
         return Err(Usage("no hosts: give them with -w NODESET".into()));
     }
@@ -91,7 +140,8 @@ fn run(cli: Cli) -> Result<i32, Usage> {
     let mut pssh = builder.build()?;
     let mut names = Vec::new();
     for t in &targets {
-        let host = options.host_for(t, common).map_err(Usage)?;
+        // Job files are templates (`%HOST%`, `%%`); a command line is not.
+        let host = options.host_for(t, common).map_err(Usage)?.expand_vars(expand_vars);
         let first = match common.slots {
             Some(n) => pssh
                 .add_slots(t.label.clone(), host, n)?
@@ -106,22 +156,22 @@ fn run(cli: Cli) -> Result<i32, Usage> {
             names.push(h.hostname().to_owned());
         }
     }
-    let actions = actions(&cli, &targets)?;
-    let unknown = hosts::unresolvable(&names);
+    Ok(Prepared {
+        pssh,
+        targets,
+        names,
+        timeout,
+    })
+}
+
+/// A usage error naming the hosts of `names` that do not resolve.
+fn check_resolvable(names: &[String]) -> Result<(), Usage> {
+    let unknown = hosts::unresolvable(names);
     if !unknown.is_empty() {
         let set = hosts::fold(unknown.iter().map(String::as_str));
         return Err(Usage(format!("unknown host {set}: the name does not resolve")));
     }
-
-    let mode = Mode::from_args(&cli.output);
-    // Registration order is node order (sub-nodes in slot order).
-    let order: Vec<String> = pssh.labels().map(str::to_owned).collect();
-    let mut tracker = Tracker::new(mode, output::Colours::detect(), order, common.max_status);
-    for (label, action) in actions {
-        pssh.push(&label, finish_action(action, mode, timeout))?;
-    }
-    let (report, interrupted) = watch(&mut pssh, &mut tracker);
-    Ok(tracker.finish(&report, interrupted))
+    Ok(())
 }
 
 /// How long events gather before the main thread shows them (and looks
@@ -220,6 +270,8 @@ fn actions(cli: &Cli, targets: &[hosts::Target]) -> Result<Vec<(String, Action)>
                 }
             }
         }
+        // Dispatched by `run` before anything is pushed.
+        Some(Sub::Queue(_) | Sub::Broadcast(_)) => {}
     }
     Ok(out)
 }

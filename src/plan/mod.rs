@@ -13,7 +13,8 @@
 //!
 //! Invariants: a label's `head..=tail` is its queue, linked by `Next` edges
 //! (`head` and `tail` are both `None` or both `Some`); pushes only add edges
-//! into new nodes, so the graph is acyclic; a `Join` node's `remaining`
+//! into new nodes (or, for a job a drain takes, out of a new node), so the
+//! graph is acyclic; a `Join` node's `remaining`
 //! counts its markers not yet reached or discarded; a push that fails
 //! changes nothing.
 //!
@@ -257,6 +258,31 @@ impl Plan {
             touched.push(id);
         }
         Ok((self.selection(&ids), touched))
+    }
+
+    /// Puts a task in front of `label`'s queue (a job a drain took, run
+    /// before the drain goes on) and returns its node. The new node only has
+    /// an edge out, so the graph stays acyclic.
+    pub(crate) fn push_front(&mut self, label: LabelId, action: Arc<Action>, desc: Arc<str>) -> NodeIndex {
+        let entry = &mut self.labels[label];
+        let seq = entry.next_seq;
+        entry.next_seq += 1;
+        let old_head = entry.head;
+        let step = Step::Action {
+            action,
+            desc,
+            join: None,
+        };
+        let n = self.graph.add_node(Node::Task { label, seq, step });
+        if let Some(h) = old_head {
+            self.graph.add_edge(n, h, Edge::Next);
+        }
+        let entry = &mut self.labels[label];
+        entry.head = Some(n);
+        if entry.tail.is_none() {
+            entry.tail = Some(n);
+        }
+        n
     }
 
     fn append(&mut self, label: LabelId, step: Step) -> NodeIndex {

@@ -103,7 +103,8 @@ impl Plan {
                     | Action::RsyncGet(_)
                     | Action::RsyncPut(_)
                     | Action::Goto(_) => return true,
-                    Action::Parsub(_) | Action::Stop(_) => return false,
+                    // A drain's jobs are spliced in front of it when taken.
+                    Action::Parsub(_) | Action::Stop(_) | Action::Drain(_) => return false,
                     Action::Join(_) | Action::Here(_) | Action::Sub(_) | Action::Connect(_) => {}
                 }
             } else if self.marker(node).is_none() {

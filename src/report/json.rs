@@ -1,18 +1,21 @@
 //! `serde::Serialize` for the report, hand-written so that the shape is a
 //! stable, documented contract rather than the fields of the day:
 //!
-//! - `Report`: `{"success", "duration", "labels": [LabelReport]}`
+//! - `Report`: `{"success", "duration", "labels": [LabelReport]}`, and
+//!   `"jobs_not_run": [TaskReport]` when a run gave up on jobs of a job queue
 //! - `LabelReport`: `{"label", "success", "error", "tasks": [TaskReport]}`
 //! - `TaskReport`: `{"seq", "task", "status", "attempts", "reruns",
 //!   "exit_code", "signal", "started", "duration", "stdout",
-//!   "stdout_truncated", "stderr", "stderr_truncated", "error"}`
+//!   "stdout_truncated", "stderr", "stderr_truncated", "error"}`, and
+//!   `"job"` (the `JobId` number) on a task that ran a job of a job queue
 //! - `Error`: `{"kind", "message", "label", "task", "exit_code", "signal"}`
 //!   (`kind` is the `ErrorKind` variant name, `message` the `Display` text)
 //! - `TaskStatus`: its lowercase name (`"succeeded"`, `"jumped"`, ...)
 //!
 //! Durations are seconds as floating point; `started` is seconds since the
 //! Unix epoch; captured output is lossy UTF-8 text (`null` when the stream
-//! was not captured); absent values are `null`, never left out.
+//! was not captured); absent values are `null`, never left out (except the
+//! two job fields above, which only runs with job queues have).
 //!
 //! Invariant: serializing never fails on our side and never loses a task.
 //!
@@ -88,6 +91,9 @@ impl Serialize for TaskReport {
         st.serialize_field("stderr", &text(self.stderr()))?;
         st.serialize_field("stderr_truncated", &self.stderr_truncated())?;
         st.serialize_field("error", &self.error())?;
+        if let Some(j) = self.job {
+            st.serialize_field("job", &j.get())?;
+        }
         st.end()
     }
 }
@@ -109,6 +115,9 @@ impl Serialize for Report {
         st.serialize_field("success", &self.success())?;
         st.serialize_field("duration", &secs(self.duration))?;
         st.serialize_field("labels", &self.labels)?;
+        if !self.jobs_not_run.is_empty() {
+            st.serialize_field("jobs_not_run", &self.jobs_not_run)?;
+        }
         st.end()
     }
 }

@@ -79,6 +79,7 @@ impl Scheduler<'_> {
                 self.outstanding -= 1;
                 self.task_finished(label, outcome);
             }
+            Event::Jobs => self.jobs_changed(),
         }
     }
 

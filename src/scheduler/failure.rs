@@ -72,6 +72,7 @@ impl Scheduler<'_> {
             Decision::Retry(d) => {
                 self.rt[l].reconnects = 0;
                 self.rt[l].timed_out = false;
+                self.give_job_back(l, node);
                 self.delay(l, d, true);
                 false
             }
@@ -86,9 +87,12 @@ impl Scheduler<'_> {
             Decision::Done | Decision::Abort | Decision::AbortAll => {
                 r.status = TaskStatus::Failed;
                 r.error = Some(Box::new(e.clone()));
-                self.record(l, node, r);
-                self.plan.pop(l);
-                self.rt[l].reset_task();
+                // A job that never started here stays for the other drainers.
+                if !self.give_back_unstarted(l, node) {
+                    self.record(l, node, r);
+                    self.plan.pop(l);
+                    self.rt[l].reset_task();
+                }
                 self.reports[l].error = Some(e);
                 self.rt[l].stopped = Some(if decision == Decision::Done {
                     Discard::Done
@@ -109,7 +113,7 @@ impl Scheduler<'_> {
         self.release_held();
         for l in 0..self.rt.len() {
             match self.rt[l].state {
-                State::WaitSlot | State::WaitJoin | State::Delayed => self.make_ready(l),
+                State::WaitSlot | State::WaitJoin | State::WaitJob | State::Delayed => self.make_ready(l),
                 State::WaitConn => {
                     self.release_slot(l);
                     self.make_ready(l);

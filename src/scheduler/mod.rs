@@ -8,17 +8,20 @@
 //! reports, jumps, joins); `sub` running subs; `slots` worker slots and
 //! connection limits; `events` what transports answer; `failure` the error
 //! policies; `watch` the events and cancel of a started run; `rollout`
-//! waves and `max_failures`.
+//! waves and `max_failures`; `drain` the job queues labels drain.
 //!
 //! Invariants: nothing but the scheduler touches the plan during a run; a
 //! run ends when `active` is 0, and never waits with nothing `outstanding`,
 //! no timer and no ready label (such labels are failed as stuck rather than
-//! hang). A cancelled run starts nothing more: every label stops at its
-//! next boundary and every running task gets the `Cancel` a timeout sends.
+//! hang), unless a label waits on an open job queue: then it sleeps on its
+//! event channel, which a push or a close wakes. A cancelled run starts
+//! nothing more: every label stops at its next boundary and every running
+//! task gets the `Cancel` a timeout sends.
 //!
 //! May use: `error`, `plan`, `policy`, `report`, `run`, `task` and `transport`
 //! (the channel protocol only); never `parallel`.
 
+mod drain;
 mod events;
 mod failure;
 mod queue;
@@ -152,6 +155,8 @@ pub(crate) struct Scheduler<'p> {
     cancelled: bool,
     /// Waves and `max_failures`, when either is set (from `run` on).
     rollout: Option<rollout::Rollout>,
+    /// The job queues drained in this run and the jobs taken from them.
+    drains: drain::Drains,
 }
 
 impl<'p> Scheduler<'p> {
@@ -186,6 +191,7 @@ impl<'p> Scheduler<'p> {
             outstanding: 0,
             abort_all: None,
             touched: Vec::new(),
+            drains: drain::Drains::new(tx.clone()),
             transports: Transports::new(tx, cfg.io_threads),
             events: rx,
             watch: None,
@@ -209,13 +215,18 @@ impl<'p> Scheduler<'p> {
             if self.active == 0 {
                 break;
             }
-            if self.outstanding == 0 && self.timers.is_empty() && self.ready.is_empty() {
+            if self.outstanding == 0
+                && self.timers.is_empty()
+                && self.ready.is_empty()
+                && !self.drains.waiting(&self.rt)
+            {
                 self.fail_stuck();
                 continue;
             }
             self.wait_and_handle();
         }
         self.close_all();
+        let jobs_not_run = self.leave_queues();
         let Scheduler {
             reports, transports, ..
         } = self;
@@ -223,6 +234,7 @@ impl<'p> Scheduler<'p> {
         Report {
             labels: reports,
             duration: start.elapsed(),
+            jobs_not_run,
         }
     }
 }

@@ -105,6 +105,11 @@ impl Scheduler<'_> {
                         return;
                     }
                 }
+                Action::Drain(d) => {
+                    if !self.drain_step(l, node, d) {
+                        return;
+                    }
+                }
                 _ => {
                     // Remote (or detached) work: needs a slot, maybe a connection.
                     self.start_remote(l, &step_action);
@@ -132,7 +137,8 @@ impl Scheduler<'_> {
     }
 
     /// Appends a task's final report and calls its `on_done`.
-    pub(super) fn record(&mut self, l: LabelId, node: NodeIndex, report: TaskReport) {
+    pub(super) fn record(&mut self, l: LabelId, node: NodeIndex, mut report: TaskReport) {
+        self.job_recorded(node, &mut report);
         if let Some(f) = self.plan.task(node).and_then(|t| t.action.opts()?.on_done.clone()) {
             let name = self.name(l);
             if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&name, &report))).is_err() {
@@ -203,6 +209,9 @@ impl Scheduler<'_> {
     /// Drops the head task `n` without running it.
     pub(super) fn discard_one(&mut self, l: LabelId, n: NodeIndex, how: Discard) {
         debug_assert_eq!(self.plan.labels[l].head, Some(n));
+        if self.discard_job(l, n) {
+            return;
+        }
         match self.plan.marker(n) {
             Some(j) => {
                 self.plan.pop(l);

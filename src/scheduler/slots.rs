@@ -51,8 +51,11 @@ impl Scheduler<'_> {
         self.next_id += 1;
         let token = self.next_id;
         let entry = &self.plan.labels[l];
-        let prefetch =
-            self.cfg.channels_ahead && conn.is_some() && entry.head.is_some_and(|h| self.plan.channel_task_follows(h));
+        let prefetch = self.cfg.channels_ahead
+            && conn.is_some()
+            && entry
+                .head
+                .is_some_and(|h| self.plan.channel_task_follows(h) || self.job_follows(h));
         let rt = &mut self.rt[l];
         rt.token = token;
         rt.attempt += 1;
@@ -88,6 +91,7 @@ impl Scheduler<'_> {
                 seq: task.map_or(0, |t| t.seq),
                 description: task.map_or_else(|| Arc::from(action.describe()), |t| t.desc.clone()),
                 attempt,
+                job: head.and_then(|n| self.job_at(n)),
             };
             self.emit(|| ev);
         }

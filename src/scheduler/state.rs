@@ -30,6 +30,9 @@ pub(super) enum State {
     Delayed,
     /// Waiting for a join to complete (its head is the waiting task).
     WaitJoin,
+    /// Its head is a drain of an open, empty job queue: waiting for a push
+    /// or a close, holding no slot.
+    WaitJob,
     /// Its queue is empty; counted out of `active`.
     Finished,
     /// Not started yet: its wave comes later (`rollout`).

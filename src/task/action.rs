@@ -8,7 +8,7 @@
 
 use super::output::{Output, OutputKind, StdinKind};
 use super::{paths, TaskOptions, Transfer};
-use super::{Command, Connect, Goto, Here, Join, Parsub, RsyncGet, RsyncPut, ScpGet, ScpPut, Stop, Sub};
+use super::{Command, Connect, Drain, Goto, Here, Join, Parsub, RsyncGet, RsyncPut, ScpGet, ScpPut, Stop, Sub};
 use crate::error::{Error, ErrorKind, Result};
 
 /// Every action a task can perform. Each action type converts into it, so
@@ -40,6 +40,8 @@ pub enum Action {
     Stop(Stop),
     /// See [`Connect`].
     Connect(Connect),
+    /// See [`Drain`].
+    Drain(Drain),
 }
 
 macro_rules! into_action {
@@ -51,7 +53,7 @@ macro_rules! into_action {
         }
     )*};
 }
-into_action!(Command, ScpGet, ScpPut, RsyncGet, RsyncPut, Sub, Parsub, Join, Here, Goto, Stop, Connect);
+into_action!(Command, ScpGet, ScpPut, RsyncGet, RsyncPut, Sub, Parsub, Join, Here, Goto, Stop, Connect, Drain);
 
 /// How the scheduler treats a task.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,7 +77,7 @@ impl Action {
             Action::Join(j) => &j.opts,
             Action::Goto(g) => &g.opts,
             Action::Connect(c) => &c.opts,
-            Action::Here(_) | Action::Stop(_) => return None,
+            Action::Here(_) | Action::Stop(_) | Action::Drain(_) => return None,
         })
     }
 
@@ -89,7 +91,12 @@ impl Action {
             | Action::Connect(_) => Class::Remote,
             Action::Parsub(p) if p.no_ssh => Class::Detached,
             Action::Parsub(_) => Class::Remote,
-            Action::Sub(_) | Action::Join(_) | Action::Here(_) | Action::Goto(_) | Action::Stop(_) => Class::Local,
+            Action::Sub(_)
+            | Action::Join(_)
+            | Action::Here(_)
+            | Action::Goto(_)
+            | Action::Stop(_)
+            | Action::Drain(_) => Class::Local,
         }
     }
 
@@ -112,6 +119,7 @@ impl Action {
             Action::Goto(g) => format!("goto {}", g.tag),
             Action::Stop(_) => "stop".to_owned(),
             Action::Connect(_) => "connect".to_owned(),
+            Action::Drain(d) => format!("drain job queue #{}", d.queue.id()),
         }
     }
 

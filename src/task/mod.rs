@@ -1,7 +1,8 @@
 //! The task API: what a user pushes. The action types and the [`Action`]
 //! enum they convert into, the options every task takes, where output goes
 //! ([`output`]), `%VAR%` expansion ([`vars`], [`expand`]), and the closures
-//! `Sub` and `Parsub` with what they see ([`SubContext`], a `Session`).
+//! `Sub` and `Parsub` with what they see ([`SubContext`], a `Session`), and
+//! the shared [`JobQueue`] with the [`Drain`] task that takes from it (`jobs`).
 //!
 //! Invariant: an action is plain data once built; nothing here runs it.
 //! `check` and `expand_for` are pure, so `plan::Plan::push` can prepare every
@@ -17,6 +18,7 @@ mod closure;
 mod command;
 mod expand;
 mod flow;
+mod jobs;
 mod options;
 pub(crate) mod output;
 mod paths;
@@ -28,6 +30,8 @@ pub(crate) use action::Class;
 pub use closure::{Parsub, Sub, SubContext};
 pub use command::Command;
 pub use flow::{Connect, Goto, Here, Join, Stop};
+pub use jobs::{Drain, JobQueue};
+pub(crate) use jobs::{QueuedJob, Take};
 pub use options::DoneFn;
 pub(crate) use options::TaskOptions;
 pub(crate) use transfer::Transfer;

@@ -92,6 +92,9 @@ pub(crate) enum Event {
         token: Token,
         outcome: Outcome,
     },
+    /// Not from a transport: a job queue the scheduler drains changed (a
+    /// push, a give-back or a close), so waiting drainers may go on.
+    Jobs,
 }
 
 /// What a transport reports about a finished task.
