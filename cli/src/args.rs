@@ -172,6 +172,9 @@ pub enum Action {
     /// Copy a remote file from every host into a local directory, the host
     /// name appended to each copy's name: `rcopy -w HOSTS REMOTE... LOCALDIR`.
     Rcopy(CopyArgs),
+    /// Run a plan file: hosts, steps, joins and jumps written in TOML
+    /// (`plan FILE`; `--check` validates it, `--dot` prints its graph).
+    Plan(crate::plan::PlanArgs),
 }
 
 /// Arguments of `copy` and `rcopy`.

@@ -7,7 +7,8 @@
 //! stdout. `interrupt` turns Ctrl-C into the run's cancel. Modules: `args`
 //! (clap), `hosts` (node sets), `sshopts` (`-o` and login options into a
 //! `Host`), `output` (modes, sinks, `-b`/`-L` printing, JSON records),
-//! `track`, `interrupt`, `exit` (the statuses).
+//! `track`, `interrupt`, `exit` (the statuses), `plan` (the `plan`
+//! subcommand: a plan file run with the same output).
 
 #![deny(missing_docs)]
 
@@ -16,6 +17,7 @@ mod exit;
 mod hosts;
 mod interrupt;
 mod output;
+mod plan;
 mod sshopts;
 mod track;
 
@@ -65,6 +67,9 @@ fn init_logging(verbose: u8) {
 
 fn run(cli: Cli) -> Result<i32, Usage> {
     let common = &cli.common;
+    if let Some(Sub::Plan(p)) = &cli.action {
+        return plan::run(p, common);
+    }
     if common.hosts.is_empty() {
         return Err(Usage("no hosts: give them with -w NODESET".into()));
     }
@@ -170,6 +175,8 @@ fn actions(cli: &Cli, targets: &[hosts::Target]) -> Result<Vec<(String, Action)>
                 out.push((t.label.clone(), action));
             }
         }
+        // `run` hands plans to `plan::run` before any host is looked at.
+        Some(Sub::Plan(_)) => {}
         Some(Sub::Rcopy(c)) => {
             check_transfer(c)?;
             let (sources, dest) = split_paths(c)?;
