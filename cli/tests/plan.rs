@@ -61,6 +61,18 @@ fn file_and_line(problem: &str) -> (&str, &str) {
     (parts.next().unwrap_or_default(), line)
 }
 
+/// Steps with three problems: at lines 12, 15 and 18 of the plan.
+const BAD_STEPS: &str = r#"[[step]]
+on = "n3"
+run = "true"
+[[step]]
+run = "echo %NOPE%"
+[[step]]
+on = "n1"
+or_goto = "fix"
+run = "false"
+"#;
+
 fn path_str(p: &Path) -> &str {
     p.to_str().unwrap()
 }
@@ -128,40 +140,14 @@ fn check_passes_or_names_every_problem_by_line_and_connects_nowhere() {
     assert!(out.stderr().contains("ok: 2 labels, 4 tasks"), "{out:?}");
 
     // Lines 1-10 are the header write_plan adds: the steps start at line 11.
-    let bad = write_plan(
-        &c,
-        r#"[[step]]
-on = "n3"
-run = "true"
-[[step]]
-run = "echo %NOPE%"
-[[step]]
-on = "n1"
-or_goto = "fix"
-run = "false"
-[[step]]
-timeot = "1s"
-"#,
-    );
+    let bad = write_plan(&c, &format!("{BAD_STEPS}[[step]]\ntimeot = \"1s\"\n"));
     let out = plan_cmd(&c, &[path_str(&bad), "--check"]);
     assert_eq!((out.code(), out.stdout().as_str()), (2, ""), "{out:?}");
     // A schema error stops the reading: the first problem alone.
     assert_eq!(out.stderr().lines().count(), 1, "{out:?}");
     assert!(out.stderr().starts_with(&format!("{}:21:", bad.display())), "{out:?}");
 
-    let bad = write_plan(
-        &c,
-        r#"[[step]]
-on = "n3"
-run = "true"
-[[step]]
-run = "echo %NOPE%"
-[[step]]
-on = "n1"
-or_goto = "fix"
-run = "false"
-"#,
-    );
+    let bad = write_plan(&c, BAD_STEPS);
     let out = plan_cmd(&c, &[path_str(&bad), "--check"]);
     assert_eq!(out.code(), 2, "{out:?}");
     let stderr = out.stderr();

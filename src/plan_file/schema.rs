@@ -241,49 +241,50 @@ impl<'de> Deserialize<'de> for RawHost {
     }
 }
 
-impl<'de> Deserialize<'de> for Run {
+/// One string or an array of strings, as written: what `Run` and `Strings` read.
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl<'de> Deserialize<'de> for OneOrMany {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
         impl<'de> Visitor<'de> for V {
-            type Value = Run;
+            type Value = OneOrMany;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a shell command line, or an array of words")
+                f.write_str("a string or an array of strings")
             }
-            fn visit_str<E: de::Error>(self, s: &str) -> Result<Run, E> {
-                Ok(Run::Line(s.to_owned()))
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<OneOrMany, E> {
+                Ok(OneOrMany::One(s.to_owned()))
             }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<Run, A::Error> {
-                let mut words = Vec::new();
+            fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<OneOrMany, A::Error> {
+                let mut all = Vec::new();
                 while let Some(w) = s.next_element::<String>()? {
-                    words.push(w);
+                    all.push(w);
                 }
-                Ok(Run::Argv(words))
+                Ok(OneOrMany::Many(all))
             }
         }
         d.deserialize_any(V)
     }
 }
 
+impl<'de> Deserialize<'de> for Run {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(match OneOrMany::deserialize(d)? {
+            OneOrMany::One(line) => Run::Line(line),
+            OneOrMany::Many(words) => Run::Argv(words),
+        })
+    }
+}
+
 impl<'de> Deserialize<'de> for Strings {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Strings;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a string or an array of strings")
-            }
-            fn visit_str<E: de::Error>(self, s: &str) -> Result<Strings, E> {
-                Ok(Strings(vec![s.to_owned()]))
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<Strings, A::Error> {
-                let mut all = Vec::new();
-                while let Some(w) = s.next_element::<String>()? {
-                    all.push(w);
-                }
-                Ok(Strings(all))
-            }
-        }
-        d.deserialize_any(V)
+        Ok(Strings(match OneOrMany::deserialize(d)? {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(all) => all,
+        }))
     }
 }
 
