@@ -465,3 +465,34 @@ proptest! {
         }
     }
 }
+
+/// The README's "Plan files" example from Rust, as written there.
+#[test]
+fn the_readme_example_from_rust() -> Result<(), PlanFileError> {
+    let plan = PlanFile::parse(
+        "inline.toml",
+        r#"
+    [hosts]
+    a = { local = true }
+
+    [[step]]
+    run = "echo hello from %LABEL%"
+"#,
+    )?;
+    let mut pssh = plan.build()?;
+    assert_eq!(pssh.run().label("a").unwrap().tasks()[0].stdout_str(), "hello from a\n");
+
+    let err = PlanFile::parse(
+        "bad.toml",
+        "[hosts]\na = { local = true }\n[[step]]\non = \"b\"\nrun = \"true\"\n",
+    )?
+    .build()
+    .unwrap_err();
+    let p = &err.problems()[0];
+    assert_eq!((p.line(), p.kind()), (Some(4), ProblemKind::UnknownLabel));
+    assert_eq!(
+        err.to_string(),
+        "bad.toml:4:6: unknown label \"b\": no entry of [hosts] defines it"
+    );
+    Ok(())
+}
