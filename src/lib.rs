@@ -29,7 +29,8 @@
 //! adds tasks (`task`) to the `plan`; `Parallel::run` lends the plan to the
 //! `scheduler`, which sends remote work to a `transport` and turns every
 //! outcome into the `report`. `policy` decides what a failure does; `host`
-//! says where a label runs; `fault` scripts the fault-injection transport.
+//! says where a label runs; `fault` scripts the fault-injection transport;
+//! `plan_file` reads a whole plan from a TOML file ([`PlanFile`]).
 #![deny(missing_docs)]
 
 mod amount;
@@ -40,6 +41,7 @@ mod host;
 mod panic;
 mod parallel;
 mod plan;
+mod plan_file;
 mod policy;
 mod process;
 mod report;
@@ -60,6 +62,7 @@ pub use error::{BoxError, Error, ErrorKind, Result};
 pub use host::{Host, HostKeyCheck};
 pub use parallel::{Parallel, ParallelBuilder, RunHandle};
 pub use plan::{IntoSelector, Selection, Selector};
+pub use plan_file::{PlanFile, PlanFileError, Problem, ProblemKind};
 pub use policy::{ErrorContext, OnError, PolicyFn, RetryPolicy};
 pub use report::{fold_labels, JobEntry, JobId, LabelReport, OutputGroup, Report, TaskReport, TaskStatus};
 pub use run::{Canceller, OutputStream, RunEvent};

@@ -273,6 +273,33 @@ impl Parallel {
     }
 }
 
+/// The plan seen from outside: drawn for Graphviz, or read from a plan file.
+impl Parallel {
+    /// The queued plan as a Graphviz DOT digraph (`dot -Tsvg` renders it):
+    /// each label is a cluster (`cluster_<n>`, `n` its registration index)
+    /// holding its queue as a chain of task nodes; each join is a diamond
+    /// (`web* done`) with dashed edges from the points where the labels it waits for reach
+    /// it, and edges to the tasks it releases; gotos, stops and or_gotos are
+    /// dotted edges to the `here` they jump to (or to the queue's end).
+    ///
+    /// ```
+    /// use ssh_parallel::{Command, Host, Join, Parallel};
+    /// let mut pssh = Parallel::new();
+    /// pssh.add_host("web1", Host::local())?;
+    /// pssh.add_host("db1", Host::local())?;
+    /// pssh.push("web1", Command::new("echo \"hi\""))?;
+    /// pssh.push("db1", Join::new("web*"))?;
+    /// let dot = pssh.to_dot();
+    /// assert!(dot.starts_with("digraph plan {"));
+    /// assert!(dot.contains("subgraph cluster_0"));
+    /// assert!(dot.contains(r#"label="command `echo \"hi\"`""#));
+    /// # Ok::<(), ssh_parallel::Error>(())
+    /// ```
+    pub fn to_dot(&self) -> String {
+        self.plan.to_dot()
+    }
+}
+
 impl fmt::Debug for Parallel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Parallel")

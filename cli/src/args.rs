@@ -202,6 +202,9 @@ pub enum Action {
     /// host finished this one (Pegasus' broadcast mode): `broadcast -w HOSTS
     /// QUEUEFILE [-e]`.
     Broadcast(BroadcastArgs),
+    /// Run a plan file: hosts, steps, joins and jumps written in TOML
+    /// (`plan FILE`; `--check` validates it, `--dot` prints its graph).
+    Plan(crate::plan::PlanArgs),
 }
 
 /// Arguments of `copy` and `rcopy`.

@@ -9,7 +9,8 @@
 //! `Host`), `output` (modes, sinks, `-b`/`-L` printing, JSON records),
 //! `track`, `interrupt`, `exit` (the statuses); the Pegasus modes: `queue`,
 //! `broadcast` (runners), `jobrun` (what they share), `jobfile` (the job
-//! file format), `queuefile` (consuming it), `lock`, `edit` (`queue --edit`).
+//! file format), `queuefile` (consuming it), `lock`, `edit` (`queue --edit`); `plan` (the `plan`
+//! subcommand: a plan file run with the same output).
 
 #![deny(missing_docs)]
 
@@ -23,6 +24,7 @@ mod jobfile;
 mod jobrun;
 mod lock;
 mod output;
+mod plan;
 mod queue;
 mod queuefile;
 mod sshopts;
@@ -76,6 +78,7 @@ fn run(cli: Cli) -> Result<i32, Usage> {
     match &cli.action {
         Some(Sub::Queue(q)) => return queue::run(&cli, q),
         Some(Sub::Broadcast(b)) => return broadcast::run(&cli, b),
+        Some(Sub::Plan(p)) => return plan::run(p, &cli.common),
         _ => {}
     }
     let common = &cli.common;
@@ -246,6 +249,8 @@ fn actions(cli: &Cli, targets: &[hosts::Target]) -> Result<Vec<(String, Action)>
                 out.push((t.label.clone(), action));
             }
         }
+        // `run` hands plans to `plan::run` before any host is looked at.
+        Some(Sub::Plan(_)) => {}
         Some(Sub::Rcopy(c)) => {
             check_transfer(c)?;
             let (sources, dest) = split_paths(c)?;

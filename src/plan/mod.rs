@@ -9,7 +9,7 @@
 //! [`selector`] the selector language; `queue` walking and popping a
 //! label's queue (and the accessors that take nodes apart, the only place
 //! that does); `slots` sub-nodes (several labels on one host); `validate`
-//! the checks before a run.
+//! the checks before a run; `dot` the graph drawn for Graphviz.
 //!
 //! Invariants: a label's `head..=tail` is its queue, linked by `Next` edges
 //! (`head` and `tail` are both `None` or both `Some`); pushes only add edges
@@ -21,6 +21,7 @@
 //! May use: `error`, `host`, `report` (to build a `LabelsView`), `task` (the
 //! actions it stores).
 
+mod dot;
 mod queue;
 pub(crate) mod selector;
 mod slots;
