@@ -1,0 +1,364 @@
+//! Jump hosts (ProxyJump), natively, on the OpenSSH tier: bastion sshds
+//! (`AllowTcpForwarding yes`, `PermitOpen` limited to the targets) in front
+//! of target servers (embedded russh servers and sshd). Checked from the
+//! bastion's own log: many labels behind one bastion cost one login there;
+//! a chain of two jumps; a bastion killed mid-run and restarted (the labels
+//! reconnect per their rules, the jump session is re-established once); a
+//! wrong host key on the bastion (the error names the hop, nothing runs);
+//! a configuration under a temporary home (`HostName`, `User`, `Port`,
+//! `IdentityFile`, `UserKnownHostsFile`, `ProxyJump`) with bare
+//! `Host::new(alias)`.
+//!
+//! A missing sshd (or not root) fails these tests, or skips them loudly
+//! with `TESTBED_ALLOW_SKIP=1` (`testbed::prereq`).
+
+#[path = "common/servers.rs"]
+mod servers;
+
+use std::fs;
+use std::path::Path;
+use std::time::Duration;
+
+use servers::{PASSWORD, USER};
+use ssh_parallel::ssh_config::{ConfigFile, ResolveEnv};
+use ssh_parallel::{Command, Host, HostKeyCheck, Parallel, TaskStatus};
+use testbed::{ClientKey, EmbeddedServer, OpenSshServer};
+
+/// A bastion sshd that forwards only to `ports` on 127.0.0.1, with the key
+/// that logs in to it.
+struct Bastion {
+    sshd: OpenSshServer,
+    key: ClientKey,
+}
+
+impl Bastion {
+    /// `None` only when sshd cannot run here and skipping is allowed.
+    fn start(ports: &[u16]) -> Option<Bastion> {
+        if !testbed::prereq::sshd() {
+            return None;
+        }
+        let key = ClientKey::ed25519().expect("generate a client key");
+        let permit: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let sshd = OpenSshServer::builder()
+            .authorize(&key)
+            .config_line("AllowTcpForwarding yes")
+            .config_line(format!("PermitOpen {}", permit.join(" ")))
+            .log_level("DEBUG1")
+            .start()
+            .expect("start the bastion sshd");
+        Some(Bastion { sshd, key })
+    }
+
+    /// The bastion as a jump host (its key is checked against the
+    /// configuration's `UserKnownHostsFile`).
+    fn hop(&self) -> Host {
+        Host::new("127.0.0.1")
+            .port(self.sshd.port)
+            .user(testbed::current_user())
+            .key_file(self.key.private_path())
+            .agent(false)
+            .host_key_check(HostKeyCheck::Strict)
+            .connect_timeout(Duration::from_secs(10))
+    }
+
+    fn logins(&self) -> usize {
+        self.sshd.log().matches("Accepted publickey").count()
+    }
+
+    /// `direct-tcpip` channels the bastion opened so far.
+    fn forwards(&self) -> usize {
+        self.sshd.log().matches("server_request_direct_tcpip").count()
+    }
+}
+
+/// Polls `done` every 20 ms until it holds or `timeout` passes.
+fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let end = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < end {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    done()
+}
+
+/// An embedded target server with the test user's password.
+fn embedded_target() -> EmbeddedServer {
+    testbed::raise_fd_limit();
+    EmbeddedServer::builder()
+        .password(USER, PASSWORD)
+        .start()
+        .expect("start the embedded server")
+}
+
+/// A target behind `hops`, logging in with the test password.
+fn behind(target: &EmbeddedServer, hops: &[Host]) -> Host {
+    let mut h = Host::new("127.0.0.1")
+        .port(target.addr().port())
+        .user(USER)
+        .password(PASSWORD)
+        .agent(false)
+        .host_key_check(HostKeyCheck::Off);
+    for hop in hops {
+        h = h.jump(hop.clone());
+    }
+    h
+}
+
+/// A `Parallel` reading only `config` (an empty one: nothing of the real
+/// `~/.ssh`), with `home` as `~`.
+fn parallel(home: &Path, config: &str, builder: ssh_parallel::ParallelBuilder) -> Parallel {
+    let file = home.join("config");
+    fs::write(&file, config).unwrap();
+    let mut env = ResolveEnv::from_system()
+        .unwrap()
+        .with_only_file(Some(ConfigFile::explicit(&file)));
+    env.home = home.to_path_buf();
+    builder.ssh_config_env(env).build().unwrap()
+}
+
+/// A config making `127.0.0.1` (the bastion's name here) trust only `known_hosts`.
+fn known_hosts_config(known_hosts: &Path) -> String {
+    format!(
+        "Host *\n  UserKnownHostsFile {}\n  GlobalKnownHostsFile none\n",
+        known_hosts.display()
+    )
+}
+
+#[test]
+fn many_labels_behind_one_bastion_cost_one_login_there() {
+    let target = embedded_target();
+    let Some(bastion) = Bastion::start(&[target.addr().port()]) else {
+        return;
+    };
+    let home = tempfile::tempdir().unwrap();
+    let kh = home.path().join("known_hosts");
+    fs::write(&kh, format!("{}\n", bastion.sshd.known_hosts_line)).unwrap();
+    let mut pssh = parallel(
+        home.path(),
+        &known_hosts_config(&kh),
+        Parallel::builder().io_threads(3).workers(40),
+    );
+    let hop = bastion.hop();
+    const N: usize = 24;
+    for i in 0..N {
+        pssh.add_host(format!("web{i}"), behind(&target, std::slice::from_ref(&hop)))
+            .unwrap();
+    }
+    pssh.all(Command::new("echo hello-%LABEL%")).unwrap();
+    pssh.all(Command::new("echo again")).unwrap();
+    let report = pssh.run();
+    for i in 0..N {
+        let label = format!("web{i}");
+        let tasks = report.label(&label).unwrap().tasks();
+        assert!(
+            tasks.iter().all(|t| t.status() == TaskStatus::Succeeded),
+            "{label}: {:?}",
+            tasks
+                .iter()
+                .map(|t| (t.status(), t.error().map(|e| e.to_string())))
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(tasks[0].stdout_str().trim(), format!("hello-{label}"));
+    }
+    assert_eq!(bastion.logins(), 1, "one login on the bastion for {N} labels");
+    assert_eq!(bastion.forwards(), N, "one tunnel through the bastion per label");
+    assert_eq!(
+        target.stats().connections as usize,
+        N,
+        "one session per label on the target"
+    );
+}
+
+#[test]
+fn a_chain_of_two_jumps_logs_in_once_on_each() {
+    let target = embedded_target();
+    let Some(inner) = Bastion::start(&[target.addr().port()]) else {
+        return;
+    };
+    let Some(outer) = Bastion::start(&[inner.sshd.port]) else {
+        return;
+    };
+    let home = tempfile::tempdir().unwrap();
+    let kh = home.path().join("known_hosts");
+    fs::write(
+        &kh,
+        format!("{}\n{}\n", outer.sshd.known_hosts_line, inner.sshd.known_hosts_line),
+    )
+    .unwrap();
+    let mut pssh = parallel(home.path(), &known_hosts_config(&kh), Parallel::builder());
+    let hops = [outer.hop(), inner.hop()];
+    for i in 0..4 {
+        pssh.add_host(format!("t{i}"), behind(&target, &hops)).unwrap();
+    }
+    pssh.all(Command::new("echo through-two")).unwrap();
+    let report = pssh.run();
+    for i in 0..4 {
+        let t = &report.label(&format!("t{i}")).unwrap().tasks()[0];
+        assert_eq!(
+            t.status(),
+            TaskStatus::Succeeded,
+            "{:?}",
+            t.error().map(|e| e.to_string())
+        );
+        assert_eq!(t.stdout_str().trim(), "through-two");
+    }
+    assert_eq!((outer.logins(), inner.logins()), (1, 1), "one login per hop");
+    // The outer bastion carries one tunnel (to the inner one), the inner one a tunnel per label.
+    assert_eq!((outer.forwards(), inner.forwards()), (1, 4));
+}
+
+#[test]
+fn a_bastion_killed_mid_run_is_logged_in_to_again_once() {
+    let target = embedded_target();
+    let Some(mut bastion) = Bastion::start(&[target.addr().port()]) else {
+        return;
+    };
+    let home = tempfile::tempdir().unwrap();
+    let kh = home.path().join("known_hosts");
+    fs::write(&kh, format!("{}\n", bastion.sshd.known_hosts_line)).unwrap();
+    let mut pssh = parallel(
+        home.path(),
+        &known_hosts_config(&kh),
+        Parallel::builder()
+            .reconnections(5)
+            .reconnect_delay(Duration::from_millis(300)),
+    );
+    const N: usize = 8;
+    let hop = bastion.hop().keepalive(Duration::from_secs(1));
+    for i in 0..N {
+        pssh.add_host(format!("w{i}"), behind(&target, std::slice::from_ref(&hop)))
+            .unwrap();
+    }
+    pssh.all(Command::new("sleep 3; echo first")).unwrap();
+    pssh.all(Command::new("echo second")).unwrap();
+    let handle = pssh.start();
+    // Once every label's command runs, the bastion dies (its sessions too), then comes back.
+    let running = wait_until(Duration::from_secs(20), || {
+        target.commands().iter().filter(|c| c.contains("first")).count() == N
+    });
+    assert!(running, "the commands started: {:?}", target.commands());
+    bastion.sshd.stop();
+    std::thread::sleep(Duration::from_millis(200));
+    bastion.sshd.start_listener().expect("restart the bastion");
+    let report = handle.wait();
+    for i in 0..N {
+        let tasks = report.label(&format!("w{i}")).unwrap().tasks();
+        assert!(
+            tasks.iter().all(|t| t.status() == TaskStatus::Succeeded),
+            "w{i}: {:?}",
+            tasks
+                .iter()
+                .map(|t| t.error().map(|e| e.to_string()))
+                .collect::<Vec<_>>()
+        );
+        assert!(
+            tasks[0].reruns() >= 1,
+            "w{i}: the first command was re-run after the loss"
+        );
+        assert_eq!(tasks[0].stdout_str().trim(), "first");
+    }
+    assert_eq!(
+        bastion.logins(),
+        2,
+        "one login before the loss, one after, for {N} labels"
+    );
+}
+
+/// The OpenSSH configuration of the tests below, under `home`: `bastion`
+/// and `web*` aliases with their keys and one known_hosts file.
+fn fleet_config(home: &Path, bastion: &Bastion, target: &EmbeddedServer) -> String {
+    let ssh = home.join(".ssh");
+    fs::create_dir_all(&ssh).unwrap();
+    fs::copy(bastion.key.private_path(), ssh.join("id_bastion")).unwrap();
+    format!(
+        "Host bastion\n  HostName 127.0.0.1\n  Port {}\n  User {}\n  IdentityFile ~/.ssh/id_bastion\n\
+         Host web*\n  HostName 127.0.0.1\n  Port {}\n  User {USER}\n  IdentityFile ~/.ssh/id_web\n  ProxyJump bastion\n\
+         Host *\n  IdentityAgent none\n  UserKnownHostsFile ~/kh\n  GlobalKnownHostsFile none\n  \
+         StrictHostKeyChecking yes\n",
+        bastion.sshd.port,
+        testbed::current_user(),
+        target.addr().port()
+    )
+}
+
+/// Authorizes a fresh key for `USER` on `target`, saved as `~/.ssh/id_web`.
+fn web_key(home: &Path, target: &EmbeddedServer) -> ClientKey {
+    let key = ClientKey::ed25519().unwrap();
+    target.add_authorized_key(USER, key.public_line()).unwrap();
+    fs::create_dir_all(home.join(".ssh")).unwrap();
+    fs::copy(key.private_path(), home.join(".ssh/id_web")).unwrap();
+    key
+}
+
+#[test]
+fn a_config_under_home_gives_every_detail_and_the_jump_host() {
+    let target = embedded_target();
+    let Some(bastion) = Bastion::start(&[target.addr().port()]) else {
+        return;
+    };
+    let home = tempfile::tempdir().unwrap();
+    let _key = web_key(home.path(), &target);
+    fs::write(
+        home.path().join("kh"),
+        format!("{}\n{}\n", bastion.sshd.known_hosts_line, target.known_hosts_line()),
+    )
+    .unwrap();
+    let config = fleet_config(home.path(), &bastion, &target);
+    let mut pssh = parallel(home.path(), &config, Parallel::builder());
+    for i in 0..5 {
+        pssh.add_host(format!("w{i}"), Host::new(format!("web{i}"))).unwrap();
+    }
+    let hop = &pssh.host("w0").unwrap().jump_hosts()[0];
+    assert_eq!((hop.alias(), hop.port_number()), ("bastion", Some(bastion.sshd.port)));
+    pssh.all(Command::new("echo via-config")).unwrap();
+    let report = pssh.run();
+    for i in 0..5 {
+        let t = &report.label(&format!("w{i}")).unwrap().tasks()[0];
+        assert_eq!(
+            t.status(),
+            TaskStatus::Succeeded,
+            "{:?}",
+            t.error().map(|e| e.to_string())
+        );
+        assert_eq!(t.stdout_str().trim(), "via-config");
+    }
+    assert_eq!(bastion.logins(), 1);
+    assert_eq!(target.stats().connections, 5);
+}
+
+#[test]
+fn a_wrong_host_key_on_the_bastion_names_the_hop_and_nothing_runs() {
+    let target = embedded_target();
+    let Some(bastion) = Bastion::start(&[target.addr().port()]) else {
+        return;
+    };
+    let home = tempfile::tempdir().unwrap();
+    let _key = web_key(home.path(), &target);
+    // The bastion's port recorded with another server's key.
+    let wrong = format!("[127.0.0.1]:{} {}", bastion.sshd.port, target.host_key_openssh());
+    fs::write(
+        home.path().join("kh"),
+        format!("{wrong}\n{}\n", target.known_hosts_line()),
+    )
+    .unwrap();
+    let config = fleet_config(home.path(), &bastion, &target);
+    let mut pssh = parallel(home.path(), &config, Parallel::builder());
+    for i in 0..3 {
+        pssh.add_host(format!("w{i}"), Host::new(format!("web{i}"))).unwrap();
+    }
+    pssh.all(Command::new("echo must-not-run")).unwrap();
+    let report = pssh.run();
+    for i in 0..3 {
+        let t = &report.label(&format!("w{i}")).unwrap().tasks()[0];
+        assert_ne!(t.status(), TaskStatus::Succeeded);
+        let msg = t.error().map(|e| e.to_string()).unwrap_or_default();
+        assert!(msg.contains("via bastion"), "{msg}");
+        assert!(msg.contains("jump host bastion"), "{msg}");
+        assert!(msg.contains("host key verification failed"), "{msg}");
+    }
+    assert_eq!(bastion.logins(), 0, "no login on a bastion whose key does not match");
+    assert_eq!(target.stats().connections, 0, "nothing reached the target");
+    assert!(target.commands().is_empty());
+}
