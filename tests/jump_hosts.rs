@@ -362,3 +362,48 @@ fn a_wrong_host_key_on_the_bastion_names_the_hop_and_nothing_runs() {
     assert_eq!(target.stats().connections, 0, "nothing reached the target");
     assert!(target.commands().is_empty());
 }
+
+#[test]
+fn an_sshd_target_behind_the_bastion_and_a_refused_forward() {
+    let Some(target) = servers::Server::openssh() else {
+        return;
+    };
+    let other = embedded_target();
+    // The bastion forwards to the sshd target only, not to `other`.
+    let Some(bastion) = Bastion::start(&[target.addr().port()]) else {
+        return;
+    };
+    let home = tempfile::tempdir().unwrap();
+    let kh = home.path().join("known_hosts");
+    fs::write(&kh, format!("{}\n", bastion.sshd.known_hosts_line)).unwrap();
+    let mut pssh = parallel(home.path(), &known_hosts_config(&kh), Parallel::builder());
+    let hop = bastion.hop();
+    for i in 0..3 {
+        pssh.add_host(format!("s{i}"), target.host().jump(hop.clone())).unwrap();
+    }
+    pssh.add_host("refused", behind(&other, std::slice::from_ref(&hop)))
+        .unwrap();
+    pssh.all(Command::new("echo sshd-%LABEL%")).unwrap();
+    let report = pssh.run();
+    for i in 0..3 {
+        let t = &report.label(&format!("s{i}")).unwrap().tasks()[0];
+        assert_eq!(
+            t.status(),
+            TaskStatus::Succeeded,
+            "{:?}",
+            t.error().map(|e| e.to_string())
+        );
+        assert_eq!(t.stdout_str().trim(), format!("sshd-s{i}"));
+    }
+    let t = &report.label("refused").unwrap().tasks()[0];
+    let msg = t.error().map(|e| e.to_string()).unwrap_or_default();
+    assert_ne!(t.status(), TaskStatus::Succeeded);
+    assert!(msg.contains("refused to forward"), "{msg}");
+    assert!(msg.contains(&format!("127.0.0.1:{}", other.addr().port())), "{msg}");
+    assert_eq!(other.stats().connections, 0);
+    assert_eq!(
+        bastion.logins(),
+        1,
+        "the refused forward did not cost the others their session"
+    );
+}
