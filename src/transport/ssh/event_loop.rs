@@ -320,6 +320,9 @@ impl Loop {
                         let cx = cx!(self);
                         for (key, c) in self.conns.iter_mut() {
                             c.disconnect(&cx);
+                            // Sends the disconnect now rather than at its deadline
+                            // (jump sessions get no `Disconnect` of their own).
+                            c.step(&cx);
                             self.touched.push(*key);
                         }
                     }
