@@ -77,6 +77,12 @@ pub struct Host {
     pub(crate) passphrase: Option<String>,
     pub(crate) agent: bool,
     pub(crate) agent_socket: Option<PathBuf>,
+    /// Agent forwarding: `None` until the API or the configuration decides
+    /// (then off); the API's choice wins.
+    pub(crate) forward_agent: Option<bool>,
+    /// The agent socket to forward (`ForwardAgent /path`) instead of the
+    /// agent in use.
+    pub(crate) forward_agent_socket: Option<PathBuf>,
     pub(crate) host_key_check: HostKeyCheck,
     pub(crate) connect_timeout: Option<Duration>,
     pub(crate) auth_timeout: Option<Duration>,
@@ -120,6 +126,8 @@ impl Host {
             passphrase: None,
             agent: true,
             agent_socket: None,
+            forward_agent: None,
+            forward_agent_socket: None,
             host_key_check: HostKeyCheck::Strict,
             connect_timeout: None,
             auth_timeout: None,
@@ -247,6 +255,22 @@ impl Host {
     pub fn agent(mut self, on: bool) -> Self {
         self.agent = on;
         self.set.agent = true;
+        self
+    }
+
+    /// Forwards the local ssh-agent to the host, as OpenSSH's `ForwardAgent yes`
+    /// (default: off, or what the OpenSSH configuration says; this call wins
+    /// over it): commands can then use the agent's keys on the host (say, to
+    /// log in to a second host, or to fetch from a git server) while the
+    /// private keys never leave this machine. The agent forwarded is the one
+    /// this host authenticates with ([`agent_socket`](Self::agent_socket) or
+    /// `IdentityAgent`), else `$SSH_AUTH_SOCK`; with neither, nothing is
+    /// forwarded.
+    ///
+    /// Only forward to hosts you trust: whoever is root there (or can read
+    /// the forwarded socket) can use your keys for as long as a command runs.
+    pub fn forward_agent(mut self, on: bool) -> Self {
+        self.forward_agent = Some(on);
         self
     }
 
@@ -433,6 +457,7 @@ impl fmt::Debug for Host {
             .field("key_data", &format_args!("<{} redacted>", self.key_data.len()))
             .field("agent", &self.agent)
             .field("agent_socket", &self.agent_socket)
+            .field("forward_agent", &self.forward_agent)
             .field("host_key_check", &self.host_key_check)
             .field("reconnections", &self.reconnections)
             .field("vars", &self.vars)

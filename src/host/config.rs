@@ -17,8 +17,8 @@ use super::route::FromFiles;
 use super::{Host, HostKeyCheck, Target};
 use crate::error::{Error, ErrorKind, Result};
 use crate::ssh_config::{
-    self, AddressFamily, Algorithms, ConfigError, ConfigFile, IdentityAgent, KnownHostsFiles, Proxy, Query, RequestTty,
-    ResolveEnv, SshConfig, StrictHostKeyChecking,
+    self, AddressFamily, Algorithms, ConfigError, ConfigFile, ForwardAgent, IdentityAgent, KnownHostsFiles, Proxy,
+    Query, RequestTty, ResolveEnv, SshConfig, StrictHostKeyChecking,
 };
 
 /// Which OpenSSH configuration a `Parallel` reads.
@@ -286,6 +286,20 @@ fn apply(label: &str, host: &mut Host, cfg: SshConfig, env: &ResolveEnv) -> Resu
                 taken.push(format!("IdentityAgent {} ({})", p.path.display(), p.origin));
             }
             Some(IdentityAgent::SshAuthSock) | None => {}
+        }
+    }
+    if host.forward_agent.is_none() {
+        match &cfg.forward_agent {
+            Some(ForwardAgent::Yes) => host.forward_agent = Some(true),
+            Some(ForwardAgent::No) => host.forward_agent = Some(false),
+            Some(ForwardAgent::Socket(p)) => {
+                host.forward_agent = Some(true);
+                host.forward_agent_socket = Some(p.path.clone());
+            }
+            None => {}
+        }
+        if host.forward_agent == Some(true) {
+            note(&mut taken, &cfg, "ForwardAgent", "forwardagent");
         }
     }
     if host.connect_timeout.is_none() {

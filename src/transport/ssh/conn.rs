@@ -517,7 +517,10 @@ impl Conn {
             Action::Connect(_) => finish(cx.events, job.label, job.token, Outcome::new(Ok(Exit::OK), started)),
             Action::Parsub(_) => self.lend(cx, job, started),
             _ => match Task::new(&job, cx, self.key, started) {
-                Ok(t) => self.phase = Phase::Running(Box::new(t)),
+                Ok(mut t) => {
+                    t.forward_agent(&self.host, cx, self.key, &self.name);
+                    self.phase = Phase::Running(Box::new(t));
+                }
                 Err(e) => finish(cx.events, job.label, job.token, Outcome::new(Err(e), started)),
             },
         }

@@ -1,5 +1,6 @@
 //! A command on a channel: env (exported in the command line when the
-//! server refuses it), pty, exec, stdin, EOF, output until both streams end,
+//! server refuses it), pty, agent forwarding (its channels relayed by
+//! [`agent_forward`](super::agent_forward) at every step), exec, stdin, EOF, output until both streams end,
 //! close and exit status; and its idle timeout (no output on either stream
 //! for that long fails it as a `Timeout`, and the cancel stops it).
 //!
@@ -9,7 +10,7 @@
 //! the exec and is checked only before a step reads (so output that is
 //! already there counts).
 //!
-//! May use: `channel`, `conn` (`Flow`, `TaskFail`, `Spare`),
+//! May use: `agent_forward`, `channel`, `conn` (`Flow`, `TaskFail`, `Spare`),
 //! `transport::libssh2`, `task` (the command, sinks).
 
 use std::io::{self, Write};
@@ -18,6 +19,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use ssh2::Session;
 
+use super::agent_forward::AgentForward;
 use super::channel::{close_channel, exec, TaskChannel};
 use super::conn::{Flow, Spare, TaskFail};
 use crate::task::output::{Sink, StdinKind, Stream};
@@ -33,6 +35,8 @@ enum Stage {
     Open,
     Env,
     Pty,
+    /// Asking for agent forwarding (only with an [`AgentForward`]).
+    Agent,
     Exec,
     Stdin,
     Eof,
@@ -57,6 +61,9 @@ pub(super) struct CommandRun {
     sinks: Sinks,
     /// The idle timeout ([`Job::idle_timeout`]).
     idle: Option<Duration>,
+    /// Agent forwarding, when the host asks for it: requested before the
+    /// exec, its channels relayed at every step.
+    pub(super) agent: Option<AgentForward>,
 }
 
 /// A command's stdout and stderr sinks.
@@ -107,6 +114,7 @@ impl CommandRun {
                 heard: Instant::now(),
             },
             idle: job.idle_timeout,
+            agent: None,
         })
     }
 
@@ -150,8 +158,23 @@ impl CommandRun {
         self.stage == Stage::Drain
     }
 
-    /// Runs the channel: open, env, pty, exec, stdin, EOF, drain, close.
+    /// Runs the channel (see [`step_channel`](Self::step_channel)), with the
+    /// forwarded agent's channels relayed before (to finish what they had in
+    /// flight) and after (what the channel's reads brought in).
     pub(super) fn step(&mut self, sess: &Session, spare: &mut Spare, tc: &mut TaskChannel) -> Result<Flow, TaskFail> {
+        let Some(agent) = self.agent.as_mut() else {
+            return self.step_channel(sess, spare, tc);
+        };
+        agent.pump(sess);
+        let flow = self.step_channel(sess, spare, tc)?;
+        if let Some(agent) = self.agent.as_mut() {
+            agent.pump(sess);
+        }
+        Ok(flow)
+    }
+
+    /// Runs the channel: open, env, pty, agent, exec, stdin, EOF, drain, close.
+    fn step_channel(&mut self, sess: &Session, spare: &mut Spare, tc: &mut TaskChannel) -> Result<Flow, TaskFail> {
         let lost = |what: &str, e: &dyn std::fmt::Display| TaskFail::Lost(format!("{what}: {e}"));
         // A clone (one count) so that `self` stays free to change below.
         let action = self.action.clone();
@@ -190,11 +213,11 @@ impl CommandRun {
                 }
                 Stage::Pty => {
                     if !c.pty {
-                        self.stage = Stage::Exec;
+                        self.stage = Stage::Agent;
                         continue;
                     }
                     match ch.request_pty("xterm", None, None) {
-                        Ok(()) => self.stage = Stage::Exec,
+                        Ok(()) => self.stage = Stage::Agent,
                         Err(e) if would_block(&e) => return Ok(Flow::Wait),
                         Err(e) if code(&e) == LIBSSH2_ERROR_CHANNEL_REQUEST_DENIED => {
                             return Err(TaskFail::Task(TransportError::local(format!(
@@ -202,6 +225,26 @@ impl CommandRun {
                             ))))
                         }
                         Err(e) => return Err(lost("requesting a pty", &e)),
+                    }
+                }
+                Stage::Agent => {
+                    if self.agent.is_none() {
+                        self.stage = Stage::Exec;
+                        continue;
+                    }
+                    match ch.request_auth_agent_forwarding() {
+                        Ok(()) => self.stage = Stage::Exec,
+                        Err(e) if would_block(&e) => return Ok(Flow::Wait),
+                        Err(e) if code(&e) == LIBSSH2_ERROR_CHANNEL_REQUEST_DENIED => {
+                            // sshd grants forwarding once per connection and refuses it
+                            // afterwards, while every later command still gets the socket
+                            // of the first grant: the relay stays armed for those. A server
+                            // that never forwards opens no agent channel, so that costs
+                            // nothing; the command runs either way, as with OpenSSH.
+                            log::debug!(target: "ssh_parallel", "agent forwarding refused for this command ({e}); an earlier grant on the connection still applies");
+                            self.stage = Stage::Exec;
+                        }
+                        Err(e) => return Err(lost("requesting agent forwarding", &e)),
                     }
                 }
                 Stage::Exec => {

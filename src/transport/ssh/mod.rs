@@ -37,6 +37,7 @@
 //!   [`auth`]; [`stream`] (TCP, tunnel, proxy command), [`jump`] (jump
 //!   sessions and their tunnels), [`proxy_command`];
 //! - [`channel`]: opening a task's channel (and the spare), exec, close;
+//!   [`agent_forward`]: a command's forwarded agent, relayed;
 //! - [`task`]: the running task, an enum of [`exec`] (commands), [`scp`]
 //!   (put and get) and [`rsync_step`] (over the [`rsync`] bridge);
 //! - [`lend`]: a session lent to a parsub; [`close`]: cancel and disconnect;
@@ -66,6 +67,7 @@ use crossbeam_channel::Sender;
 use mio::Waker;
 use parking_lot::Mutex;
 
+mod agent_forward;
 mod auth;
 mod channel;
 mod close;

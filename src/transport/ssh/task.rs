@@ -7,13 +7,15 @@
 //! Invariant: a task is answered exactly once, by [`Task::finish`], which
 //! consumes it; whoever takes a task out of `Phase::Running` must finish it.
 //!
-//! May use: `conn`, `channel`, `kill`, `exec`, `scp`, `rsync_step`, `event_loop`
+//! May use: `agent_forward`, `conn`, `channel`, `kill`, `exec`, `scp`, `rsync_step`, `event_loop`
 //! (`Cx`), `transport` (protocol), `task` (actions).
 
+use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use crossbeam_channel::Sender;
 
+use super::agent_forward::{agent_socket_for, AgentForward};
 use super::channel::TaskChannel;
 use super::conn::{Conn, Flow, Phase, TaskFail};
 use super::event_loop::Cx;
@@ -23,6 +25,7 @@ use super::kill::Cancel;
 use super::rsync_step::RsyncRun;
 use super::scp::ScpRun;
 use super::CLOSE_TIMEOUT;
+use crate::host::Host;
 use crate::plan::LabelId;
 use crate::task::{Action, RsyncGet, RsyncPut, ScpGet, ScpPut};
 use crate::transport::exit::Exit;
@@ -78,6 +81,23 @@ impl Task {
             ch: TaskChannel::default(),
             kind,
         })
+    }
+
+    /// Forwards the agent to a command's session when `host` asks for it
+    /// (see [`agent_socket_for`]); the other kinds never forward it.
+    pub(super) fn forward_agent(&mut self, host: &Host, cx: &Cx<'_>, key: usize, name: &Arc<str>) {
+        let TaskKind::Command(c) = &mut self.kind else { return };
+        if host.forward_agent != Some(true) {
+            return;
+        }
+        let Some(socket) = agent_socket_for(host) else {
+            log::warn!(target: "ssh_parallel", "[{name}] agent forwarding is on but there is no agent (SSH_AUTH_SOCK is not set)");
+            return;
+        };
+        match AgentForward::new(socket, name.clone(), cx.registry, key) {
+            Ok(agent) => c.agent = Some(agent),
+            Err(e) => log::warn!(target: "ssh_parallel", "[{name}] agent forwarding off: cannot poll for it: {e}"),
+        }
     }
 
     /// Whether this runs as `token`.

@@ -283,6 +283,8 @@ impl EmbeddedServerBuilder {
             next_conn: AtomicU64::new(0),
             groups: Mutex::new(HashSet::new()),
             commands: Mutex::new(Vec::new()),
+            forwards: Mutex::new(Vec::new()),
+            drop_forwards: tokio::sync::watch::channel(0).0,
             config: Arc::new(config),
             sha1_config: Arc::new(sha1_config),
             zero_window_config: Arc::new(zero_window_config),

@@ -1,7 +1,7 @@
 //! One connection of the embedded server: the accept loop, the faults applied before the
 //! SSH session starts, and russh's handler ([`Connection`]): authentication (password,
 //! keyboard-interactive, public key; `none` is always rejected) and the session channels'
-//! requests (env, pty, exec, shell, subsystem).
+//! requests (env, pty, exec, shell, subsystem); `direct-tcpip` opens go to [`super::forward`].
 //!
 //! Invariant: a channel runs at most one command: the request that launches it takes it
 //! out of [`Connection::channels`], so later requests on it are refused (under
@@ -25,6 +25,7 @@ use tokio::sync::watch;
 
 use super::exec::{run_command, Launch, PendingChannel};
 use super::faults::FaultSet;
+use super::forward::open_direct_tcpip;
 use super::hostile::{endless_banner, garbage_after_banner};
 use super::shared::{lock, Shared};
 use super::socket::{ConnCtl, FaultStream};
@@ -274,6 +275,28 @@ impl server::Handler for Connection {
             },
         );
         reply.accept().await;
+        Ok(())
+    }
+
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        channel: Channel<Msg>,
+        host_to_connect: &str,
+        port_to_connect: u32,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: server::ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        open_direct_tcpip(
+            &self.shared,
+            &self.faults,
+            channel,
+            host_to_connect,
+            port_to_connect,
+            reply,
+        )
+        .await;
         Ok(())
     }
 

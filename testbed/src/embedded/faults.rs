@@ -47,6 +47,13 @@ pub enum Fault {
     /// send a byte of channel data (commands still run and their output still flows).
     /// With [`Fault::Sha1Only`] too, only `Sha1Only` applies.
     ZeroWindow,
+    /// Refuse every `direct-tcpip` channel open as administratively prohibited (a jump
+    /// host whose `AllowTcpForwarding` is off).
+    RefuseForwarding,
+    /// Cut every forwarded connection (`direct-tcpip` channel) once this many bytes have
+    /// gone from its target to the client: the channel is closed without EOF and the
+    /// target's socket is closed. The SSH connection itself stays up.
+    DropForwardAfterBytes(u64),
 }
 
 /// The faults of one connection, as flags (read once when it is accepted).
@@ -74,6 +81,10 @@ pub(super) struct FaultSet {
     pub(super) never_read_channels: bool,
     /// [`Fault::ZeroWindow`].
     pub(super) zero_window: bool,
+    /// [`Fault::RefuseForwarding`].
+    pub(super) refuse_forwarding: bool,
+    /// [`Fault::DropForwardAfterBytes`].
+    pub(super) drop_forward_after_bytes: Option<u64>,
 }
 
 impl FaultSet {
@@ -93,6 +104,8 @@ impl FaultSet {
                 Fault::GarbageAfterBanner => set.garbage_after_banner = true,
                 Fault::NeverReadChannels => set.never_read_channels = true,
                 Fault::ZeroWindow => set.zero_window = true,
+                Fault::RefuseForwarding => set.refuse_forwarding = true,
+                Fault::DropForwardAfterBytes(n) => set.drop_forward_after_bytes = Some(*n),
             }
         }
         set

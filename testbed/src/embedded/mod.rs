@@ -4,7 +4,8 @@
 //! Modules, from the outside in: [`builder`] (settings, turned into [`Shared`] state at
 //! start), [`connection`] (the accept loop and russh's per-connection handler: auth and
 //! channel requests), [`exec`] (a command on a channel, as a process), [`scp_channel`]
-//! (the built-in scp on a channel), [`socket`] (a connection's socket, cut on demand),
+//! (the built-in scp on a channel), [`forward`] (`direct-tcpip` channels relayed to a
+//! target on 127.0.0.0/8), [`socket`] (a connection's socket, cut on demand),
 //! [`hostile`] (connections that never become SSH sessions), [`faults`] and [`shared`].
 //!
 //! Invariant: every task and process the server starts lives on its own runtime thread
@@ -15,6 +16,7 @@ mod builder;
 mod connection;
 mod exec;
 mod faults;
+mod forward;
 mod hostile;
 mod scp_channel;
 mod shared;
@@ -54,6 +56,12 @@ use crate::{io_err, Result};
 ///   accepted (no terminal is allocated; `TERM` is set). Signals from the client are
 ///   delivered to the command's process group, and when the client closes the channel or the
 ///   connection the group gets SIGHUP, then SIGKILL after 1 s.
+///
+/// * `direct-tcpip` channels (local forwarding, as a jump host serves them) are relayed to
+///   their target when it is on 127.0.0.0/8 (or `localhost`); any other target is refused
+///   as administratively prohibited, an unreachable one as connect-failed. Closing either
+///   side closes the other. See [`Fault::RefuseForwarding`], [`Fault::DropForwardAfterBytes`]
+///   and [`drop_forwards`](Self::drop_forwards).
 ///
 /// [`stop`](Self::stop) (or drop) closes every connection and kills running commands; it
 /// waits at most about 2 s.
@@ -224,12 +232,26 @@ impl EmbeddedServer {
         lock(&self.shared.commands).clone()
     }
 
+    /// Every `direct-tcpip` target requested so far (`HOST:PORT` as the client sent it,
+    /// refused ones included), in order.
+    pub fn forwards(&self) -> Vec<String> {
+        lock(&self.shared.forwards).clone()
+    }
+
+    /// Cuts every forwarded connection (`direct-tcpip` channel) relaying now: each channel
+    /// is closed without EOF and its target's socket closed. The SSH connections stay up
+    /// and new forwards are accepted.
+    pub fn drop_forwards(&self) {
+        self.shared.drop_forwards.send_modify(|generation| *generation += 1);
+    }
+
     /// Stops the server: stops accepting, cuts every connection, kills running commands'
     /// process groups, and joins the server thread (bounded: about 2 s at most).
     pub fn stop(&mut self) {
         let Some(thread) = self.thread.take() else { return };
         let _ = self.shutdown.send(true);
         self.drop_connections();
+        self.drop_forwards();
         for group in self.shared.lock_groups().drain() {
             kill_group(group, libc::SIGKILL);
         }

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use russh::keys::PublicKey;
 use russh::server;
+use tokio::sync::watch;
 
 use super::socket::ConnCtl;
 use super::Fault;
@@ -37,6 +38,13 @@ pub struct ServerStats {
     /// Session channels opened while a command of the same connection was
     /// still running (a client opening its next channel ahead).
     pub channels_opened_ahead: u64,
+    /// `direct-tcpip` channels accepted (their target connected).
+    pub forwards_opened: u64,
+    /// `direct-tcpip` channels refused (a fault, a target off 127.0.0.0/8, or a target
+    /// that could not be connected to).
+    pub forwards_refused: u64,
+    /// `direct-tcpip` channels currently relaying.
+    pub active_forwards: u64,
 }
 
 /// The live counters behind [`ServerStats`] (each field: the one of the same meaning there).
@@ -58,6 +66,12 @@ pub(super) struct Counters {
     pub(super) channels_opened: AtomicU64,
     /// [`ServerStats::channels_opened_ahead`].
     pub(super) channels_opened_ahead: AtomicU64,
+    /// [`ServerStats::forwards_opened`].
+    pub(super) forwards_opened: AtomicU64,
+    /// [`ServerStats::forwards_refused`].
+    pub(super) forwards_refused: AtomicU64,
+    /// [`ServerStats::active_forwards`].
+    pub(super) active_forwards: AtomicU64,
 }
 
 impl Counters {
@@ -72,6 +86,9 @@ impl Counters {
             none_probes: self.none_probes.load(Ordering::Relaxed),
             channels_opened: self.channels_opened.load(Ordering::Relaxed),
             channels_opened_ahead: self.channels_opened_ahead.load(Ordering::Relaxed),
+            forwards_opened: self.forwards_opened.load(Ordering::Relaxed),
+            forwards_refused: self.forwards_refused.load(Ordering::Relaxed),
+            active_forwards: self.active_forwards.load(Ordering::Relaxed),
         }
     }
 }
@@ -97,6 +114,11 @@ pub(super) struct Shared {
     pub(super) groups: Mutex<HashSet<i32>>,
     /// Every command line received, in order (`<shell>`, `<subsystem NAME>` for the others).
     pub(super) commands: Mutex<Vec<String>>,
+    /// Every `direct-tcpip` target requested (`HOST:PORT` as the client sent it), in order.
+    pub(super) forwards: Mutex<Vec<String>>,
+    /// Bumped by [`EmbeddedServer::drop_forwards`](super::EmbeddedServer::drop_forwards):
+    /// every forward relaying at that moment ends.
+    pub(super) drop_forwards: watch::Sender<u64>,
     /// russh's configuration for connections.
     pub(super) config: Arc<server::Config>,
     /// The same, offering only SHA-1 algorithms ([`Fault::Sha1Only`]).
