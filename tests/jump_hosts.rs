@@ -7,7 +7,9 @@
 //! wrong host key on the bastion (the error names the hop, nothing runs);
 //! a configuration under a temporary home (`HostName`, `User`, `Port`,
 //! `IdentityFile`, `UserKnownHostsFile`, `ProxyJump`) with bare
-//! `Host::new(alias)`.
+//! `Host::new(alias)`. And on the embedded tier (the test server as the
+//! bastion): one session for 40 labels, forwards refused, forwards cut
+//! mid-run (the labels come back through the same jump session).
 //!
 //! A missing sshd (or not root) fails these tests, or skips them loudly
 //! with `TESTBED_ALLOW_SKIP=1` (`testbed::prereq`).
@@ -406,4 +408,115 @@ fn an_sshd_target_behind_the_bastion_and_a_refused_forward() {
         1,
         "the refused forward did not cost the others their session"
     );
+}
+
+// The embedded tier: the test server as the bastion (it relays `direct-tcpip`
+// to 127.0.0.0/8), where jump faults can be injected.
+
+/// An embedded server as a jump host (password login, no host-key check).
+fn embedded_hop(bastion: &EmbeddedServer) -> Host {
+    Host::new("127.0.0.1")
+        .port(bastion.addr().port())
+        .user(USER)
+        .password(PASSWORD)
+        .agent(false)
+        .host_key_check(HostKeyCheck::Off)
+}
+
+#[test]
+fn embedded_bastion_serves_many_labels_over_one_session() {
+    let target = embedded_target();
+    let bastion = embedded_target();
+    let home = tempfile::tempdir().unwrap();
+    let mut pssh = parallel(home.path(), "", Parallel::builder().io_threads(2).workers(64));
+    const N: usize = 40;
+    for i in 0..N {
+        pssh.add_host(format!("e{i}"), behind(&target, &[embedded_hop(&bastion)]))
+            .unwrap();
+    }
+    pssh.all(Command::new("echo e-%LABEL%")).unwrap();
+    let report = pssh.run();
+    for i in 0..N {
+        let t = &report.label(&format!("e{i}")).unwrap().tasks()[0];
+        assert_eq!(
+            t.status(),
+            TaskStatus::Succeeded,
+            "{:?}",
+            t.error().map(|e| e.to_string())
+        );
+        assert_eq!(t.stdout_str().trim(), format!("e-e{i}"));
+    }
+    let stats = bastion.stats();
+    assert_eq!(stats.connections, 1, "one session on the bastion");
+    assert_eq!(stats.forwards_opened as usize, N);
+    assert_eq!(target.stats().connections as usize, N);
+}
+
+#[test]
+fn embedded_bastion_refusing_forwards_fails_each_label_naming_the_hop() {
+    let target = embedded_target();
+    let bastion = embedded_target();
+    bastion.set_faults(vec![testbed::Fault::RefuseForwarding]);
+    let home = tempfile::tempdir().unwrap();
+    let mut pssh = parallel(home.path(), "", Parallel::builder());
+    for i in 0..3 {
+        pssh.add_host(format!("r{i}"), behind(&target, &[embedded_hop(&bastion)]))
+            .unwrap();
+    }
+    pssh.all(Command::new("echo must-not-run")).unwrap();
+    let report = pssh.run();
+    for i in 0..3 {
+        let t = &report.label(&format!("r{i}")).unwrap().tasks()[0];
+        let msg = t.error().map(|e| e.to_string()).unwrap_or_default();
+        assert_ne!(t.status(), TaskStatus::Succeeded);
+        assert!(msg.contains("via 127.0.0.1"), "{msg}");
+        assert!(msg.contains("refused to forward"), "{msg}");
+    }
+    assert_eq!(bastion.stats().connections, 1, "the refusals cost one session");
+    assert_eq!(bastion.stats().forwards_refused, 3);
+    assert_eq!(target.stats().connections, 0);
+}
+
+#[test]
+fn dropped_forwards_reconnect_through_the_same_jump_session() {
+    let target = embedded_target();
+    let bastion = embedded_target();
+    let home = tempfile::tempdir().unwrap();
+    let mut pssh = parallel(
+        home.path(),
+        "",
+        Parallel::builder()
+            .reconnections(3)
+            .reconnect_delay(Duration::from_millis(100)),
+    );
+    const N: usize = 5;
+    for i in 0..N {
+        pssh.add_host(format!("d{i}"), behind(&target, &[embedded_hop(&bastion)]))
+            .unwrap();
+    }
+    pssh.all(Command::new("sleep 2; echo done")).unwrap();
+    let handle = pssh.start();
+    let running = wait_until(Duration::from_secs(20), || {
+        target.commands().iter().filter(|c| c.contains("sleep 2")).count() == N
+    });
+    assert!(running, "the commands started: {:?}", target.commands());
+    // Every tunnel is cut; the bastion session itself stays up.
+    bastion.drop_forwards();
+    let report = handle.wait();
+    for i in 0..N {
+        let t = &report.label(&format!("d{i}")).unwrap().tasks()[0];
+        assert_eq!(
+            t.status(),
+            TaskStatus::Succeeded,
+            "{:?}",
+            t.error().map(|e| e.to_string())
+        );
+        assert!(t.reruns() >= 1, "d{i} was re-run after its tunnel was cut");
+    }
+    assert_eq!(
+        bastion.stats().connections,
+        1,
+        "the labels came back through the same jump session"
+    );
+    assert_eq!(bastion.stats().forwards_opened as usize, 2 * N);
 }
