@@ -14,6 +14,8 @@
 //! A missing sshd (or not root) fails these tests, or skips them loudly
 //! with `TESTBED_ALLOW_SKIP=1` (`testbed::prereq`).
 
+#[path = "common/routes.rs"]
+mod routes;
 #[path = "common/servers.rs"]
 mod servers;
 
@@ -21,8 +23,8 @@ use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
+use routes::{embedded_target, first_error, first_ok, parallel, wait_until};
 use servers::{PASSWORD, USER};
-use ssh_parallel::ssh_config::{ConfigFile, ResolveEnv};
 use ssh_parallel::{Command, Host, HostKeyCheck, Parallel, TaskStatus};
 use testbed::{ClientKey, EmbeddedServer, OpenSshServer};
 
@@ -73,27 +75,6 @@ impl Bastion {
     }
 }
 
-/// Polls `done` every 20 ms until it holds or `timeout` passes.
-fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let end = std::time::Instant::now() + timeout;
-    while std::time::Instant::now() < end {
-        if done() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    done()
-}
-
-/// An embedded target server with the test user's password.
-fn embedded_target() -> EmbeddedServer {
-    testbed::raise_fd_limit();
-    EmbeddedServer::builder()
-        .password(USER, PASSWORD)
-        .start()
-        .expect("start the embedded server")
-}
-
 /// A target behind `hops`, logging in with the test password.
 fn behind(target: &EmbeddedServer, hops: &[Host]) -> Host {
     let mut h = Host::new("127.0.0.1")
@@ -106,18 +87,6 @@ fn behind(target: &EmbeddedServer, hops: &[Host]) -> Host {
         h = h.jump(hop.clone());
     }
     h
-}
-
-/// A `Parallel` reading only `config` (an empty one: nothing of the real
-/// `~/.ssh`), with `home` as `~`.
-fn parallel(home: &Path, config: &str, builder: ssh_parallel::ParallelBuilder) -> Parallel {
-    let file = home.join("config");
-    fs::write(&file, config).unwrap();
-    let mut env = ResolveEnv::from_system()
-        .unwrap()
-        .with_only_file(Some(ConfigFile::explicit(&file)));
-    env.home = home.to_path_buf();
-    builder.ssh_config_env(env).build().unwrap()
 }
 
 /// A config making `127.0.0.1` (the bastion's name here) trust only `known_hosts`.
@@ -197,14 +166,7 @@ fn a_chain_of_two_jumps_logs_in_once_on_each() {
     pssh.all(Command::new("echo through-two")).unwrap();
     let report = pssh.run();
     for i in 0..4 {
-        let t = &report.label(&format!("t{i}")).unwrap().tasks()[0];
-        assert_eq!(
-            t.status(),
-            TaskStatus::Succeeded,
-            "{:?}",
-            t.error().map(|e| e.to_string())
-        );
-        assert_eq!(t.stdout_str().trim(), "through-two");
+        first_ok(&report, &format!("t{i}"), "through-two");
     }
     assert_eq!((outer.logins(), inner.logins()), (1, 1), "one login per hop");
     // The outer bastion carries one tunnel (to the inner one), the inner one a tunnel per label.
@@ -317,14 +279,7 @@ fn a_config_under_home_gives_every_detail_and_the_jump_host() {
     pssh.all(Command::new("echo via-config")).unwrap();
     let report = pssh.run();
     for i in 0..5 {
-        let t = &report.label(&format!("w{i}")).unwrap().tasks()[0];
-        assert_eq!(
-            t.status(),
-            TaskStatus::Succeeded,
-            "{:?}",
-            t.error().map(|e| e.to_string())
-        );
-        assert_eq!(t.stdout_str().trim(), "via-config");
+        first_ok(&report, &format!("w{i}"), "via-config");
     }
     assert_eq!(bastion.logins(), 1);
     assert_eq!(target.stats().connections, 5);
@@ -353,9 +308,7 @@ fn a_wrong_host_key_on_the_bastion_names_the_hop_and_nothing_runs() {
     pssh.all(Command::new("echo must-not-run")).unwrap();
     let report = pssh.run();
     for i in 0..3 {
-        let t = &report.label(&format!("w{i}")).unwrap().tasks()[0];
-        assert_ne!(t.status(), TaskStatus::Succeeded);
-        let msg = t.error().map(|e| e.to_string()).unwrap_or_default();
+        let msg = first_error(&report, &format!("w{i}"));
         assert!(msg.contains("via bastion"), "{msg}");
         assert!(msg.contains("jump host bastion"), "{msg}");
         assert!(msg.contains("host key verification failed"), "{msg}");
@@ -388,18 +341,9 @@ fn an_sshd_target_behind_the_bastion_and_a_refused_forward() {
     pssh.all(Command::new("echo sshd-%LABEL%")).unwrap();
     let report = pssh.run();
     for i in 0..3 {
-        let t = &report.label(&format!("s{i}")).unwrap().tasks()[0];
-        assert_eq!(
-            t.status(),
-            TaskStatus::Succeeded,
-            "{:?}",
-            t.error().map(|e| e.to_string())
-        );
-        assert_eq!(t.stdout_str().trim(), format!("sshd-s{i}"));
+        first_ok(&report, &format!("s{i}"), &format!("sshd-s{i}"));
     }
-    let t = &report.label("refused").unwrap().tasks()[0];
-    let msg = t.error().map(|e| e.to_string()).unwrap_or_default();
-    assert_ne!(t.status(), TaskStatus::Succeeded);
+    let msg = first_error(&report, "refused");
     assert!(msg.contains("refused to forward"), "{msg}");
     assert!(msg.contains(&format!("127.0.0.1:{}", other.addr().port())), "{msg}");
     assert_eq!(other.stats().connections, 0);
@@ -437,14 +381,7 @@ fn embedded_bastion_serves_many_labels_over_one_session() {
     pssh.all(Command::new("echo e-%LABEL%")).unwrap();
     let report = pssh.run();
     for i in 0..N {
-        let t = &report.label(&format!("e{i}")).unwrap().tasks()[0];
-        assert_eq!(
-            t.status(),
-            TaskStatus::Succeeded,
-            "{:?}",
-            t.error().map(|e| e.to_string())
-        );
-        assert_eq!(t.stdout_str().trim(), format!("e-e{i}"));
+        first_ok(&report, &format!("e{i}"), &format!("e-e{i}"));
     }
     let stats = bastion.stats();
     assert_eq!(stats.connections, 1, "one session on the bastion");
@@ -466,9 +403,7 @@ fn embedded_bastion_refusing_forwards_fails_each_label_naming_the_hop() {
     pssh.all(Command::new("echo must-not-run")).unwrap();
     let report = pssh.run();
     for i in 0..3 {
-        let t = &report.label(&format!("r{i}")).unwrap().tasks()[0];
-        let msg = t.error().map(|e| e.to_string()).unwrap_or_default();
-        assert_ne!(t.status(), TaskStatus::Succeeded);
+        let msg = first_error(&report, &format!("r{i}"));
         assert!(msg.contains("via 127.0.0.1"), "{msg}");
         assert!(msg.contains("refused to forward"), "{msg}");
     }
@@ -504,13 +439,7 @@ fn dropped_forwards_reconnect_through_the_same_jump_session() {
     bastion.drop_forwards();
     let report = handle.wait();
     for i in 0..N {
-        let t = &report.label(&format!("d{i}")).unwrap().tasks()[0];
-        assert_eq!(
-            t.status(),
-            TaskStatus::Succeeded,
-            "{:?}",
-            t.error().map(|e| e.to_string())
-        );
+        let t = first_ok(&report, &format!("d{i}"), "done");
         assert!(t.reruns() >= 1, "d{i} was re-run after its tunnel was cut");
     }
     assert_eq!(

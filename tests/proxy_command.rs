@@ -9,36 +9,18 @@
 //! The `ssh -W` case needs sshd (a missing one fails, or skips loudly with
 //! `TESTBED_ALLOW_SKIP=1`: `testbed::prereq`).
 
+#[path = "common/routes.rs"]
+mod routes;
 #[path = "common/servers.rs"]
 mod servers;
 
 use std::fs;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
+use routes::{embedded_target, first_error, first_ok, parallel};
 use servers::{PASSWORD, USER};
-use ssh_parallel::ssh_config::{ConfigFile, ResolveEnv};
-use ssh_parallel::{Command, Host, HostKeyCheck, Parallel, TaskStatus};
-use testbed::{ClientKey, EmbeddedServer, OpenSshServer};
-
-fn embedded_target() -> EmbeddedServer {
-    testbed::raise_fd_limit();
-    EmbeddedServer::builder()
-        .password(USER, PASSWORD)
-        .start()
-        .expect("start the embedded server")
-}
-
-/// A `Parallel` reading only `config`, with `home` as `~`.
-fn parallel(home: &Path, config: &str) -> Parallel {
-    let file = home.join("config");
-    fs::write(&file, config).unwrap();
-    let mut env = ResolveEnv::from_system()
-        .unwrap()
-        .with_only_file(Some(ConfigFile::explicit(&file)));
-    env.home = home.to_path_buf();
-    Parallel::builder().ssh_config_env(env).build().unwrap()
-}
+use ssh_parallel::{Command, Host, HostKeyCheck, Parallel};
+use testbed::{ClientKey, OpenSshServer};
 
 /// The login on the embedded target, with no host-key check.
 fn login(h: Host) -> Host {
@@ -99,7 +81,7 @@ fn marker() -> String {
 fn a_plain_relay_carries_the_session_and_its_process_group_is_killed() {
     let target = embedded_target();
     let home = tempfile::tempdir().unwrap();
-    let mut pssh = parallel(home.path(), "");
+    let mut pssh = parallel(home.path(), "", Parallel::builder());
     let marker = marker();
     for i in 0..3 {
         let h = login(Host::new("127.0.0.1").port(target.addr().port())).proxy_command(relay(&marker));
@@ -119,14 +101,7 @@ fn a_plain_relay_carries_the_session_and_its_process_group_is_killed() {
     pssh.all(Command::new("echo relayed-%LABEL%")).unwrap();
     let report = pssh.run();
     for i in 0..3 {
-        let t = &report.label(&format!("r{i}")).unwrap().tasks()[0];
-        assert_eq!(
-            t.status(),
-            TaskStatus::Succeeded,
-            "{:?}",
-            t.error().map(|e| e.to_string())
-        );
-        assert_eq!(t.stdout_str().trim(), format!("relayed-r{i}"));
+        first_ok(&report, &format!("r{i}"), &format!("relayed-r{i}"));
     }
     assert_eq!(target.stats().connections, 3);
     let left = none_left(&format!("sleep {marker}"));
@@ -139,14 +114,12 @@ fn a_plain_relay_carries_the_session_and_its_process_group_is_killed() {
 #[test]
 fn a_failing_proxy_command_puts_its_stderr_in_the_error() {
     let home = tempfile::tempdir().unwrap();
-    let mut pssh = parallel(home.path(), "");
+    let mut pssh = parallel(home.path(), "", Parallel::builder());
     let h = login(Host::new("nowhere")).proxy_command("echo proxy-broke-%n >&2; exit 3");
     pssh.add_host("p", h).unwrap();
     pssh.all(Command::new("echo must-not-run")).unwrap();
     let report = pssh.run();
-    let t = &report.label("p").unwrap().tasks()[0];
-    assert_ne!(t.status(), TaskStatus::Succeeded);
-    let msg = t.error().map(|e| e.to_string()).unwrap_or_default();
+    let msg = first_error(&report, "p");
     assert!(msg.contains("via ProxyCommand"), "{msg}");
     assert!(msg.contains("proxy-broke-nowhere"), "{msg}");
 }
@@ -161,7 +134,7 @@ fn a_proxy_command_from_a_config_under_home_with_a_bare_alias() {
         target.addr().port(),
         relay(&marker)
     );
-    let mut pssh = parallel(home.path(), &config);
+    let mut pssh = parallel(home.path(), &config, Parallel::builder());
     for i in 0..2 {
         let h = Host::new(format!("pc{i}"))
             .password(PASSWORD)
@@ -172,13 +145,7 @@ fn a_proxy_command_from_a_config_under_home_with_a_bare_alias() {
     pssh.all(Command::new("echo configured")).unwrap();
     let report = pssh.run();
     for i in 0..2 {
-        let t = &report.label(&format!("c{i}")).unwrap().tasks()[0];
-        assert_eq!(
-            t.status(),
-            TaskStatus::Succeeded,
-            "{:?}",
-            t.error().map(|e| e.to_string())
-        );
+        first_ok(&report, &format!("c{i}"), "configured");
     }
     assert_eq!(target.stats().connections, 2);
     assert!(none_left(&format!("sleep {marker}")).is_empty());
@@ -213,7 +180,7 @@ fn ssh_dash_w_through_a_bastion() {
         ),
     )
     .unwrap();
-    let mut pssh = parallel(dir.path(), "");
+    let mut pssh = parallel(dir.path(), "", Parallel::builder());
     let command = format!("ssh -F {} -W %h:%p bastion", client_config.display());
     for i in 0..3 {
         let h = login(Host::new("127.0.0.1").port(target.addr().port())).proxy_command(command.clone());
@@ -222,14 +189,7 @@ fn ssh_dash_w_through_a_bastion() {
     pssh.all(Command::new("echo through-ssh-w")).unwrap();
     let report = pssh.run();
     for i in 0..3 {
-        let t = &report.label(&format!("w{i}")).unwrap().tasks()[0];
-        assert_eq!(
-            t.status(),
-            TaskStatus::Succeeded,
-            "{:?}",
-            t.error().map(|e| e.to_string())
-        );
-        assert_eq!(t.stdout_str().trim(), "through-ssh-w");
+        first_ok(&report, &format!("w{i}"), "through-ssh-w");
     }
     // Unlike a native jump host, each `ssh -W` logs in to the bastion by itself.
     assert_eq!(bastion.logins_logged(), 3);

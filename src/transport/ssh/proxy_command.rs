@@ -84,9 +84,9 @@ impl Drop for ProxyCommand {
     /// is already gone (else later).
     fn drop(&mut self) {
         let Some(mut child) = self.child.take() else { return };
-        if matches!(child.try_wait(), Ok(None)) {
-            crate::process::kill_group(child.id() as i32);
-        }
+        // Even if `sh` has exited, what it started may live on in its group;
+        // until `sh` is reaped here its pid (the group's id) cannot be reused.
+        crate::process::kill_group(child.id() as i32);
         if let Some(text) = self.stderr_text() {
             log::debug!(target: "ssh_parallel", "ProxyCommand {:?} stderr: {text}", self.command);
         }
