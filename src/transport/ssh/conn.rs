@@ -9,8 +9,8 @@
 //! `Finished`, whatever becomes of the connection.
 //!
 //! May use: its sibling seams (`connect`, `auth`, `channel`, `task`, `lend`,
-//! `close`, `keepalive`), `event_loop` (`Cx`), `transport` (protocol,
-//! `libssh2`), `task` (`Action`), `host`, `plan`.
+//! `close`, `keepalive`, `jump`, `stream`), `event_loop` (`Cx`), `transport`
+//! (protocol, `libssh2`), `task` (`Action`), `host`, `plan`.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
