@@ -3,12 +3,14 @@
 //! Invariant: a `Host` is plain data, shared read-only (`Arc<Host>`) by the
 //! plan and every job once registered.
 //!
-//! `config` applies the user's OpenSSH configuration to a host.
+//! `config` applies the user's OpenSSH configuration to a host; `route`
+//! says how it is reached when not directly (jump hosts, a proxy command).
 //!
 //! May use: `error`, `policy` (`OnError`), `fault` (a fault host's script),
 //! `ssh_config` (through `config`).
 
 mod config;
+mod route;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -19,6 +21,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::policy::OnError;
 
 pub(crate) use config::{AlgorithmKind, ConfigSource, SshConfigs, SshSettings};
+pub(crate) use route::Route;
 
 /// Keepalive interval when none is set (see [`Host::keepalive`]).
 pub(crate) const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(15);
@@ -93,6 +96,11 @@ pub struct Host {
     pub(crate) set: Explicit,
     /// What the OpenSSH configuration decided beyond the fields above.
     pub(crate) ssh: SshSettings,
+    /// How the host is reached when not directly. Before `add_host`: what
+    /// the API asked for (`None`: the configuration decides); after it,
+    /// resolved: `None` or [`Route::Direct`] directly, [`Route::Jumps`] with
+    /// every hop itself resolved, [`Route::Command`] with its tokens expanded.
+    pub(crate) route: Option<Route>,
 }
 
 /// Settings with a non-`Option` default that the API set explicitly.
@@ -131,6 +139,7 @@ impl Host {
             expand_vars: true,
             set: Explicit::default(),
             ssh: SshSettings::default(),
+            route: None,
         }
     }
 
@@ -319,6 +328,47 @@ impl Host {
         self
     }
 
+    /// Reaches the host through jump hosts, like OpenSSH's `ProxyJump` (and
+    /// `ssh -J`): `"[user@]bastion[:port]"`, a chain `"a,b"` (`a` is reached
+    /// first, `b` through `a`, the host through `b`), or `"none"` to connect
+    /// directly whatever the configuration says. Each hop is itself resolved
+    /// through the OpenSSH configuration (its `HostName`, `User`,
+    /// `IdentityFile`, known hosts...) when the host is registered; a spec
+    /// that does not parse fails there ([`ErrorKind::InvalidHost`]). Wins
+    /// over the configuration's `ProxyJump` and `ProxyCommand`; replaces any
+    /// earlier [`jump`](Self::jump), `proxy_jump` or
+    /// [`proxy_command`](Self::proxy_command). See the README's "Jump hosts
+    /// and ProxyCommand".
+    pub fn proxy_jump(mut self, spec: impl Into<String>) -> Self {
+        self.route = Some(Route::JumpSpec(spec.into()));
+        self
+    }
+
+    /// Adds a jump host described in full (keys, known hosts, timeouts...),
+    /// after those added before: `Host::new("web").jump(a).jump(b)` is
+    /// `ProxyJump a,b`. The hop's own settings win over the configuration,
+    /// which fills in the rest. Replaces a [`proxy_jump`](Self::proxy_jump)
+    /// spec or a [`proxy_command`](Self::proxy_command).
+    pub fn jump(mut self, hop: Host) -> Self {
+        match &mut self.route {
+            Some(Route::Jumps(hops)) => hops.push(hop),
+            _ => self.route = Some(Route::Jumps(vec![hop])),
+        }
+        self
+    }
+
+    /// Reaches the host through a command's stdin and stdout, like OpenSSH's
+    /// `ProxyCommand` (`"ssh -W %h:%p bastion"`): run by `sh -c` in its own
+    /// process group, with `%h` (host name), `%p` (port), `%r` (user), `%n`
+    /// (the name given) and `%%` expanded; its stderr goes to the debug log
+    /// and into the error when connecting fails, and its process group is
+    /// killed when the connection closes. Wins over the configuration;
+    /// replaces any jump hosts.
+    pub fn proxy_command(mut self, command: impl Into<String>) -> Self {
+        self.route = Some(Route::Command(command.into()));
+        self
+    }
+
     /// The error policy of this host's tasks that set none of their own.
     pub fn on_error(mut self, policy: impl Into<OnError>) -> Self {
         self.on_error = Some(policy.into());
@@ -412,6 +462,7 @@ impl fmt::Debug for Host {
             .field("reconnections", &self.reconnections)
             .field("vars", &self.vars)
             .field("expand_vars", &self.expand_vars)
+            .field("route", &self.route)
             .finish()
     }
 }

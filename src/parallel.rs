@@ -79,8 +79,9 @@ impl Parallel {
     /// `, * ! ( ) < > / { }`, and is registered once. An SSH host gets the
     /// user's OpenSSH configuration resolved for it here (see
     /// [`ParallelBuilder::ssh_config`]): a malformed file is an
-    /// [`ErrorKind::InvalidConfig`] error naming its file and line, and so is
-    /// a `ProxyJump` or `ProxyCommand` for the host (not supported yet).
+    /// [`ErrorKind::InvalidConfig`] error naming its file and line. Jump
+    /// hosts (`ProxyJump`, [`Host::proxy_jump`]) are resolved here too, each
+    /// hop through the same configuration.
     pub fn add_host(&mut self, label: impl Into<String>, mut host: Host) -> Result<()> {
         let label = label.into();
         self.ssh_configs.apply(&label, &mut host)?;

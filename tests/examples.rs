@@ -301,3 +301,20 @@ fn job_queue() {
         "gpu1 takes the big model first, fails, and another label runs it: {listed:?}"
     );
 }
+
+#[test]
+fn bastion() {
+    let r = run_example("bastion");
+    assert!(r.ok, "bastion failed");
+    for i in 1..=8 {
+        let line = format!("app{i:02}: app{i:02} reached through the bastion as ");
+        assert!(r.stdout.lines().any(|l| l.starts_with(&line)), "missing {line:?}");
+    }
+    assert_lines(
+        &r,
+        &[
+            "app01 goes through bastion (127.0.0.1:",
+            "bastion: 1 login(s) for 8 labels, 8 tunnels",
+        ],
+    );
+}

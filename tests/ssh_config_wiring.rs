@@ -3,8 +3,9 @@
 //! home), UserKnownHostsFile and StrictHostKeyChecking taken from a
 //! generated config; the `Host` API winning over it; `Match exec`; hashed
 //! known_hosts entries written (HashKnownHosts) and read; a changed key
-//! refused; malformed configs and ProxyJump refused at `add_host` naming
-//! file:line; opting out.
+//! refused; malformed configs refused at `add_host` naming file:line;
+//! ProxyJump and ProxyCommand resolved there (each hop through the
+//! configuration); opting out.
 //!
 //! Every test writes its config under its own temporary directory and hands
 //! it to the builder (`ssh_config_env`, home included): nothing reads or
@@ -323,24 +324,45 @@ fn a_malformed_config_is_invalid_config_at_add_host_naming_file_and_line() {
 }
 
 #[test]
-fn proxy_jump_and_proxy_command_are_refused_naming_the_directive() {
+fn proxy_jump_and_proxy_command_are_resolved_at_add_host() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("config");
     fs::write(
         &config,
-        "Host behind\n  ProxyJump ops@bastion\nHost piped\n  ProxyCommand nc %h %p\nHost direct\n  ProxyJump none\n",
+        "Host behind\n  ProxyJump ops@bastion:2222,gw\nHost piped\n  HostName 10.1.1.1\n  ProxyCommand nc %h %p\n\
+         Host direct\n  ProxyJump none\nHost bastion\n  HostName 10.0.0.9\n  User nobody\nHost loop\n  ProxyJump loop\n",
     )
     .unwrap();
     let mut p = parallel_for(dir.path(), &config);
-    for (alias, directive, line) in [("behind", "ProxyJump", 2), ("piped", "ProxyCommand", 4)] {
-        let e = p.add_host(alias, Host::new(alias)).unwrap_err();
-        assert_eq!(e.kind(), ErrorKind::InvalidConfig, "{e}");
-        let msg = e.to_string();
-        assert!(msg.contains(directive), "{msg}");
-        assert!(msg.contains("not supported"), "{msg}");
-        assert!(msg.contains(&format!("{}:{line}", config.display())), "{msg}");
-    }
+    p.add_host("behind", Host::new("behind")).unwrap();
+    let hops = p.host("behind").unwrap().jump_hosts();
+    let seen: Vec<_> = hops
+        .iter()
+        .map(|h| (h.alias(), h.hostname(), h.user_name(), h.port_number()))
+        .collect();
+    // Each hop is itself resolved (bastion's HostName), what the spec says wins (its user).
+    assert_eq!(
+        seen,
+        [
+            ("bastion", "10.0.0.9", Some("ops"), Some(2222)),
+            ("gw", "gw", None, None)
+        ]
+    );
+    assert_eq!(hops[1].jump_hosts().len(), 1, "gw is reached through bastion");
+    p.add_host("piped", Host::new("piped")).unwrap();
+    assert_eq!(p.host("piped").unwrap().proxy_command_line(), Some("nc 10.1.1.1 22"));
     p.add_host("direct", Host::new("direct")).unwrap();
+    assert!(p.host("direct").unwrap().jump_hosts().is_empty());
+    // The API wins: `none` connects directly whatever the file says.
+    p.add_host("b2", Host::new("behind").proxy_jump("none")).unwrap();
+    assert!(p.host("b2").unwrap().jump_hosts().is_empty());
+    // A jump host whose own ProxyJump leads back to itself ends with an error naming file:line.
+    let e = p.add_host("loop", Host::new("loop")).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidConfig, "{e}");
+    assert!(e.to_string().contains(&format!("{}:", config.display())), "{e}");
+    let e = p.add_host("bad", Host::new("x").proxy_jump("a,,b")).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidHost, "{e}");
+    assert!(e.to_string().contains("a,,b"), "{e}");
 }
 
 #[test]

@@ -13,6 +13,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use super::route::FromFiles;
 use super::{Host, HostKeyCheck, Target};
 use crate::error::{Error, ErrorKind, Result};
 use crate::ssh_config::{
@@ -58,11 +59,27 @@ impl SshConfigs {
     }
 
     /// Resolves the configuration for an SSH `host` and applies it (other
-    /// targets are left alone).
+    /// targets are left alone), then its route (jump hosts, proxy command),
+    /// each jump host resolved the same way.
     pub(crate) fn apply(&mut self, label: &str, host: &mut Host) -> Result<()> {
-        if !matches!(host.target, Target::Ssh) || matches!(self.source, ConfigSource::Off) {
+        self.apply_at_depth(label, host, 0)
+    }
+
+    /// [`apply`](Self::apply) for a host `depth` jump hosts away from the label's.
+    pub(super) fn apply_at_depth(&mut self, label: &str, host: &mut Host, depth: usize) -> Result<()> {
+        if !matches!(host.target, Target::Ssh) {
             return Ok(());
         }
+        let files = if matches!(self.source, ConfigSource::Off) {
+            None
+        } else {
+            self.apply_files(label, host)?
+        };
+        self.resolve_route(label, host, files, depth)
+    }
+
+    /// Resolves and applies the files; returns what they say about the route.
+    fn apply_files(&mut self, label: &str, host: &mut Host) -> Result<Option<FromFiles>> {
         if self.env.is_none() {
             let env = match &self.source {
                 ConfigSource::Env(env) => (**env).clone(),
@@ -73,7 +90,7 @@ impl SshConfigs {
             };
             self.env = Some(env);
         }
-        let Some(env) = &self.env else { return Ok(()) };
+        let Some(env) = &self.env else { return Ok(None) };
         let query = Query {
             alias: host.alias.clone(),
             user: host.user.clone(),
@@ -89,7 +106,19 @@ impl SshConfigs {
                 cfg
             }
         };
-        apply(label, host, cfg, env)
+        let files = cfg.proxy.clone().map(|proxy| FromFiles {
+            origin: origin(
+                &cfg,
+                if matches!(proxy, Proxy::Command { .. }) {
+                    "proxycommand"
+                } else {
+                    "proxyjump"
+                },
+            ),
+            proxy,
+        });
+        apply(label, host, cfg, env)?;
+        Ok(files)
     }
 }
 
@@ -193,26 +222,6 @@ fn tilde(raw: &str, home: &Path) -> PathBuf {
 
 /// Applies `cfg` under the precedence Host API > files > defaults.
 fn apply(label: &str, host: &mut Host, cfg: SshConfig, env: &ResolveEnv) -> Result<()> {
-    if let Some(proxy) = &cfg.proxy {
-        let (keyword, what) = match proxy {
-            Proxy::None => ("", ""),
-            Proxy::Jump { spec, .. } => ("ProxyJump", spec.as_str()),
-            Proxy::Command { raw, .. } => ("ProxyCommand", raw.as_str()),
-        };
-        if !keyword.is_empty() {
-            // Connecting directly would silently bypass a bastion the user relies on.
-            return Err(Error::new(
-                ErrorKind::InvalidConfig,
-                format!(
-                    "{}: {keyword} {what} (for host {:?}) is not supported yet: ssh-parallel cannot connect \
-                     through it and will not bypass it; remove it for this host or opt out of the OpenSSH \
-                     configuration",
-                    origin(&cfg, &keyword.to_ascii_lowercase()),
-                    host.alias
-                ),
-            ));
-        }
-    }
     let mut taken: Vec<String> = Vec::new();
     if let Some(name) = &cfg.hostname {
         host.hostname = name.clone();

@@ -49,6 +49,8 @@ mod types;
 use std::path::{Path, PathBuf};
 
 pub use env::{ConfigFile, ResolveEnv};
+pub(crate) use jump::proxy_jump;
+pub(crate) use tokens::expand as expand_tokens;
 pub use types::{
     AddressFamily, Algorithms, AlgorithmsOp, ConfigPath, ForwardAgent, IdentityAgent, Jump, KnownHostsFiles, Origin,
     Proxy, RequestTty, SshConfig, StrictHostKeyChecking,

@@ -22,6 +22,7 @@ pub struct OpenSshServerBuilder {
     authentication_methods: Option<String>,
     port: Option<u16>,
     max_sessions: u32,
+    log_level: String,
 }
 
 impl Default for OpenSshServerBuilder {
@@ -37,11 +38,20 @@ impl Default for OpenSshServerBuilder {
             authentication_methods: None,
             port: None,
             max_sessions: 100,
+            log_level: "VERBOSE".into(),
         }
     }
 }
 
 impl OpenSshServerBuilder {
+    /// sshd's `LogLevel` (default `VERBOSE`). `DEBUG1` also logs one
+    /// `server_request_direct_tcpip` line per forwarded channel, which jump-host
+    /// tests count.
+    pub fn log_level(mut self, level: impl Into<String>) -> Self {
+        self.log_level = level.into();
+        self
+    }
+
     /// Uses another sshd binary (default `/usr/sbin/sshd`).
     pub fn sshd_path(mut self, path: impl Into<PathBuf>) -> Self {
         self.sshd = path.into();
@@ -195,6 +205,7 @@ impl OpenSshServerBuilder {
         let max_sessions = self.max_sessions;
         let password = yes(self.password_authentication);
         let kbd_interactive = yes(self.kbd_interactive_authentication);
+        let log_level = &self.log_level;
         let mut config = format!(
             "Port {port}
 ListenAddress 127.0.0.1
@@ -220,7 +231,7 @@ UseDNS no
 HostKeyAlgorithms ssh-ed25519
 KexAlgorithms curve25519-sha256,curve25519-sha256@libssh.org,ecdh-sha2-nistp256,diffie-hellman-group14-sha256
 Subsystem sftp internal-sftp
-LogLevel VERBOSE
+LogLevel {log_level}
 "
         );
         if let Some(methods) = &self.authentication_methods {

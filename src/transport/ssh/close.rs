@@ -158,6 +158,10 @@ impl Conn {
     pub(super) fn closed(&mut self, cx: &Cx<'_>) {
         self.teardown(cx.registry, Phase::Done);
         self.deadline = None;
+        if self.jump.is_some() {
+            // A jump session is no label's connection.
+            return;
+        }
         let _ = cx.events.send(Event::Closed {
             label: self.label,
             conn: self.id,

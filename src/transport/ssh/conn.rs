@@ -9,22 +9,23 @@
 //! `Finished`, whatever becomes of the connection.
 //!
 //! May use: its sibling seams (`connect`, `auth`, `channel`, `task`, `lend`,
-//! `close`, `keepalive`), `event_loop` (`Cx`), `transport` (protocol,
-//! `libssh2`), `task` (`Action`), `host`, `plan`.
+//! `close`, `keepalive`, `jump`, `stream`), `event_loop` (`Cx`), `transport`
+//! (protocol, `libssh2`), `task` (`Action`), `host`, `plan`.
 
 use std::collections::VecDeque;
-use std::net::{Shutdown, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use mio::net::TcpStream;
 use mio::Registry;
 use parking_lot::Mutex;
 use ssh2::Session;
 
 use super::auth::Auth;
 use super::event_loop::Cx;
+use super::jump::JumpState;
 use super::keepalive::Keepalive;
+use super::stream::Stream;
 use super::task::Task;
 use super::{fail, finish};
 use crate::host::Host;
@@ -67,6 +68,10 @@ const EXCHANGE_TICK: Duration = Duration::from_millis(100);
 pub(super) enum Phase {
     /// Waiting for the resolver thread (its answer carries `Conn::gen`).
     Resolving,
+    /// Behind a jump host: waiting for the loop to attach a tunnel of the
+    /// jump session (asked for with `News::NeedTunnel`); no deadline (the
+    /// jump session's own bound the wait).
+    Tunnel,
     /// TCP connect to `addrs[next - 1]` in progress (or about to try
     /// `addrs[next]`); `errors` has one entry per address that failed.
     Connecting {
@@ -89,7 +94,7 @@ pub(super) enum Phase {
     /// The loop makes no libssh2 call on the session meanwhile.
     Lent {
         token: Token,
-        slot: Arc<Mutex<Option<TcpStream>>>,
+        slot: Arc<Mutex<Option<Stream>>>,
     },
     /// A cancelled task's command is being stopped and its channel closed
     /// (see [`Cancel`](super::kill::Cancel)); `deadline` bounds it.
@@ -164,10 +169,11 @@ pub(super) struct Conn {
     pub(super) port: u16,
     pub(super) user: String,
     pub(super) phase: Phase,
-    /// The socket, registered under `key`; `None` before TCP connects and
-    /// after teardown. It is shut down before `sess` is freed, so that
-    /// libssh2 cannot block on it in `Drop`.
-    pub(super) stream: Option<TcpStream>,
+    /// The byte stream (TCP, a tunnel's socketpair, a proxy command's),
+    /// registered under `key`; `None` before it exists and after teardown.
+    /// It is shut down before `sess` is freed, so that libssh2 cannot block
+    /// on it in `Drop`.
+    pub(super) stream: Option<Stream>,
     /// The libssh2 session on `stream`'s descriptor, from the handshake on;
     /// non-blocking except while `Lent`.
     pub(super) sess: Option<Session>,
@@ -192,6 +198,12 @@ pub(super) struct Conn {
     /// (`Cancelling`): the close waits for the signals and the killer, or the
     /// command would go on running on the host.
     pub(super) close_when_free: bool,
+    /// `Some` for a jump session (it serves tunnels, no label: it never
+    /// sends the scheduler an event); `None` for a label's connection.
+    pub(super) jump: Option<Box<JumpState>>,
+    /// The jump session's key and the tunnel's id carrying `stream`, while
+    /// the connection is behind a jump host and has a tunnel.
+    pub(super) tunnel: Option<(usize, usize)>,
 }
 
 impl Conn {
@@ -219,19 +231,27 @@ impl Conn {
             },
             spare: Spare::None,
             close_when_free: false,
+            jump: None,
+            tunnel: None,
         }
     }
 
-    /// `user@host:port`, for messages.
+    /// `user@host:port`, and how it is reached (` via bastion`), for messages.
     pub(super) fn target(&self) -> String {
-        format!("{}@{}:{}", self.user, self.host.hostname, self.port)
+        format!(
+            "{}@{}:{}{}",
+            self.user,
+            self.host.hostname,
+            self.port,
+            self.host.via_text()
+        )
     }
 
     /// Whether the connection waits on its socket (and so gets the safety step).
     pub(super) fn is_busy(&self) -> bool {
         match self.phase {
-            Phase::Idle => matches!(self.spare, Spare::Opening),
-            Phase::Broken | Phase::Done | Phase::Resolving | Phase::Lent { .. } => false,
+            Phase::Idle => matches!(self.spare, Spare::Opening) || self.jump.as_ref().is_some_and(|j| j.busy()),
+            Phase::Broken | Phase::Done | Phase::Resolving | Phase::Tunnel | Phase::Lent { .. } => false,
             _ => true,
         }
     }
@@ -242,6 +262,7 @@ impl Conn {
         let safety = self.is_busy().then(|| self.safety.stepped + self.safety_interval());
         let retry = match &self.phase {
             Phase::Running(t) => t.wake_at(),
+            Phase::Idle => self.jump.as_ref().and_then(|j| j.wake_at()),
             _ => None,
         };
         [self.deadline, self.keepalive.next, safety, retry]
@@ -257,6 +278,7 @@ impl Conn {
         match &self.phase {
             Phase::Running(t) if t.only_draining() => self.safety.every,
             Phase::Running(_) | Phase::Cancelling(_) => EXCHANGE_TICK,
+            Phase::Idle if self.jump.is_some() => EXCHANGE_TICK,
             _ => self.safety.every,
         }
     }
@@ -267,6 +289,11 @@ impl Conn {
     pub(super) fn timer_due(&mut self, cx: &Cx<'_>, now: Instant) {
         if self.deadline.is_some_and(|d| d <= now) {
             self.deadline_passed(cx);
+        }
+        if self.jump.is_some() && matches!(self.phase, Phase::Idle) {
+            // An open's deadline, the end of a linger, or a safety step.
+            self.step(cx);
+            return;
         }
         let retry = matches!(&self.phase, Phase::Running(t) if t.wake_at().is_some_and(|at| at <= now));
         if retry {
@@ -302,7 +329,16 @@ impl Conn {
         }
         loop {
             let r = match self.phase {
-                Phase::Resolving | Phase::Idle | Phase::Broken | Phase::Done | Phase::Lent { .. } => return,
+                Phase::Idle if self.jump.is_some() => {
+                    self.step_jump(cx);
+                    if matches!(self.phase, Phase::Disconnecting) {
+                        continue;
+                    }
+                    return;
+                }
+                Phase::Resolving | Phase::Tunnel | Phase::Idle | Phase::Broken | Phase::Done | Phase::Lent { .. } => {
+                    return
+                }
                 Phase::Connecting { .. } => self.step_tcp(cx),
                 Phase::Handshake => self.step_handshake(),
                 Phase::Auth(_) => self.step_auth(),
@@ -363,7 +399,9 @@ impl Conn {
         }
         self.heard_from(Instant::now());
         log::debug!(target: "ssh_parallel", "[{}] ssh session up ({})", self.name, self.target());
-        if self.pending.is_empty() {
+        if self.jump.is_some() {
+            self.step_jump(cx);
+        } else if self.pending.is_empty() {
             let _ = cx.events.send(Event::Connected {
                 label: self.label,
                 conn: self.id,
@@ -377,7 +415,15 @@ impl Conn {
     /// this was a transparent reconnection, through the waiting tasks.
     pub(super) fn connect_failed(&mut self, cx: &Cx<'_>, msg: String) {
         log::debug!(target: "ssh_parallel", "[{}] {msg}", self.name);
+        let msg = match self.stream.as_ref().and_then(Stream::command_stderr) {
+            Some(err) => format!("{msg} (ProxyCommand stderr: {err})"),
+            None => msg,
+        };
+        self.jump_down(cx, &msg);
         self.teardown(cx.registry, Phase::Done);
+        if self.jump.is_some() {
+            return;
+        }
         if self.pending.is_empty() {
             let _ = cx.events.send(Event::ConnectFailed {
                 label: self.label,
@@ -397,9 +443,10 @@ impl Conn {
         log::debug!(target: "ssh_parallel", "[{}] connection lost: {msg}", self.name);
         let old = std::mem::replace(&mut self.phase, Phase::Done);
         if let Some(s) = &self.stream {
-            let _ = s.shutdown(Shutdown::Both);
+            s.shutdown();
         }
-        let mut answered = false;
+        self.jump_down(cx, &msg);
+        let mut answered = self.jump.is_some();
         if let Phase::Running(t) = old {
             answered = true;
             t.finish(cx.events, Err(TransportError::ConnectionLost(msg.clone())));
@@ -426,10 +473,14 @@ impl Conn {
     /// frees channels, the session and the socket.
     pub(super) fn teardown(&mut self, registry: &Registry, next: Phase) {
         if let Some(s) = &self.stream {
-            let _ = s.shutdown(Shutdown::Both);
+            s.shutdown();
         }
         drop(std::mem::replace(&mut self.phase, next));
         self.spare = Spare::None;
+        if let Some(j) = &mut self.jump {
+            j.clear(registry);
+        }
+        self.tunnel = None;
         self.sess = None;
         if let Some(mut s) = self.stream.take() {
             let _ = registry.deregister(&mut s);

@@ -1,20 +1,24 @@
 //! Connecting: resolving the name (on a helper thread: getaddrinfo blocks),
 //! non-blocking TCP to each address in turn (of the configured
-//! `AddressFamily`, `ConnectionAttempts` rounds), creating the session (with
+//! `AddressFamily`, `ConnectionAttempts` rounds), or instead a proxy
+//! command's socketpair, or (behind a jump host) asking the loop for a
+//! tunnel; creating the session (with
 //! the configuration's algorithm preferences and compression) and the SSH
 //! handshake, then the host-key check; and what a passed deadline means in
 //! each phase.
 //!
 //! Invariant: `connect_timeout` bounds resolving, TCP and the handshake,
 //! `auth_timeout` authentication; libssh2's own read timeout is set beyond
-//! both, so ours always fire first.
+//! both, so ours always fire first. Behind a jump host, the connect deadline
+//! starts when the tunnel is open (the jump session's own deadlines bound
+//! the wait before).
 //!
 //! May use: `conn`, `event_loop` (`Cx`, `Resolved`), `hostkey`, `auth`,
-//! `transport::libssh2`, `host`, `ssh_config` (its value types).
+//! `stream`, `proxy_command`, `jump` (`News`), `transport::libssh2`, `host`,
+//! `ssh_config` (its value types).
 
 use std::io;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
-use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
@@ -25,30 +29,46 @@ use super::auth::Auth;
 use super::conn::{Conn, Flow, Phase};
 use super::event_loop::Cx;
 use super::hostkey::check_host_key;
+use super::jump::News;
+use super::proxy_command::ProxyCommand;
+use super::stream::Stream;
 use crate::host::{AlgorithmKind, SshSettings};
 use crate::ssh_config::AddressFamily;
 use crate::transport::libssh2::{self, set_read_timeout, would_block};
 
 /// Connecting and authenticating, when the host sets no `connect_timeout`.
-const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Authentication deadline when the host sets none.
 pub(super) const DEFAULT_AUTH_TIMEOUT: Duration = Duration::from_secs(20);
-
-/// Hands libssh2 the socket's descriptor while we keep the socket itself.
-struct Fd(RawFd);
-
-impl AsRawFd for Fd {
-    fn as_raw_fd(&self) -> RawFd {
-        self.0
-    }
-}
 
 impl Conn {
     /// Starts (or restarts) connecting, with the connect deadline.
     pub(super) fn start_connect(&mut self, cx: &Cx<'_>) {
         self.gen += 1;
+        self.tunnel = None;
+        if !self.host.jump_hosts().is_empty() {
+            self.phase = Phase::Tunnel;
+            self.deadline = None;
+            let _ = cx.news.send(News::NeedTunnel(self.key));
+            return;
+        }
         let timeout = self.host.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT);
         self.deadline = Some(Instant::now() + timeout);
+        if let Some(command) = self.host.proxy_command_line() {
+            let started = ProxyCommand::spawn(command).and_then(|c| {
+                let mut s = Stream::Command(c);
+                cx.registry
+                    .register(&mut s, mio::Token(self.key), Interest::READABLE | Interest::WRITABLE)
+                    .map_err(|e| format!("cannot poll the ProxyCommand's socket: {e}"))?;
+                self.stream = Some(s);
+                self.open_session()
+            });
+            if let Err(m) = started {
+                let msg = format!("{}: {m}", self.target());
+                self.connect_failed(cx, msg);
+            }
+            return;
+        }
         let (family, attempts) = (self.host.ssh.address_family, self.host.ssh.connection_attempts);
         if let Ok(ip) = self.host.hostname.parse::<IpAddr>() {
             match connect_order(vec![SocketAddr::new(ip, self.port)], family, attempts) {
@@ -89,7 +109,7 @@ impl Conn {
         let Phase::Connecting { addrs, next, errors } = &mut self.phase else {
             return Ok(Flow::Again);
         };
-        if let Some(s) = &self.stream {
+        if let Some(Stream::Tcp(s)) = &self.stream {
             let failed = match s.take_error() {
                 Ok(Some(e)) | Err(e) => Some(e.to_string()),
                 Ok(None) => match s.peer_addr() {
@@ -103,19 +123,7 @@ impl Conn {
             match failed {
                 None => {
                     let _ = s.set_nodelay(true);
-                    let mut sess = Session::new().map_err(|e| format!("cannot create an SSH session: {e}"))?;
-                    set_methods(&sess, &self.host.ssh).map_err(|e| format!("{target}: {e}"))?;
-                    sess.set_blocking(false);
-                    let ours = [self.host.connect_timeout, self.host.auth_timeout]
-                        .into_iter()
-                        .flatten()
-                        .chain([DEFAULT_CONNECT_TIMEOUT, DEFAULT_AUTH_TIMEOUT])
-                        .max()
-                        .unwrap_or(DEFAULT_AUTH_TIMEOUT);
-                    set_read_timeout(&sess, ours + Duration::from_secs(60));
-                    sess.set_tcp_stream(Fd(s.as_raw_fd()));
-                    self.sess = Some(sess);
-                    self.phase = Phase::Handshake;
+                    self.open_session()?;
                     return Ok(Flow::Again);
                 }
                 Some(e) => {
@@ -131,7 +139,8 @@ impl Conn {
         };
         *next += 1;
         match TcpStream::connect(addr) {
-            Ok(mut s) => {
+            Ok(s) => {
+                let mut s = Stream::Tcp(s);
                 if let Err(e) =
                     cx.registry
                         .register(&mut s, mio::Token(self.key), Interest::READABLE | Interest::WRITABLE)
@@ -144,6 +153,29 @@ impl Conn {
             Err(e) => errors.push(format!("{addr}: {e}")),
         }
         Ok(Flow::Again)
+    }
+
+    /// Creates the session on `stream` (algorithm preferences, compression,
+    /// non-blocking, libssh2's read timeout beyond ours); the handshake is next.
+    pub(super) fn open_session(&mut self) -> Result<(), String> {
+        let target = self.target();
+        let Some(stream) = &self.stream else {
+            return Err(format!("{target}: no stream to start a session on (transport bug)"));
+        };
+        let mut sess = Session::new().map_err(|e| format!("cannot create an SSH session: {e}"))?;
+        set_methods(&sess, &self.host.ssh).map_err(|e| format!("{target}: {e}"))?;
+        sess.set_blocking(false);
+        let ours = [self.host.connect_timeout, self.host.auth_timeout]
+            .into_iter()
+            .flatten()
+            .chain([DEFAULT_CONNECT_TIMEOUT, DEFAULT_AUTH_TIMEOUT])
+            .max()
+            .unwrap_or(DEFAULT_AUTH_TIMEOUT);
+        set_read_timeout(&sess, ours + Duration::from_secs(60));
+        sess.set_tcp_stream(stream.fd());
+        self.sess = Some(sess);
+        self.phase = Phase::Handshake;
+        Ok(())
     }
 
     /// The SSH handshake, then the host-key check.

@@ -9,8 +9,13 @@
 //! event, a request, a kick or its timer, and every connection stepped in a
 //! turn is settled at its end (so its timer entry is never stale).
 //!
-//! May use: `conn` (the connections it owns), the parent `ssh` module,
-//! `transport` (protocol, `parsub`), `task` (`Action`), `plan` (`LabelId`).
+//! Jump sessions are connections too, shared by key (`jumps`); the loop
+//! attaches tunnels to them when a connection behind a jump host asks
+//! ([`News`]), and routes a tunnel socket's events to its jump session.
+//!
+//! May use: `conn` (the connections it owns), `jump` (`News`, tunnels), the
+//! parent `ssh` module, `transport` (protocol, `parsub`), `task` (`Action`),
+//! `plan` (`LabelId`), `host`.
 
 use std::collections::{BTreeSet, HashMap};
 use std::io;
@@ -24,6 +29,7 @@ use mio::{Events, Poll, Registry, Waker};
 use parking_lot::Mutex;
 
 use super::conn::{Conn, Phase, Spare};
+use super::jump::{JumpState, News, TUN};
 use super::{fail, finish};
 use crate::plan::LabelId;
 use crate::task::Action;
@@ -46,6 +52,7 @@ pub(super) fn spawn_one(
     let (resolved_tx, resolved_rx) = crossbeam_channel::unbounded();
     let (returned_tx, returned_rx) = crossbeam_channel::unbounded();
     let (kick_tx, kick_rx) = crossbeam_channel::unbounded();
+    let (news_tx, news_rx) = crossbeam_channel::unbounded();
     let lp = Loop {
         poll,
         waker: waker.clone(),
@@ -61,6 +68,10 @@ pub(super) fn spawn_one(
         returned_rx,
         kick_tx,
         kick_rx,
+        news_tx,
+        news_rx,
+        jumps: HashMap::new(),
+        tunnels: HashMap::new(),
         closing_all: false,
         timers: BTreeSet::new(),
         touched: Vec::new(),
@@ -118,6 +129,16 @@ struct Loop {
     /// local rsync exited).
     kick_tx: Sender<usize>,
     kick_rx: Receiver<usize>,
+    /// What connections and jump sessions tell the loop (tunnels asked for,
+    /// opened, gone); handled within the turn that sent it.
+    news_tx: Sender<News>,
+    news_rx: Receiver<News>,
+    /// Jump sessions by their key ([`JumpState::key`]); an entry whose
+    /// connection is gone or closing is replaced by the next that asks.
+    jumps: HashMap<String, usize>,
+    /// Tunnel ids to the key of the jump session that carries them (tunnel
+    /// socket events go there).
+    tunnels: HashMap<usize, usize>,
     /// The scheduler hung up: close everything and exit.
     closing_all: bool,
     /// Every connection's next wake-up, soonest first: `(at, key)` is here
@@ -138,6 +159,7 @@ macro_rules! cx {
             resolved: &$lp.resolved_tx,
             returned: &$lp.returned_tx,
             kicks: &$lp.kick_tx,
+            news: &$lp.news_tx,
         }
     };
 }
@@ -154,6 +176,8 @@ pub(super) struct Cx<'a> {
     pub(super) returned: &'a Sender<Returned>,
     /// A connection's key sent here gets it stepped in the next turn.
     pub(super) kicks: &'a Sender<usize>,
+    /// To the loop, within this turn.
+    pub(super) news: &'a Sender<News>,
 }
 
 impl Loop {
@@ -178,6 +202,22 @@ impl Loop {
             let now = Instant::now();
             let mut ready: Vec<(usize, bool)> = Vec::with_capacity(events.iter().count());
             for ev in events.iter().filter(|ev| ev.token() != WAKER) {
+                if ev.token().0 & TUN != 0 {
+                    // A tunnel's socket: its jump session pumps it.
+                    let id = ev.token().0 & !TUN;
+                    let jump = self.tunnels.get(&id).copied();
+                    let known = jump
+                        .and_then(|k| self.conns.get_mut(&k))
+                        .and_then(|c| c.jump.as_mut())
+                        .is_some_and(|j| j.tunnel_event(id, ev.is_readable() || ev.is_read_closed(), ev.is_writable()));
+                    match jump.filter(|_| known) {
+                        Some(k) => ready.push((k, false)),
+                        None => {
+                            self.tunnels.remove(&id);
+                        }
+                    }
+                    continue;
+                }
                 // A bridge socket's hang-up says nothing about the session.
                 let aux = ev.token().0 & AUX != 0;
                 let key = ev.token().0 & !AUX;
@@ -197,7 +237,7 @@ impl Loop {
                 for (key, closed) in ready {
                     if let Some(c) = self.conns.get_mut(&key) {
                         self.touched.push(key);
-                        if matches!(c.phase, Phase::Idle) && !matches!(c.spare, Spare::Opening) {
+                        if matches!(c.phase, Phase::Idle) && !matches!(c.spare, Spare::Opening) && c.jump.is_none() {
                             c.check_idle(&cx, closed);
                         } else {
                             c.step(&cx);
@@ -217,7 +257,13 @@ impl Loop {
                     }
                 }
             }
+            self.take_news();
             self.settle();
+            while !self.news_rx.is_empty() {
+                // Reaping a connection can end a tunnel.
+                self.take_news();
+                self.settle();
+            }
             if self.closing_all && self.conns.is_empty() {
                 return;
             }
@@ -274,6 +320,9 @@ impl Loop {
                         let cx = cx!(self);
                         for (key, c) in self.conns.iter_mut() {
                             c.disconnect(&cx);
+                            // Sends the disconnect now rather than at its deadline
+                            // (jump sessions get no `Disconnect` of their own).
+                            c.step(&cx);
                             self.touched.push(*key);
                         }
                     }
@@ -421,9 +470,112 @@ impl Loop {
         }
     }
 
+    /// Handles what connections told the loop in this turn (which may tell more).
+    fn take_news(&mut self) {
+        while let Ok(news) = self.news_rx.try_recv() {
+            match news {
+                News::NeedTunnel(key) => self.attach(key),
+                News::TunnelOpen { conn, id } => {
+                    let cx = cx!(self);
+                    if let Some(c) = self.conns.get_mut(&conn) {
+                        c.tunnel_news(&cx, id, None);
+                        self.touched.push(conn);
+                    }
+                }
+                News::TunnelGone { conn, id, why } => {
+                    let cx = cx!(self);
+                    if let Some(c) = self.conns.get_mut(&conn) {
+                        c.tunnel_news(&cx, id, Some(why));
+                        self.touched.push(conn);
+                    }
+                }
+                News::TunnelClosed(id) => {
+                    self.tunnels.remove(&id);
+                }
+            }
+        }
+    }
+
+    /// Gives connection `key` (waiting in `Phase::Tunnel`) a tunnel through
+    /// its last jump host: the jump session for that host if one is up or
+    /// coming up here, else a new one.
+    fn attach(&mut self, key: usize) {
+        let cx = cx!(self);
+        let Some(c) = self.conns.get_mut(&key) else { return };
+        if !matches!(c.phase, Phase::Tunnel) {
+            return;
+        }
+        let Some(hop) = c.host.jump_hosts().last().cloned() else {
+            let msg = format!("{}: no jump host to go through (transport bug)", c.target());
+            c.connect_failed(&cx, msg);
+            return;
+        };
+        let dest = (c.host.hostname.clone(), c.port);
+        let pair = mio::net::UnixStream::pair();
+        let (ours, theirs) = match pair {
+            Ok(p) => p,
+            Err(e) => {
+                let msg = format!("{}: cannot make a socketpair for the tunnel: {e}", c.target());
+                c.connect_failed(&cx, msg);
+                self.touched.push(key);
+                return;
+            }
+        };
+        let jkey = hop.session_key();
+        let live = self.jumps.get(&jkey).copied().filter(|k| {
+            self.conns
+                .get(k)
+                .is_some_and(|j| !matches!(j.phase, Phase::Done | Phase::Disconnecting))
+        });
+        let jk = match live {
+            Some(k) => k,
+            None => {
+                let jk = self.next_key;
+                self.next_key += 1;
+                let name: Arc<str> = Arc::from(hop.alias.as_str());
+                let mut j = Conn::new(jk, LabelId::MAX, ConnId::MAX, name, Arc::new(hop));
+                j.jump = Some(Box::new(JumpState::new(jkey.clone())));
+                log::debug!(target: "ssh_parallel", "[{}] opening a jump session ({})", j.name, j.target());
+                j.start_connect(&cx);
+                j.step(&cx);
+                self.jumps.insert(jkey, jk);
+                self.conns.insert(jk, j);
+                self.touched.push(jk);
+                jk
+            }
+        };
+        let id = self.next_key;
+        self.next_key += 1;
+        let attached = match self.conns.get_mut(&jk) {
+            Some(j) => j.attach_tunnel(&cx, id, key, ours, dest),
+            None => Err("the jump session is gone".into()),
+        };
+        let Some(c) = self.conns.get_mut(&key) else { return };
+        self.touched.push(key);
+        if let Err(m) = attached {
+            let msg = format!("{}: {m}", c.target());
+            c.connect_failed(&cx, msg);
+            return;
+        }
+        self.tunnels.insert(id, jk);
+        c.start_over_tunnel(&cx, jk, id, theirs);
+        c.step(&cx);
+        if let Some(j) = self.conns.get_mut(&jk) {
+            if matches!(j.phase, Phase::Idle) {
+                j.step(&cx);
+            }
+        }
+    }
+
     /// Removes a connection that is done, answering the jobs it still held.
     fn reap(&mut self, key: usize) {
         let Some(mut c) = self.conns.remove(&key) else { return };
+        if let Some(j) = &c.jump {
+            if self.jumps.get(&j.key) == Some(&key) {
+                self.jumps.remove(&j.key);
+            }
+            self.tunnels.retain(|_, jk| *jk != key);
+        }
         c.teardown(self.poll.registry(), Phase::Done);
         if self.by_id.get(&c.id) == Some(&key) {
             self.by_id.remove(&c.id);

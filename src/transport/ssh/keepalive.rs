@@ -9,7 +9,6 @@
 //!
 //! May use: `conn`, `event_loop` (`Cx`), `transport::libssh2`.
 
-use std::io;
 use std::time::Instant;
 
 use super::conn::{Conn, Phase};
@@ -46,7 +45,7 @@ impl Conn {
         let interval = self.host.keepalive;
         let watched = !interval.is_zero()
             && match &self.phase {
-                Phase::Idle => true,
+                Phase::Idle => self.jump.as_ref().map_or(true, |j| j.can_send()),
                 Phase::Running(t) => t.only_draining(),
                 _ => false,
             };
@@ -88,12 +87,7 @@ impl Conn {
     /// An event on an idle session: only a closed or failed socket matters.
     pub(super) fn check_idle(&mut self, cx: &Cx<'_>, closed: bool) {
         let Some(s) = &self.stream else { return };
-        let gone = closed
-            || match s.peek(&mut [0u8; 1]) {
-                Ok(0) => true,
-                Ok(_) => false,
-                Err(e) => !matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted),
-            };
+        let gone = closed || s.peer_gone();
         if gone {
             self.lose(cx, format!("{} closed the connection", self.target()));
         }

@@ -11,16 +11,15 @@
 //! May use: `conn`, `event_loop` (`Cx`, `Returned`), `session` (`Lent`),
 //! `transport::parsub`.
 
-use std::net::Shutdown;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use mio::net::TcpStream;
 use parking_lot::Mutex;
 
 use super::conn::{Conn, Phase, Spare};
 use super::event_loop::{Cx, Returned};
+use super::stream::Stream;
 use super::{fail, finish};
 use crate::session::{Lent, SessionKind};
 use crate::task::Action;
@@ -51,7 +50,7 @@ impl Conn {
             fd: stream.as_raw_fd(),
             target: self.target(),
         };
-        let slot: Arc<Mutex<Option<TcpStream>>> = Arc::default();
+        let slot: Arc<Mutex<Option<Stream>>> = Arc::default();
         let (key, token, label) = (self.key, job.token, job.label);
         let (tx, waker, keep) = (cx.returned.clone(), cx.waker.clone(), slot.clone());
         let spawned = std::thread::Builder::new()
@@ -110,7 +109,7 @@ impl Conn {
         };
         fail(cx.events, self.label, token, error);
         if let Some(mut s) = self.stream.take() {
-            let _ = s.shutdown(Shutdown::Both);
+            s.shutdown();
             let _ = cx.registry.deregister(&mut s);
             *slot.lock() = Some(s);
         }

@@ -34,7 +34,8 @@
 //!   step dispatch and its fate (up, lost, torn down); [`keepalive`]:
 //!   dead-peer detection;
 //! - [`connect`] (resolve, TCP, handshake), [`hostkey`] (known_hosts),
-//!   [`auth`];
+//!   [`auth`]; [`stream`] (TCP, tunnel, proxy command), [`jump`] (jump
+//!   sessions and their tunnels), [`proxy_command`];
 //! - [`channel`]: opening a task's channel (and the spare), exec, close;
 //!   [`agent_forward`]: a command's forwarded agent, relayed;
 //! - [`task`]: the running task, an enum of [`exec`] (commands), [`scp`]
@@ -42,12 +43,21 @@
 //! - [`lend`]: a session lent to a parsub; [`close`]: cancel and disconnect;
 //!   [`kill`]: stopping a cancelled command on the host.
 //!
-//! Invariant: every connection lives on one I/O thread (`label % threads`),
-//! and only that thread touches its session, except while it is `Lent`.
+//! How a session's byte stream is made is [`stream`]'s: TCP, a tunnel
+//! through a jump host ([`jump`]: one shared jump session per distinct jump
+//! host, a `direct-tcpip` channel per connection pumped through a
+//! socketpair), or a [`proxy_command`].
+//!
+//! Invariant: every connection lives on one I/O thread (`label % threads`,
+//! or for a label behind a jump host the thread its jump host hashes to, so
+//! that they share one jump session), and only that thread touches its
+//! session, except while it is `Lent`.
 //!
 //! May use: `transport` (the protocol, `libssh2`, `parsub`), `task` (actions,
 //! sinks), `host`, `plan` (`LabelId`), `session` (`Lent`), `process`.
 
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::io;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -55,6 +65,7 @@ use std::time::{Duration, SystemTime};
 
 use crossbeam_channel::Sender;
 use mio::Waker;
+use parking_lot::Mutex;
 
 mod agent_forward;
 mod auth;
@@ -65,12 +76,15 @@ mod connect;
 mod event_loop;
 mod exec;
 mod hostkey;
+mod jump;
 mod keepalive;
 mod kill;
 mod lend;
+mod proxy_command;
 mod rsync;
 mod rsync_step;
 mod scp;
+mod stream;
 mod task;
 
 use crate::plan::LabelId;
@@ -83,6 +97,10 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// channel and the waker of its poll.
 pub(crate) struct Handle {
     threads: Vec<(Option<Sender<Request>>, Arc<Waker>)>,
+    /// Labels behind a jump host, and the thread they were given (the one
+    /// of their jump host, so that they share its session); other labels
+    /// go to `label % threads`.
+    placed: Mutex<HashMap<LabelId, usize>>,
 }
 
 impl Handle {
@@ -91,9 +109,10 @@ impl Handle {
     /// has died.
     pub(crate) fn send(&self, req: Request) -> bool {
         let n = self.threads.len();
-        let label = match &req {
-            Request::Connect { label, .. } | Request::Disconnect { label, .. } => *label,
-            Request::Run(job) => job.label,
+        let thread = match &req {
+            Request::Connect { label, host, .. } => self.place(*label, host),
+            Request::Run(job) => self.place(job.label, &job.host),
+            Request::Disconnect { label, .. } => self.placed.lock().get(label).copied().unwrap_or(*label % n),
             Request::Cancel { token } => {
                 let mut ok = true;
                 for (tx, waker) in &self.threads {
@@ -105,10 +124,25 @@ impl Handle {
                 return ok;
             }
         };
-        let (tx, waker) = &self.threads[label % n];
+        let (tx, waker) = &self.threads[thread % n];
         let ok = tx.as_ref().is_some_and(|tx| tx.send(req).is_ok());
         let _ = waker.wake();
         ok
+    }
+}
+
+impl Handle {
+    /// The thread serving `label`: its jump host's (all labels behind one
+    /// jump host share its session, so they must live on one thread), or
+    /// `label % threads`.
+    fn place(&self, label: LabelId, host: &crate::host::Host) -> usize {
+        let n = self.threads.len();
+        let Some(key) = host.jump_key() else { return label % n };
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        key.hash(&mut h);
+        let thread = (h.finish() % n as u64) as usize;
+        self.placed.lock().insert(label, thread);
+        thread
     }
 }
 
@@ -125,7 +159,10 @@ impl Drop for Handle {
 
 /// Starts `threads` I/O threads (at least one); returns their handle and threads.
 pub(crate) fn spawn(events: Sender<Event>, threads: usize) -> io::Result<(Handle, Vec<JoinHandle<()>>)> {
-    let mut handle = Handle { threads: Vec::new() };
+    let mut handle = Handle {
+        threads: Vec::new(),
+        placed: Mutex::default(),
+    };
     let mut joins = Vec::new();
     for i in 0..threads.max(1) {
         // On failure, dropping `handle` stops the threads already started.

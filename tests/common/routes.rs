@@ -1,0 +1,70 @@
+//! Helpers of the jump-host and ProxyCommand tests: embedded targets, a
+//! `Parallel` reading only a generated config under a temporary home, and
+//! checks of a label's first task.
+//!
+//! Include with `#[path = "common/routes.rs"] mod routes;` (next to
+//! `servers`).
+#![allow(dead_code)]
+
+use std::fs;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use ssh_parallel::ssh_config::{ConfigFile, ResolveEnv};
+use ssh_parallel::{Parallel, ParallelBuilder, Report, TaskReport, TaskStatus};
+use testbed::EmbeddedServer;
+
+use super::servers::{PASSWORD, USER};
+
+/// An embedded server taking `USER`/`PASSWORD`.
+pub fn embedded_target() -> EmbeddedServer {
+    testbed::raise_fd_limit();
+    EmbeddedServer::builder()
+        .password(USER, PASSWORD)
+        .start()
+        .expect("start the embedded server")
+}
+
+/// A `Parallel` from `builder` reading only `config` (written under `home`;
+/// an empty one reads nothing of the real `~/.ssh`), with `home` as `~`.
+pub fn parallel(home: &Path, config: &str, builder: ParallelBuilder) -> Parallel {
+    let file = home.join("config");
+    fs::write(&file, config).unwrap();
+    let mut env = ResolveEnv::from_system()
+        .unwrap()
+        .with_only_file(Some(ConfigFile::explicit(&file)));
+    env.home = home.to_path_buf();
+    builder.ssh_config_env(env).build().unwrap()
+}
+
+/// Polls `done` every 20 ms until it holds or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    done()
+}
+
+/// `label`'s first task, which must have succeeded printing `stdout`.
+pub fn first_ok<'r>(report: &'r Report, label: &str, stdout: &str) -> &'r TaskReport {
+    let t = &report.label(label).unwrap().tasks()[0];
+    assert_eq!(
+        t.status(),
+        TaskStatus::Succeeded,
+        "{label}: {:?}",
+        t.error().map(|e| e.to_string())
+    );
+    assert_eq!(t.stdout_str().trim(), stdout, "{label}");
+    t
+}
+
+/// The error of `label`'s first task, which must have failed.
+pub fn first_error(report: &Report, label: &str) -> String {
+    let t = &report.label(label).unwrap().tasks()[0];
+    assert_ne!(t.status(), TaskStatus::Succeeded, "{label}");
+    t.error().map(|e| e.to_string()).unwrap_or_default()
+}

@@ -1,0 +1,451 @@
+//! Jump hosts (ProxyJump), natively, on the OpenSSH tier: bastion sshds
+//! (`AllowTcpForwarding yes`, `PermitOpen` limited to the targets) in front
+//! of target servers (embedded russh servers and sshd). Checked from the
+//! bastion's own log: many labels behind one bastion cost one login there;
+//! a chain of two jumps; a bastion killed mid-run and restarted (the labels
+//! reconnect per their rules, the jump session is re-established once); a
+//! wrong host key on the bastion (the error names the hop, nothing runs);
+//! a configuration under a temporary home (`HostName`, `User`, `Port`,
+//! `IdentityFile`, `UserKnownHostsFile`, `ProxyJump`) with bare
+//! `Host::new(alias)`. And on the embedded tier (the test server as the
+//! bastion): one session for 40 labels, forwards refused, forwards cut
+//! mid-run (the labels come back through the same jump session).
+//!
+//! A missing sshd (or not root) fails these tests, or skips them loudly
+//! with `TESTBED_ALLOW_SKIP=1` (`testbed::prereq`).
+
+#[path = "common/routes.rs"]
+mod routes;
+#[path = "common/servers.rs"]
+mod servers;
+
+use std::fs;
+use std::path::Path;
+use std::time::Duration;
+
+use routes::{embedded_target, first_error, first_ok, parallel, wait_until};
+use servers::{PASSWORD, USER};
+use ssh_parallel::{Command, Host, HostKeyCheck, Parallel, TaskStatus};
+use testbed::{ClientKey, EmbeddedServer, OpenSshServer};
+
+/// A bastion sshd that forwards only to `ports` on 127.0.0.1, with the key
+/// that logs in to it.
+struct Bastion {
+    sshd: OpenSshServer,
+    key: ClientKey,
+}
+
+impl Bastion {
+    /// `None` only when sshd cannot run here and skipping is allowed.
+    fn start(ports: &[u16]) -> Option<Bastion> {
+        if !testbed::prereq::sshd() {
+            return None;
+        }
+        let key = ClientKey::ed25519().expect("generate a client key");
+        let permit: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let sshd = OpenSshServer::builder()
+            .authorize(&key)
+            .config_line("AllowTcpForwarding yes")
+            .config_line(format!("PermitOpen {}", permit.join(" ")))
+            .log_level("DEBUG1")
+            .start()
+            .expect("start the bastion sshd");
+        Some(Bastion { sshd, key })
+    }
+
+    /// The bastion as a jump host (its key is checked against the
+    /// configuration's `UserKnownHostsFile`).
+    fn hop(&self) -> Host {
+        Host::new("127.0.0.1")
+            .port(self.sshd.port)
+            .user(testbed::current_user())
+            .key_file(self.key.private_path())
+            .agent(false)
+            .host_key_check(HostKeyCheck::Strict)
+            .connect_timeout(Duration::from_secs(10))
+    }
+
+    fn logins(&self) -> usize {
+        self.sshd.log().matches("Accepted publickey").count()
+    }
+
+    /// `direct-tcpip` channels the bastion opened so far.
+    fn forwards(&self) -> usize {
+        self.sshd.log().matches("server_request_direct_tcpip").count()
+    }
+}
+
+/// A target behind `hops`, logging in with the test password.
+fn behind(target: &EmbeddedServer, hops: &[Host]) -> Host {
+    let mut h = Host::new("127.0.0.1")
+        .port(target.addr().port())
+        .user(USER)
+        .password(PASSWORD)
+        .agent(false)
+        .host_key_check(HostKeyCheck::Off);
+    for hop in hops {
+        h = h.jump(hop.clone());
+    }
+    h
+}
+
+/// A config making `127.0.0.1` (the bastion's name here) trust only `known_hosts`.
+fn known_hosts_config(known_hosts: &Path) -> String {
+    format!(
+        "Host *\n  UserKnownHostsFile {}\n  GlobalKnownHostsFile none\n",
+        known_hosts.display()
+    )
+}
+
+#[test]
+fn many_labels_behind_one_bastion_cost_one_login_there() {
+    let target = embedded_target();
+    let Some(bastion) = Bastion::start(&[target.addr().port()]) else {
+        return;
+    };
+    let home = tempfile::tempdir().unwrap();
+    let kh = home.path().join("known_hosts");
+    fs::write(&kh, format!("{}\n", bastion.sshd.known_hosts_line)).unwrap();
+    let mut pssh = parallel(
+        home.path(),
+        &known_hosts_config(&kh),
+        Parallel::builder().io_threads(3).workers(40),
+    );
+    let hop = bastion.hop();
+    const N: usize = 24;
+    for i in 0..N {
+        pssh.add_host(format!("web{i}"), behind(&target, std::slice::from_ref(&hop)))
+            .unwrap();
+    }
+    pssh.all(Command::new("echo hello-%LABEL%")).unwrap();
+    pssh.all(Command::new("echo again")).unwrap();
+    let report = pssh.run();
+    for i in 0..N {
+        let label = format!("web{i}");
+        let tasks = report.label(&label).unwrap().tasks();
+        assert!(
+            tasks.iter().all(|t| t.status() == TaskStatus::Succeeded),
+            "{label}: {:?}",
+            tasks
+                .iter()
+                .map(|t| (t.status(), t.error().map(|e| e.to_string())))
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(tasks[0].stdout_str().trim(), format!("hello-{label}"));
+    }
+    assert_eq!(bastion.logins(), 1, "one login on the bastion for {N} labels");
+    assert_eq!(bastion.forwards(), N, "one tunnel through the bastion per label");
+    assert_eq!(
+        target.stats().connections as usize,
+        N,
+        "one session per label on the target"
+    );
+}
+
+#[test]
+fn a_chain_of_two_jumps_logs_in_once_on_each() {
+    let target = embedded_target();
+    let Some(inner) = Bastion::start(&[target.addr().port()]) else {
+        return;
+    };
+    let Some(outer) = Bastion::start(&[inner.sshd.port]) else {
+        return;
+    };
+    let home = tempfile::tempdir().unwrap();
+    let kh = home.path().join("known_hosts");
+    fs::write(
+        &kh,
+        format!("{}\n{}\n", outer.sshd.known_hosts_line, inner.sshd.known_hosts_line),
+    )
+    .unwrap();
+    let mut pssh = parallel(home.path(), &known_hosts_config(&kh), Parallel::builder());
+    let hops = [outer.hop(), inner.hop()];
+    for i in 0..4 {
+        pssh.add_host(format!("t{i}"), behind(&target, &hops)).unwrap();
+    }
+    pssh.all(Command::new("echo through-two")).unwrap();
+    let report = pssh.run();
+    for i in 0..4 {
+        first_ok(&report, &format!("t{i}"), "through-two");
+    }
+    assert_eq!((outer.logins(), inner.logins()), (1, 1), "one login per hop");
+    // The outer bastion carries one tunnel (to the inner one), the inner one a tunnel per label.
+    assert_eq!((outer.forwards(), inner.forwards()), (1, 4));
+}
+
+#[test]
+fn a_bastion_killed_mid_run_is_logged_in_to_again_once() {
+    let target = embedded_target();
+    let Some(mut bastion) = Bastion::start(&[target.addr().port()]) else {
+        return;
+    };
+    let home = tempfile::tempdir().unwrap();
+    let kh = home.path().join("known_hosts");
+    fs::write(&kh, format!("{}\n", bastion.sshd.known_hosts_line)).unwrap();
+    let mut pssh = parallel(
+        home.path(),
+        &known_hosts_config(&kh),
+        Parallel::builder()
+            .reconnections(5)
+            .reconnect_delay(Duration::from_millis(300)),
+    );
+    const N: usize = 8;
+    let hop = bastion.hop().keepalive(Duration::from_secs(1));
+    for i in 0..N {
+        pssh.add_host(format!("w{i}"), behind(&target, std::slice::from_ref(&hop)))
+            .unwrap();
+    }
+    pssh.all(Command::new("sleep 3; echo first")).unwrap();
+    pssh.all(Command::new("echo second")).unwrap();
+    let handle = pssh.start();
+    // Once every label's command runs, the bastion dies (its sessions too), then comes back.
+    let running = wait_until(Duration::from_secs(20), || {
+        target.commands().iter().filter(|c| c.contains("first")).count() == N
+    });
+    assert!(running, "the commands started: {:?}", target.commands());
+    bastion.sshd.stop();
+    std::thread::sleep(Duration::from_millis(200));
+    bastion.sshd.start_listener().expect("restart the bastion");
+    let report = handle.wait();
+    for i in 0..N {
+        let tasks = report.label(&format!("w{i}")).unwrap().tasks();
+        assert!(
+            tasks.iter().all(|t| t.status() == TaskStatus::Succeeded),
+            "w{i}: {:?}",
+            tasks
+                .iter()
+                .map(|t| t.error().map(|e| e.to_string()))
+                .collect::<Vec<_>>()
+        );
+        assert!(
+            tasks[0].reruns() >= 1,
+            "w{i}: the first command was re-run after the loss"
+        );
+        assert_eq!(tasks[0].stdout_str().trim(), "first");
+    }
+    assert_eq!(
+        bastion.logins(),
+        2,
+        "one login before the loss, one after, for {N} labels"
+    );
+}
+
+/// The OpenSSH configuration of the tests below, under `home`: `bastion`
+/// and `web*` aliases with their keys and one known_hosts file.
+fn fleet_config(home: &Path, bastion: &Bastion, target: &EmbeddedServer) -> String {
+    let ssh = home.join(".ssh");
+    fs::create_dir_all(&ssh).unwrap();
+    fs::copy(bastion.key.private_path(), ssh.join("id_bastion")).unwrap();
+    format!(
+        "Host bastion\n  HostName 127.0.0.1\n  Port {}\n  User {}\n  IdentityFile ~/.ssh/id_bastion\n\
+         Host web*\n  HostName 127.0.0.1\n  Port {}\n  User {USER}\n  IdentityFile ~/.ssh/id_web\n  ProxyJump bastion\n\
+         Host *\n  IdentityAgent none\n  UserKnownHostsFile ~/kh\n  GlobalKnownHostsFile none\n  \
+         StrictHostKeyChecking yes\n",
+        bastion.sshd.port,
+        testbed::current_user(),
+        target.addr().port()
+    )
+}
+
+/// Authorizes a fresh key for `USER` on `target`, saved as `~/.ssh/id_web`.
+fn web_key(home: &Path, target: &EmbeddedServer) -> ClientKey {
+    let key = ClientKey::ed25519().unwrap();
+    target.add_authorized_key(USER, key.public_line()).unwrap();
+    fs::create_dir_all(home.join(".ssh")).unwrap();
+    fs::copy(key.private_path(), home.join(".ssh/id_web")).unwrap();
+    key
+}
+
+#[test]
+fn a_config_under_home_gives_every_detail_and_the_jump_host() {
+    let target = embedded_target();
+    let Some(bastion) = Bastion::start(&[target.addr().port()]) else {
+        return;
+    };
+    let home = tempfile::tempdir().unwrap();
+    let _key = web_key(home.path(), &target);
+    fs::write(
+        home.path().join("kh"),
+        format!("{}\n{}\n", bastion.sshd.known_hosts_line, target.known_hosts_line()),
+    )
+    .unwrap();
+    let config = fleet_config(home.path(), &bastion, &target);
+    let mut pssh = parallel(home.path(), &config, Parallel::builder());
+    for i in 0..5 {
+        pssh.add_host(format!("w{i}"), Host::new(format!("web{i}"))).unwrap();
+    }
+    let hop = &pssh.host("w0").unwrap().jump_hosts()[0];
+    assert_eq!((hop.alias(), hop.port_number()), ("bastion", Some(bastion.sshd.port)));
+    pssh.all(Command::new("echo via-config")).unwrap();
+    let report = pssh.run();
+    for i in 0..5 {
+        first_ok(&report, &format!("w{i}"), "via-config");
+    }
+    assert_eq!(bastion.logins(), 1);
+    assert_eq!(target.stats().connections, 5);
+}
+
+#[test]
+fn a_wrong_host_key_on_the_bastion_names_the_hop_and_nothing_runs() {
+    let target = embedded_target();
+    let Some(bastion) = Bastion::start(&[target.addr().port()]) else {
+        return;
+    };
+    let home = tempfile::tempdir().unwrap();
+    let _key = web_key(home.path(), &target);
+    // The bastion's port recorded with another server's key.
+    let wrong = format!("[127.0.0.1]:{} {}", bastion.sshd.port, target.host_key_openssh());
+    fs::write(
+        home.path().join("kh"),
+        format!("{wrong}\n{}\n", target.known_hosts_line()),
+    )
+    .unwrap();
+    let config = fleet_config(home.path(), &bastion, &target);
+    let mut pssh = parallel(home.path(), &config, Parallel::builder());
+    for i in 0..3 {
+        pssh.add_host(format!("w{i}"), Host::new(format!("web{i}"))).unwrap();
+    }
+    pssh.all(Command::new("echo must-not-run")).unwrap();
+    let report = pssh.run();
+    for i in 0..3 {
+        let msg = first_error(&report, &format!("w{i}"));
+        assert!(msg.contains("via bastion"), "{msg}");
+        assert!(msg.contains("jump host bastion"), "{msg}");
+        assert!(msg.contains("host key verification failed"), "{msg}");
+    }
+    assert_eq!(bastion.logins(), 0, "no login on a bastion whose key does not match");
+    assert_eq!(target.stats().connections, 0, "nothing reached the target");
+    assert!(target.commands().is_empty());
+}
+
+#[test]
+fn an_sshd_target_behind_the_bastion_and_a_refused_forward() {
+    let Some(target) = servers::Server::openssh() else {
+        return;
+    };
+    let other = embedded_target();
+    // The bastion forwards to the sshd target only, not to `other`.
+    let Some(bastion) = Bastion::start(&[target.addr().port()]) else {
+        return;
+    };
+    let home = tempfile::tempdir().unwrap();
+    let kh = home.path().join("known_hosts");
+    fs::write(&kh, format!("{}\n", bastion.sshd.known_hosts_line)).unwrap();
+    let mut pssh = parallel(home.path(), &known_hosts_config(&kh), Parallel::builder());
+    let hop = bastion.hop();
+    for i in 0..3 {
+        pssh.add_host(format!("s{i}"), target.host().jump(hop.clone())).unwrap();
+    }
+    pssh.add_host("refused", behind(&other, std::slice::from_ref(&hop)))
+        .unwrap();
+    pssh.all(Command::new("echo sshd-%LABEL%")).unwrap();
+    let report = pssh.run();
+    for i in 0..3 {
+        first_ok(&report, &format!("s{i}"), &format!("sshd-s{i}"));
+    }
+    let msg = first_error(&report, "refused");
+    assert!(msg.contains("refused to forward"), "{msg}");
+    assert!(msg.contains(&format!("127.0.0.1:{}", other.addr().port())), "{msg}");
+    assert_eq!(other.stats().connections, 0);
+    assert_eq!(
+        bastion.logins(),
+        1,
+        "the refused forward did not cost the others their session"
+    );
+}
+
+// The embedded tier: the test server as the bastion (it relays `direct-tcpip`
+// to 127.0.0.0/8), where jump faults can be injected.
+
+/// An embedded server as a jump host (password login, no host-key check).
+fn embedded_hop(bastion: &EmbeddedServer) -> Host {
+    Host::new("127.0.0.1")
+        .port(bastion.addr().port())
+        .user(USER)
+        .password(PASSWORD)
+        .agent(false)
+        .host_key_check(HostKeyCheck::Off)
+}
+
+#[test]
+fn embedded_bastion_serves_many_labels_over_one_session() {
+    let target = embedded_target();
+    let bastion = embedded_target();
+    let home = tempfile::tempdir().unwrap();
+    let mut pssh = parallel(home.path(), "", Parallel::builder().io_threads(2).workers(64));
+    const N: usize = 40;
+    for i in 0..N {
+        pssh.add_host(format!("e{i}"), behind(&target, &[embedded_hop(&bastion)]))
+            .unwrap();
+    }
+    pssh.all(Command::new("echo e-%LABEL%")).unwrap();
+    let report = pssh.run();
+    for i in 0..N {
+        first_ok(&report, &format!("e{i}"), &format!("e-e{i}"));
+    }
+    let stats = bastion.stats();
+    assert_eq!(stats.connections, 1, "one session on the bastion");
+    assert_eq!(stats.forwards_opened as usize, N);
+    assert_eq!(target.stats().connections as usize, N);
+}
+
+#[test]
+fn embedded_bastion_refusing_forwards_fails_each_label_naming_the_hop() {
+    let target = embedded_target();
+    let bastion = embedded_target();
+    bastion.set_faults(vec![testbed::Fault::RefuseForwarding]);
+    let home = tempfile::tempdir().unwrap();
+    let mut pssh = parallel(home.path(), "", Parallel::builder());
+    for i in 0..3 {
+        pssh.add_host(format!("r{i}"), behind(&target, &[embedded_hop(&bastion)]))
+            .unwrap();
+    }
+    pssh.all(Command::new("echo must-not-run")).unwrap();
+    let report = pssh.run();
+    for i in 0..3 {
+        let msg = first_error(&report, &format!("r{i}"));
+        assert!(msg.contains("via 127.0.0.1"), "{msg}");
+        assert!(msg.contains("refused to forward"), "{msg}");
+    }
+    assert_eq!(bastion.stats().connections, 1, "the refusals cost one session");
+    assert_eq!(bastion.stats().forwards_refused, 3);
+    assert_eq!(target.stats().connections, 0);
+}
+
+#[test]
+fn dropped_forwards_reconnect_through_the_same_jump_session() {
+    let target = embedded_target();
+    let bastion = embedded_target();
+    let home = tempfile::tempdir().unwrap();
+    let mut pssh = parallel(
+        home.path(),
+        "",
+        Parallel::builder()
+            .reconnections(3)
+            .reconnect_delay(Duration::from_millis(100)),
+    );
+    const N: usize = 5;
+    for i in 0..N {
+        pssh.add_host(format!("d{i}"), behind(&target, &[embedded_hop(&bastion)]))
+            .unwrap();
+    }
+    pssh.all(Command::new("sleep 2; echo done")).unwrap();
+    let handle = pssh.start();
+    let running = wait_until(Duration::from_secs(20), || {
+        target.commands().iter().filter(|c| c.contains("sleep 2")).count() == N
+    });
+    assert!(running, "the commands started: {:?}", target.commands());
+    // Every tunnel is cut; the bastion session itself stays up.
+    bastion.drop_forwards();
+    let report = handle.wait();
+    for i in 0..N {
+        let t = first_ok(&report, &format!("d{i}"), "done");
+        assert!(t.reruns() >= 1, "d{i} was re-run after its tunnel was cut");
+    }
+    assert_eq!(
+        bastion.stats().connections,
+        1,
+        "the labels came back through the same jump session"
+    );
+    assert_eq!(bastion.stats().forwards_opened as usize, 2 * N);
+}
