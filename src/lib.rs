@@ -66,5 +66,5 @@ pub use ssh_config::{ConfigError, ResolveEnv, SshConfig};
 pub use task::output::{Output, Stdin, DEFAULT_CAPTURE_LIMIT};
 pub use task::{
     Action, Command, Connect, DoneFn, Goto, Here, Join, Parsub, RsyncGet, RsyncPut, ScpGet, ScpPut, Stop, Sub,
-    SubContext,
+    SubContext, TransferProtocol,
 };

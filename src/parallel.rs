@@ -239,6 +239,7 @@ pub struct ParallelBuilder {
     channels_ahead: Option<bool>,
     ssh_config: ConfigSource,
     idle_timeout: Option<Duration>,
+    transfer_protocol: Option<crate::TransferProtocol>,
 }
 
 impl ParallelBuilder {
@@ -324,6 +325,15 @@ impl ParallelBuilder {
         self
     }
 
+    /// What [`ScpPut`](crate::ScpPut) and [`ScpGet`](crate::ScpGet) run over
+    /// on SSH hosts when they do not say (default [`TransferProtocol::Scp`](crate::TransferProtocol::Scp));
+    /// [`TransferProtocol::Sftp`](crate::TransferProtocol::Sftp) for fleets
+    /// without an `scp` binary or that allow only the sftp subsystem.
+    pub fn transfer_protocol(mut self, protocol: crate::TransferProtocol) -> Self {
+        self.transfer_protocol = Some(protocol);
+        self
+    }
+
     /// Checks the settings: `connections` below `workers`, or `io_threads`
     /// of 0, is an [`ErrorKind::InvalidConfig`] error naming the options.
     pub fn build(self) -> Result<Parallel> {
@@ -362,6 +372,7 @@ impl ParallelBuilder {
                 io_threads,
                 channels_ahead: self.channels_ahead.unwrap_or(defaults.channels_ahead),
                 idle_timeout: self.idle_timeout,
+                transfer_protocol: self.transfer_protocol.unwrap_or(defaults.transfer_protocol),
             },
             plan: Plan::default(),
             errors: BTreeMap::new(),

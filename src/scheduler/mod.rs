@@ -61,6 +61,8 @@ pub(crate) struct Config {
     pub(crate) channels_ahead: bool,
     /// A command's idle timeout unless it sets one (`ParallelBuilder::idle_timeout`).
     pub(crate) idle_timeout: Option<Duration>,
+    /// What scp copies run over unless they say (`ParallelBuilder::transfer_protocol`).
+    pub(crate) transfer_protocol: crate::task::TransferProtocol,
 }
 
 impl Default for Config {
@@ -76,6 +78,7 @@ impl Default for Config {
             io_threads: 1,
             channels_ahead: true,
             idle_timeout: None,
+            transfer_protocol: crate::task::TransferProtocol::Scp,
         }
     }
 }

@@ -31,4 +31,5 @@ pub use flow::{Connect, Goto, Here, Join, Stop};
 pub use options::DoneFn;
 pub(crate) use options::TaskOptions;
 pub(crate) use transfer::Transfer;
-pub use transfer::{RsyncGet, RsyncPut, ScpGet, ScpPut};
+pub(crate) use transfer::{contents_only, into_dir, parent_and_name, source_name};
+pub use transfer::{RsyncGet, RsyncPut, ScpGet, ScpPut, TransferProtocol};

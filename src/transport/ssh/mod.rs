@@ -69,6 +69,7 @@ mod lend;
 mod rsync;
 mod rsync_step;
 mod scp;
+mod sftp;
 mod task;
 
 use crate::plan::LabelId;
