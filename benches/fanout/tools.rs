@@ -343,8 +343,10 @@ fn work_args(w: &Work, prefix: &str) -> Vec<String> {
             format!("{prefix}kind=put"),
             format!("{prefix}local={}", local.display()),
             format!("{prefix}remote={}", remote.display()),
-            format!("{prefix}protocol={}", if *sftp { "sftp" } else { "scp" }),
-        ],
+        ]
+        .into_iter()
+        .chain(sftp.then(|| format!("{prefix}protocol=sftp")))
+        .collect(),
         Work::Get {
             remote,
             local_dir,
@@ -354,8 +356,10 @@ fn work_args(w: &Work, prefix: &str) -> Vec<String> {
             format!("{prefix}kind=get"),
             format!("{prefix}remote={}", remote.display()),
             format!("{prefix}local={}/%LABEL%", local_dir.display()),
-            format!("{prefix}protocol={}", if *sftp { "sftp" } else { "scp" }),
-        ],
+        ]
+        .into_iter()
+        .chain(sftp.then(|| format!("{prefix}protocol=sftp")))
+        .collect(),
         Work::Rsync { tree, remote_dir, .. } => vec![
             format!("{prefix}kind=rsync"),
             format!("{prefix}local={}/", tree.display()),

@@ -220,3 +220,25 @@ impl RsyncPut {
         self
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{contents_only, parent_and_name, source_name};
+
+    #[test]
+    fn names_and_parents_follow_the_destination_rule() {
+        assert_eq!(source_name("/srv/data/"), Some("data"));
+        assert_eq!(source_name("a.txt"), Some("a.txt"));
+        assert_eq!(source_name("dir/~"), Some("~"));
+        for none in ["/", ".", "dir/..", "~", "~/", ""] {
+            assert_eq!(source_name(none), None, "{none:?}");
+        }
+        assert_eq!(parent_and_name("/srv/app"), Some(("/srv", "app")));
+        assert_eq!(parent_and_name("/app"), Some(("/", "app")));
+        assert_eq!(parent_and_name("app"), Some((".", "app")));
+        assert_eq!(parent_and_name("~/app"), Some(("~", "app")));
+        assert_eq!(parent_and_name("/srv/app/"), None);
+        assert_eq!(parent_and_name("~"), None);
+        assert!(contents_only("dir/") && !contents_only("dir") && !contents_only("/"));
+    }
+}
