@@ -71,5 +71,5 @@ pub use ssh_config::{ConfigError, ResolveEnv, SshConfig};
 pub use task::output::{Output, Stdin, DEFAULT_CAPTURE_LIMIT};
 pub use task::{
     Action, Command, Connect, DoneFn, Drain, Goto, Here, JobQueue, Join, Parsub, RsyncGet, RsyncPut, ScpGet, ScpPut,
-    Stop, Sub, SubContext,
+    Stop, Sub, SubContext, TransferProtocol,
 };

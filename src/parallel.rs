@@ -339,6 +339,7 @@ pub struct ParallelBuilder {
     waves: Option<Amount>,
     max_failures: Option<Amount>,
     forward_agent: Option<bool>,
+    transfer_protocol: Option<crate::TransferProtocol>,
 }
 
 impl ParallelBuilder {
@@ -433,6 +434,15 @@ impl ParallelBuilder {
         self
     }
 
+    /// What [`ScpPut`](crate::ScpPut) and [`ScpGet`](crate::ScpGet) run over
+    /// on SSH hosts when they do not say (default [`TransferProtocol::Scp`](crate::TransferProtocol::Scp));
+    /// [`TransferProtocol::Sftp`](crate::TransferProtocol::Sftp) for fleets
+    /// without an `scp` binary or that allow only the sftp subsystem.
+    pub fn transfer_protocol(mut self, protocol: crate::TransferProtocol) -> Self {
+        self.transfer_protocol = Some(protocol);
+        self
+    }
+
     /// Checks the settings: `connections` below `workers`, `io_threads` of
     /// 0, `waves` of 0 or a percentage above 100 (for `waves` or
     /// `max_failures`) is an [`ErrorKind::InvalidConfig`] error naming the
@@ -481,6 +491,7 @@ impl ParallelBuilder {
                 idle_timeout: self.idle_timeout,
                 waves: self.waves,
                 max_failures: self.max_failures,
+                transfer_protocol: self.transfer_protocol.unwrap_or(defaults.transfer_protocol),
             },
             plan: Plan::default(),
             errors: BTreeMap::new(),

@@ -187,8 +187,9 @@ fn more_or_other_files_than_asked_for_are_refused() {
     // A directory for a get that is not recursive.
     assert_refused(get("dir", &dest, false), "dir");
     assert!(!dest.join("dir").exists());
-    // A recursive get takes the directory, but not a top-level record after it.
-    assert_refused(get("tree-then-more", &dest, true), "more");
+    // A recursive get takes the directory (into `dest/`: a target ending in
+    // `/`), but not a top-level record after it.
+    assert_refused(get("tree-then-more", &dest.join(""), true), "more");
     assert_eq!(names(&dest.join("tree-then-more")), ["inner"]);
     assert!(!dest.join("more").exists());
     assert_eq!(names(top.path()), ["dest", "single"]);
@@ -197,7 +198,8 @@ fn more_or_other_files_than_asked_for_are_refused() {
 #[test]
 fn a_well_formed_recursive_get_from_the_fake_still_works() {
     let top = tempfile::tempdir().unwrap();
-    let e = get("tree", top.path(), true);
+    // Into the directory (a target ending in `/`): top/tree.
+    let e = get("tree", &top.path().join(""), true);
     assert!(e.is_none(), "{e:?}");
     assert_eq!(names(&top.path().join("tree")), ["inner", "sub"]);
     assert_eq!(fs::read(top.path().join("tree/sub/deeper")).unwrap(), b"evil\n");

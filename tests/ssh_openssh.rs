@@ -611,8 +611,8 @@ fn scp_directory_trees_recursive_keep_modes_and_mtimes() {
     let back = d.join("back");
     let mut p = Parallel::new();
     p.add_host("r", host(s.port)).unwrap();
-    // Into an existing directory: remote/tree.
-    p.push("r", ScpPut::new(ps(&tree), ps(&remote)).recursive(true))
+    // Into an existing directory (a target ending in `/`): remote/tree.
+    p.push("r", ScpPut::new(ps(&tree), format!("{}/", ps(&remote))).recursive(true))
         .unwrap();
     // To a new name: back is created as the copy of remote/tree.
     p.push("r", ScpGet::new(ps(&remote.join("tree")), ps(&back)).recursive(true))

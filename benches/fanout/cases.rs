@@ -191,6 +191,7 @@ pub fn cases(o: &Opts, d: &Data) -> Vec<Case> {
             local: d.big.clone(),
             remote: d.root.join("remote/big"),
             bytes: d.big_bytes,
+            sftp: false,
         },
         xfer.clone(),
         rounds(3),
@@ -206,6 +207,7 @@ pub fn cases(o: &Opts, d: &Data) -> Vec<Case> {
                 remote: d.big.clone(),
                 local_dir: d.root.join("get"),
                 bytes: d.big_bytes,
+                sftp: false,
             },
             xfer.clone(),
             rounds(3),
@@ -233,6 +235,7 @@ pub fn cases(o: &Opts, d: &Data) -> Vec<Case> {
             0,
         ));
     }
+    v.extend(crate::sftp::cases(d, q, rounds(3)));
     // 1b + growth: the embedded server.
     let emb_ns: &[usize] = if q { &[300] } else { &[10, 100, 1000, 10000] };
     for &n in emb_ns {

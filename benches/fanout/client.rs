@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use ssh_parallel::{Command, Host, HostKeyCheck, Join, Parallel, RsyncPut, ScpGet, ScpPut};
+use ssh_parallel::{Command, Host, HostKeyCheck, Join, Parallel, RsyncPut, ScpGet, ScpPut, TransferProtocol};
 
 pub fn main(args: &[String]) -> i32 {
     match run(args) {
@@ -27,6 +27,10 @@ fn run(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
     let user = get("user")?;
     let key = get("key")?;
     let kind = kv.get("kind").copied().unwrap_or("run");
+    let protocol = match kv.get("protocol").copied() {
+        Some("sftp") => TransferProtocol::Sftp,
+        _ => TransferProtocol::Scp,
+    };
     testbed::raise_fd_limit();
 
     let workers: usize = kv.get("workers").map_or(Ok(n), |w| w.parse())?;
@@ -67,10 +71,10 @@ fn run(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
             }
         }
         "put" => {
-            pssh.push("*", ScpPut::new(get("local")?, get("remote")?))?;
+            pssh.push("*", ScpPut::new(get("local")?, get("remote")?).protocol(protocol))?;
         }
         "get" => {
-            pssh.push("*", ScpGet::new(get("remote")?, get("local")?))?;
+            pssh.push("*", ScpGet::new(get("remote")?, get("local")?).protocol(protocol))?;
         }
         "rsync" => {
             pssh.push("*", RsyncPut::new(get("local")?, get("remote")?))?;

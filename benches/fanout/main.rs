@@ -46,6 +46,7 @@ mod netns;
 mod opts;
 mod report;
 mod runner;
+mod sftp;
 mod targets;
 mod tiers;
 mod tools;

@@ -23,6 +23,7 @@ def main():
     ap.add_argument("--joins", type=int, default=1)
     ap.add_argument("--local")
     ap.add_argument("--remote")
+    ap.add_argument("--protocol", default="scp", choices=["scp", "sftp"])
     a = ap.parse_args()
     hosts = ["127.0.0.1"] * a.n
     common = dict(user=a.user, pkey=a.key, port=a.port, num_retries=1, allow_agent=False)
@@ -60,12 +61,19 @@ def main():
                 client.join(output)
                 failures += sum(1 for h in output if h.exit_code != 0)
         elif a.kind == "put":
-            jobs = client.scp_send(a.local, a.remote)
+            if a.protocol == "sftp":
+                jobs = client.copy_file(a.local, a.remote)
+            else:
+                jobs = client.scp_send(a.local, a.remote)
             gevent.joinall(jobs, raise_error=True)
         elif a.kind == "get":
             args = [{"local_file": a.local.replace("%LABEL%", "h%d" % (i + 1)), "remote_file": a.remote}
                     for i in range(a.n)]
-            jobs = client.scp_recv(a.remote, a.local, copy_args=args)
+            if a.protocol == "sftp":
+                # copy_args fill %-placeholders: each host's own local file.
+                jobs = client.copy_remote_file("%(remote_file)s", "%(local_file)s", copy_args=args)
+            else:
+                jobs = client.scp_recv(a.remote, a.local, copy_args=args)
             gevent.joinall(jobs, raise_error=True)
     print("captured %d bytes" % captured, file=sys.stderr)
     if failures:

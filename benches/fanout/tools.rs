@@ -312,12 +312,16 @@ pub enum Work {
         local: PathBuf,
         remote: PathBuf,
         bytes: u64,
+        /// Over SFTP (ours and parallel-ssh only) instead of SCP.
+        sftp: bool,
     },
     /// Copy one remote file from every label into `local_dir` (one file per label).
     Get {
         remote: PathBuf,
         local_dir: PathBuf,
         bytes: u64,
+        /// Over SFTP (ours and parallel-ssh only) instead of SCP.
+        sftp: bool,
     },
     /// rsync a tree of files to `remote_dir/<label>/` on every label.
     Rsync {
@@ -348,16 +352,29 @@ fn work_args(w: &Work, prefix: &str) -> Vec<String> {
             format!("{prefix}steps={steps}"),
             format!("{prefix}joins={}", u8::from(*joins)),
         ],
-        Work::Put { local, remote, .. } => vec![
+        Work::Put {
+            local, remote, sftp, ..
+        } => vec![
             format!("{prefix}kind=put"),
             format!("{prefix}local={}", local.display()),
             format!("{prefix}remote={}", remote.display()),
-        ],
-        Work::Get { remote, local_dir, .. } => vec![
+        ]
+        .into_iter()
+        .chain(sftp.then(|| format!("{prefix}protocol=sftp")))
+        .collect(),
+        Work::Get {
+            remote,
+            local_dir,
+            sftp,
+            ..
+        } => vec![
             format!("{prefix}kind=get"),
             format!("{prefix}remote={}", remote.display()),
             format!("{prefix}local={}/%LABEL%", local_dir.display()),
-        ],
+        ]
+        .into_iter()
+        .chain(sftp.then(|| format!("{prefix}protocol=sftp")))
+        .collect(),
         Work::Rsync { tree, remote_dir, .. } => vec![
             format!("{prefix}kind=rsync"),
             format!("{prefix}local={}/", tree.display()),

@@ -15,7 +15,13 @@ Examples:
   ssh-parallel -w 'app[1-4]' -l deploy -f 2 -u 30 -- sudo systemctl restart app
   ssh-parallel -w 'db[1-3]' --json -- df -h / > df.jsonl
   ssh-parallel copy -w 'web[01-20]' app.conf /etc/app/
+  ssh-parallel copy -w 'sftp[1-8]' --sftp --create-dirs -r site/ /srv/www/
   ssh-parallel rcopy -w 'web[01-20]' /var/log/syslog ./logs/
+
+Copies: a DEST ending in '/' (or several sources) is a directory to copy
+into; otherwise DEST is the copy's name (a directory copied with -r becomes
+DEST, so the same copy twice gives the same tree). A source ending in '/'
+copies its contents.
 
 Node sets: 'web[01-20,30]', 'r[1-2]n[1-4]', 'web[1-9]!web5' (minus),
 'a[1-4]&a[2-6]' (and), user@host[:port] entries; ^FILE reads node sets from a
@@ -218,9 +224,15 @@ pub struct CopyArgs {
     #[arg(long = "rsync")]
     pub rsync: bool,
 
-    /// Copy with SFTP (not available yet).
+    /// Copy over each host's sftp subsystem instead of scp (for hosts
+    /// without an scp binary, or that allow only SFTP).
     #[arg(long = "sftp", conflicts_with = "rsync")]
     pub sftp: bool,
+
+    /// Create the missing directories on the way to the destination (scp
+    /// and SFTP; like `mkdir -p`).
+    #[arg(long = "create-dirs", conflicts_with = "rsync")]
+    pub create_dirs: bool,
 
     /// The sources, then the destination.
     #[arg(value_name = "PATH", num_args = 2.., required = true)]

@@ -33,7 +33,7 @@ mod track;
 use std::path::Path;
 use std::time::Duration;
 
-use ssh_parallel::{Action, Command, Parallel, Report, RsyncGet, RsyncPut, ScpGet, ScpPut};
+use ssh_parallel::{Action, Command, Parallel, Report, RsyncGet, RsyncPut, ScpGet, ScpPut, TransferProtocol};
 
 use args::{Action as Sub, Cli, CopyArgs};
 use output::Mode;
@@ -229,7 +229,6 @@ fn actions(cli: &Cli, targets: &[hosts::Target]) -> Result<Vec<(String, Action)>
             }
         }
         Some(Sub::Copy(c)) => {
-            check_transfer(c)?;
             let (sources, dest) = split_paths(c)?;
             for s in sources {
                 if std::fs::symlink_metadata(s).is_err() {
@@ -244,6 +243,8 @@ fn actions(cli: &Cli, targets: &[hosts::Target]) -> Result<Vec<(String, Action)>
                 } else {
                     ScpPut::many(sources.iter().cloned(), dest.clone())
                         .recursive(c.recursive)
+                        .protocol(protocol(c))
+                        .create_dirs(c.create_dirs)
                         .into()
                 };
                 out.push((t.label.clone(), action));
@@ -252,7 +253,6 @@ fn actions(cli: &Cli, targets: &[hosts::Target]) -> Result<Vec<(String, Action)>
         // `run` hands plans to `plan::run` before any host is looked at.
         Some(Sub::Plan(_)) => {}
         Some(Sub::Rcopy(c)) => {
-            check_transfer(c)?;
             let (sources, dest) = split_paths(c)?;
             if !Path::new(dest).is_dir() {
                 return Err(Usage(format!("rcopy: local directory {dest:?} does not exist")));
@@ -269,7 +269,11 @@ fn actions(cli: &Cli, targets: &[hosts::Target]) -> Result<Vec<(String, Action)>
                     let action: Action = if c.rsync {
                         RsyncGet::new(s.clone(), target).recursive(c.recursive).into()
                     } else {
-                        ScpGet::new(s.clone(), target).recursive(c.recursive).into()
+                        ScpGet::new(s.clone(), target)
+                            .recursive(c.recursive)
+                            .protocol(protocol(c))
+                            .create_dirs(c.create_dirs)
+                            .into()
                     };
                     out.push((label.clone(), action));
                 }
@@ -290,13 +294,13 @@ fn labels(t: &hosts::Target, slots: Option<usize>) -> Vec<(String, Option<usize>
     }
 }
 
-fn check_transfer(c: &CopyArgs) -> Result<(), Usage> {
+/// What `copy`/`rcopy` run over without `--rsync`.
+fn protocol(c: &CopyArgs) -> TransferProtocol {
     if c.sftp {
-        return Err(Usage(
-            "--sftp is not supported yet (SFTP transfers are planned); use scp (the default) or --rsync".into(),
-        ));
+        TransferProtocol::Sftp
+    } else {
+        TransferProtocol::Scp
     }
-    Ok(())
 }
 
 /// The sources and the destination (clap already asks for two paths).

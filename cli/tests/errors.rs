@@ -69,8 +69,8 @@ fn usage_errors_are_one_line_and_exit_2() {
         (vec!["--", "true"], "no hosts"),
         (vec!["-w", "^/nonexistent/hosts", "--", "true"], "cannot read host file"),
         (
-            vec!["copy", "--sftp", "-w", &h, "Cargo.toml", "x"],
-            "--sftp is not supported yet",
+            vec!["copy", "--sftp", "-w", &h, "/nonexistent/file", "x"],
+            "does not exist",
         ),
         (vec!["copy", "-w", &h, "/nonexistent/file", "x"], "does not exist"),
         (vec!["-w", &h, "-f", "0", "--", "true"], "fanout"),

@@ -72,6 +72,8 @@ pub(crate) struct Config {
     pub(crate) waves: Option<crate::amount::Amount>,
     /// Start no label once more than this many failed (`ParallelBuilder::max_failures`).
     pub(crate) max_failures: Option<crate::amount::Amount>,
+    /// What scp copies run over unless they say (`ParallelBuilder::transfer_protocol`).
+    pub(crate) transfer_protocol: crate::task::TransferProtocol,
 }
 
 impl Default for Config {
@@ -89,6 +91,7 @@ impl Default for Config {
             idle_timeout: None,
             waves: None,
             max_failures: None,
+            transfer_protocol: crate::task::TransferProtocol::Scp,
         }
     }
 }

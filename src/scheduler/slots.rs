@@ -79,6 +79,7 @@ impl Scheduler<'_> {
                 Action::Command(c) => c.idle_timeout.or(self.cfg.idle_timeout),
                 _ => None,
             },
+            protocol: action.transfer_protocol(self.cfg.transfer_protocol),
         };
         let host = entry.host.clone();
         if log::log_enabled!(target: "ssh_parallel", log::Level::Debug) {

@@ -7,7 +7,7 @@
 //! only on remote tasks, non-empty transfer paths, UTF-8 local paths).
 
 use super::output::{Output, OutputKind, StdinKind};
-use super::{paths, TaskOptions, Transfer};
+use super::{paths, TaskOptions, Transfer, TransferProtocol};
 use super::{Command, Connect, Drain, Goto, Here, Join, Parsub, RsyncGet, RsyncPut, ScpGet, ScpPut, Stop, Sub};
 use crate::error::{Error, ErrorKind, Result};
 
@@ -79,6 +79,15 @@ impl Action {
             Action::Connect(c) => &c.opts,
             Action::Here(_) | Action::Stop(_) | Action::Drain(_) => return None,
         })
+    }
+
+    /// What an scp copy runs over: its own protocol, else `default` (the
+    /// builder's); anything else says [`TransferProtocol::Scp`], unused.
+    pub(crate) fn transfer_protocol(&self, default: TransferProtocol) -> TransferProtocol {
+        match self {
+            Action::ScpGet(ScpGet(t)) | Action::ScpPut(ScpPut(t)) => t.protocol.unwrap_or(default),
+            _ => TransferProtocol::Scp,
+        }
     }
 
     pub(crate) fn class(&self) -> Class {

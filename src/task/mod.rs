@@ -35,4 +35,5 @@ pub(crate) use jobs::{QueuedJob, Take};
 pub use options::DoneFn;
 pub(crate) use options::TaskOptions;
 pub(crate) use transfer::Transfer;
-pub use transfer::{RsyncGet, RsyncPut, ScpGet, ScpPut};
+pub(crate) use transfer::{contents_only, into_dir, parent_and_name, source_name};
+pub use transfer::{RsyncGet, RsyncPut, ScpGet, ScpPut, TransferProtocol};

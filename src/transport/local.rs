@@ -26,7 +26,9 @@ use parking_lot::Mutex;
 use super::exit::Exit;
 use super::protocol::{Event, Job, Outcome, Request, Token, TransportError};
 use crate::task::output::{OutputKind, Sink, StdinKind, Stream};
-use crate::task::{Action, Command, RsyncGet, RsyncPut, ScpGet, ScpPut, Transfer};
+use crate::task::{
+    contents_only, into_dir, source_name, Action, Command, RsyncGet, RsyncPut, ScpGet, ScpPut, Transfer,
+};
 
 type Work = Box<dyn FnOnce() + Send>;
 
@@ -408,36 +410,70 @@ fn run_rsync(job: &Job, t: &Transfer, running: &Running, started: SystemTime) ->
     Outcome::new(result, started)
 }
 
-/// scp semantics on one machine: several sources need an existing directory
-/// as target; a directory source needs `recursive`; modes and times are kept.
+/// A copy on one machine, by the destination rule of [`ScpPut`] (see
+/// `task::transfer`): into a directory (a trailing `/` or several sources),
+/// else to a name; a directory source needs `recursive`; modes and times are
+/// kept.
 pub(crate) fn copy_paths(t: &Transfer) -> Result<(), String> {
     let target = Path::new(&t.target);
-    let target_is_dir = target.is_dir();
-    if t.sources.len() > 1 && !target_is_dir {
-        return Err(format!(
-            "{}: copying several files needs an existing directory as target",
-            t.target
-        ));
-    }
-    for src in &t.sources {
-        let src = Path::new(src);
-        let meta = fs::metadata(src).map_err(|e| format!("{}: {e}", src.display()))?;
-        let dest = if target_is_dir {
-            match src.file_name() {
-                Some(name) => target.join(name),
-                None => return Err(format!("{}: has no file name to copy into {}", src.display(), t.target)),
-            }
-        } else {
-            target.to_path_buf()
-        };
-        if meta.is_dir() {
-            if !t.recursive {
-                return Err(format!("{}: is a directory (use .recursive(true))", src.display()));
-            }
-            copy_dir(src, &dest)?;
-        } else {
-            copy_file(src, &dest, &meta)?;
+    prepare_local_target(t)?;
+    let checked = |src: &str| -> Result<fs::Metadata, String> {
+        let meta = fs::metadata(src).map_err(|e| format!("{src}: {e}"))?;
+        if meta.is_dir() && !t.recursive {
+            return Err(format!("{src}: is a directory (use .recursive(true))"));
         }
+        Ok(meta)
+    };
+    if into_dir(t) {
+        for src in &t.sources {
+            let meta = checked(src)?;
+            if meta.is_dir() && contents_only(src) {
+                copy_entries(Path::new(src), target)?;
+                continue;
+            }
+            let name = source_name(src).ok_or_else(|| format!("{src}: has no file name to copy into {}", t.target))?;
+            let dest = target.join(name);
+            if meta.is_dir() {
+                copy_dir(Path::new(src), &dest)?;
+            } else {
+                copy_file(Path::new(src), &dest, &meta)?;
+            }
+        }
+        return Ok(());
+    }
+    let src = &t.sources[0];
+    let meta = checked(src)?;
+    let dest = match source_name(src) {
+        Some(name) if !meta.is_dir() && target.is_dir() => target.join(name),
+        _ => target.to_path_buf(),
+    };
+    if meta.is_dir() {
+        copy_dir(Path::new(src), &dest)
+    } else {
+        copy_file(Path::new(src), &dest, &meta)
+    }
+}
+
+/// Prepares the side of a copy that lands on this machine (a local copy, an
+/// `ScpGet`): with `create_dirs`, makes the directory the copy lands in (the
+/// target when it is a directory to copy into, else the target's parent);
+/// a directory to copy into must then exist.
+pub(crate) fn prepare_local_target(t: &Transfer) -> Result<(), String> {
+    let target = Path::new(&t.target);
+    let into = into_dir(t);
+    let landing = if into { Some(target) } else { target.parent() };
+    if t.create_dirs {
+        if let Some(dir) = landing.filter(|d| !d.as_os_str().is_empty()) {
+            fs::create_dir_all(dir).map_err(|e| format!("{}: cannot create the directory: {e}", dir.display()))?;
+        }
+    }
+    if into && !target.is_dir() {
+        let why = if target.exists() {
+            "not a directory"
+        } else {
+            "no such directory (or use .create_dirs(true))"
+        };
+        return Err(format!("{}: {why}", t.target));
     }
     Ok(())
 }
@@ -470,6 +506,15 @@ fn copy_dir(src: &Path, dest: &Path) -> Result<(), String> {
     if !dest.is_dir() {
         fs::create_dir(dest).map_err(|e| format!("{}: {e}", dest.display()))?;
     }
+    copy_entries(src, dest)?;
+    // Mode and times last: a read-only directory must still take its contents.
+    fs::set_permissions(dest, fs::Permissions::from_mode(meta.permissions().mode()))
+        .map_err(|e| format!("{}: {e}", dest.display()))?;
+    keep_times(dest, &meta)
+}
+
+/// Copies what the directory `src` holds into the existing directory `dest`.
+fn copy_entries(src: &Path, dest: &Path) -> Result<(), String> {
     let entries = fs::read_dir(src).map_err(|e| format!("{}: {e}", src.display()))?;
     for entry in entries {
         let entry = entry.map_err(|e| format!("{}: {e}", src.display()))?;
@@ -482,8 +527,5 @@ fn copy_dir(src: &Path, dest: &Path) -> Result<(), String> {
             copy_file(&path, &to, &m)?;
         }
     }
-    // Mode and times last: a read-only directory must still take its contents.
-    fs::set_permissions(dest, fs::Permissions::from_mode(meta.permissions().mode()))
-        .map_err(|e| format!("{}: {e}", dest.display()))?;
-    keep_times(dest, &meta)
+    Ok(())
 }

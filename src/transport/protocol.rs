@@ -42,6 +42,8 @@ pub(crate) struct Job {
     /// stopped and fails with [`TransportError::Timeout`] (the command's
     /// own, else the builder's default).
     pub(crate) idle_timeout: Option<std::time::Duration>,
+    /// What an `ScpPut`/`ScpGet` runs over (the task's, else the builder's).
+    pub(crate) protocol: crate::task::TransferProtocol,
 }
 
 /// From the scheduler to a transport.

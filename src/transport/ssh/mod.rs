@@ -84,6 +84,7 @@ mod proxy_command;
 mod rsync;
 mod rsync_step;
 mod scp;
+mod sftp;
 mod stream;
 mod task;
 

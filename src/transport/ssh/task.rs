@@ -1,13 +1,14 @@
 //! The task a connection runs on a channel: what every kind shares (its
 //! token, its channel, whether to open the next one ahead) and an enum of
 //! the kinds, each with its own state: a command ([`exec`](super::exec)), an
-//! SCP transfer ([`scp`](super::scp)), an rsync bridge
+//! SCP transfer ([`scp`](super::scp)), an SFTP transfer
+//! ([`sftp`](super::sftp)), an rsync bridge
 //! ([`rsync_step`](super::rsync_step)).
 //!
 //! Invariant: a task is answered exactly once, by [`Task::finish`], which
 //! consumes it; whoever takes a task out of `Phase::Running` must finish it.
 //!
-//! May use: `agent_forward`, `conn`, `channel`, `kill`, `exec`, `scp`, `rsync_step`, `event_loop`
+//! May use: `agent_forward`, `conn`, `channel`, `kill`, `exec`, `scp`, `sftp`, `rsync_step`, `event_loop`
 //! (`Cx`), `transport` (protocol), `task` (actions).
 
 use std::sync::Arc;
@@ -24,10 +25,11 @@ use super::finish;
 use super::kill::Cancel;
 use super::rsync_step::RsyncRun;
 use super::scp::ScpRun;
+use super::sftp::SftpRun;
 use super::CLOSE_TIMEOUT;
 use crate::host::Host;
 use crate::plan::LabelId;
-use crate::task::{Action, RsyncGet, RsyncPut, ScpGet, ScpPut};
+use crate::task::{Action, RsyncGet, RsyncPut, ScpGet, ScpPut, TransferProtocol};
 use crate::transport::exit::Exit;
 use crate::transport::protocol::{Event, Job, Token, TransportError};
 
@@ -52,6 +54,8 @@ enum TaskKind {
     Command(Box<CommandRun>),
     /// `ScpPut` / `ScpGet`: the SCP protocol with the remote `scp`.
     Scp(Box<ScpRun>),
+    /// `ScpPut` / `ScpGet` over SFTP: the host's sftp subsystem.
+    Sftp(Box<SftpRun>),
     /// `RsyncPut` / `RsyncGet`: the local rsync bridged to the remote one.
     Rsync(Box<RsyncRun>),
 }
@@ -62,6 +66,12 @@ impl Task {
     pub(super) fn new(job: &Job, cx: &Cx<'_>, key: usize, started: SystemTime) -> Result<Task, TransportError> {
         let kind = match &*job.action {
             Action::Command(c) => TaskKind::Command(Box::new(CommandRun::new(job, c)?)),
+            Action::ScpPut(ScpPut(t)) if job.protocol == TransferProtocol::Sftp => {
+                TaskKind::Sftp(Box::new(SftpRun::put(t)?))
+            }
+            Action::ScpGet(ScpGet(t)) if job.protocol == TransferProtocol::Sftp => {
+                TaskKind::Sftp(Box::new(SftpRun::get(t)?))
+            }
             Action::ScpPut(ScpPut(t)) => TaskKind::Scp(Box::new(ScpRun::put(t)?)),
             Action::ScpGet(ScpGet(t)) => TaskKind::Scp(Box::new(ScpRun::get(t)?)),
             Action::RsyncPut(RsyncPut(t)) => TaskKind::Rsync(Box::new(RsyncRun::start(job, t, true, cx, key)?)),
@@ -111,6 +121,7 @@ impl Task {
         match &self.kind {
             TaskKind::Command(c) => c.opening(),
             TaskKind::Scp(s) => s.opening(),
+            TaskKind::Sftp(s) => s.opening(),
             TaskKind::Rsync(r) => r.opening(),
         }
     }
@@ -141,6 +152,7 @@ impl Task {
         let outcome = match self.kind {
             TaskKind::Command(c) => c.outcome(result, self.started),
             TaskKind::Scp(s) => s.outcome(result, self.started),
+            TaskKind::Sftp(s) => s.outcome(result, self.started),
             TaskKind::Rsync(r) => r.outcome(result, self.started),
         };
         finish(events, self.label, self.token, outcome);
@@ -159,6 +171,7 @@ impl Conn {
         match kind {
             TaskKind::Command(c) => c.step(sess, spare, ch),
             TaskKind::Scp(s) => s.step(sess, spare, ch),
+            TaskKind::Sftp(s) => s.step(sess, spare, ch),
             TaskKind::Rsync(r) => r.step(sess, spare, ch),
         }
     }

@@ -31,17 +31,23 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use super::{error_text, remote_quote, Scp, ScpDir, ScpStep, Times};
-use crate::task::Transfer;
+use crate::task::{contents_only, into_dir, source_name, Transfer};
+use crate::transport::local::prepare_local_target;
 use crate::transport::protocol::TransportError;
 
 /// The sink side (this machine receives).
 pub(super) struct GetState {
     target: PathBuf,
-    target_is_dir: bool,
+    /// The target is a directory to copy into (`task::into_dir`), checked to
+    /// exist; else it is the copy's name.
+    into: bool,
+    /// Per source: a directory source stands for its contents (`into` only).
+    contents: Vec<bool>,
     /// From the last `T` record, for the next `C` or `D`.
     times: Option<Times>,
-    /// Directories entered (`D`), with the mode and times to set at their `E`.
-    dirs: Vec<(PathBuf, u32, Option<Times>)>,
+    /// Directories entered (`D`), with the mode and times to set at their
+    /// `E` (`None`: an existing directory that only takes contents).
+    dirs: Vec<(PathBuf, Option<DirAttrs>)>,
     /// Whether `D` records are expected at all.
     recursive: bool,
     /// The name each source's top-level record must have, in order (`None`:
@@ -51,6 +57,9 @@ pub(super) struct GetState {
     answered: usize,
     step: GetStep,
 }
+
+/// A received directory's mode and times, set at its `E`.
+type DirAttrs = (u32, Option<Times>);
 
 enum GetStep {
     Record,
@@ -72,13 +81,8 @@ impl Scp {
             return Err(fail("scp_get: no source given".into()));
         }
         let target = PathBuf::from(&t.target);
-        let target_is_dir = target.is_dir();
-        if t.sources.len() > 1 && !target_is_dir {
-            return Err(fail(format!(
-                "{}: copying several files needs an existing directory as target",
-                t.target
-            )));
-        }
+        let into = into_dir(t);
+        prepare_local_target(t).map_err(fail)?;
         let mut cmd = "scp -f -p".to_owned();
         if t.recursive {
             cmd.push_str(" -r");
@@ -92,7 +96,8 @@ impl Scp {
             cmd,
             ScpDir::Get(GetState {
                 target,
-                target_is_dir,
+                into,
+                contents: t.sources.iter().map(|s| into && contents_only(s)).collect(),
                 times: None,
                 dirs: Vec::new(),
                 recursive: t.recursive,
@@ -169,10 +174,12 @@ impl Scp {
             }
             Some(b'C' | b'D') => {
                 let (mode, size, name) = parse_record(&line[1..]).ok_or_else(bad)?;
-                let dest = g.dest(name)?;
-                g.check_asked(line[0] == b'D', name)?;
+                let is_dir = line[0] == b'D';
+                check_name(name)?;
+                let source = g.check_asked(is_dir, name)?;
+                let (dest, keep) = g.dest(name, source, is_dir);
                 let times = g.times.take();
-                if line[0] == b'D' {
+                if is_dir {
                     if dest.exists() {
                         if !dest.is_dir() {
                             return Err(format!("{}: not a directory", dest.display()));
@@ -180,7 +187,7 @@ impl Scp {
                     } else {
                         std::fs::create_dir(&dest).map_err(|e| format!("{}: {e}", dest.display()))?;
                     }
-                    g.dirs.push((dest, mode, times));
+                    g.dirs.push((dest, keep.then_some((mode, times))));
                 } else {
                     let file = std::fs::File::options()
                         .write(true)
@@ -200,7 +207,11 @@ impl Scp {
                 Ok(ScpStep::Progress)
             }
             Some(b'E') => {
-                let (dir, mode, times) = g.dirs.pop().ok_or_else(bad)?;
+                let (dir, kept) = g.dirs.pop().ok_or_else(bad)?;
+                let Some((mode, times)) = kept else {
+                    self.out.push(0);
+                    return Ok(ScpStep::Progress);
+                };
                 // Mode and times last: a read-only directory must still take its contents.
                 std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode))
                     .map_err(|e| format!("{}: cannot set its mode: {e}", dir.display()))?;
@@ -219,8 +230,8 @@ impl Scp {
 
 impl GetState {
     /// Checks a `C` or `D` record against what was asked for (see the module
-    /// doc), and counts a top-level one.
-    fn check_asked(&mut self, is_dir: bool, name: &[u8]) -> Result<(), String> {
+    /// doc), and counts a top-level one: `Some(i)` if it answers source `i`.
+    fn check_asked(&mut self, is_dir: bool, name: &[u8]) -> Result<Option<usize>, String> {
         let shown = String::from_utf8_lossy(name);
         if is_dir && !self.recursive {
             return Err(format!(
@@ -228,7 +239,7 @@ impl GetState {
             ));
         }
         if !self.dirs.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         match self.expected.get(self.answered) {
             None => Err(format!(
@@ -241,39 +252,46 @@ impl GetState {
             )),
             Some(_) => {
                 self.answered += 1;
-                Ok(())
+                Ok(Some(self.answered - 1))
             }
         }
     }
 
-    /// Where a received `C` or `D` record goes.
-    fn dest(&self, name: &[u8]) -> Result<PathBuf, String> {
-        if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') {
-            return Err(format!(
-                "the remote scp sent an unsafe file name {:?}",
-                String::from_utf8_lossy(name)
-            ));
-        }
+    /// Where a received `C` or `D` record (its name checked) goes, by the
+    /// destination rule (see `task::transfer`), and whether it is the copy
+    /// itself (a directory then takes the source's mode and times) rather
+    /// than an existing directory that takes a source's contents.
+    fn dest(&self, name: &[u8], source: Option<usize>, is_dir: bool) -> (PathBuf, bool) {
         let name = std::ffi::OsStr::from_bytes(name);
-        Ok(match self.dirs.last() {
-            Some((dir, ..)) => dir.join(name),
-            None if self.target_is_dir => self.target.join(name),
-            None => self.target.clone(),
-        })
+        match (self.dirs.last(), source) {
+            (Some((dir, _)), _) => (dir.join(name), true),
+            (None, Some(i)) if self.into && is_dir && self.contents.get(i) == Some(&true) => {
+                (self.target.clone(), false)
+            }
+            (None, _) if self.into => (self.target.join(name), true),
+            (None, _) if !is_dir && self.target.is_dir() => (self.target.join(name), true),
+            (None, _) => (self.target.clone(), true),
+        }
     }
+}
+
+/// Refuses a received name that is not one plain path component.
+fn check_name(name: &[u8]) -> Result<(), String> {
+    if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') {
+        return Err(format!(
+            "the remote scp sent an unsafe file name {:?}",
+            String::from_utf8_lossy(name)
+        ));
+    }
+    Ok(())
 }
 
 /// The name the remote scp gives a source's top-level record, as OpenSSH's
 /// scp computes it (trailing `/` removed, then the last component); `None`
 /// where this side cannot know it (the remote home, `/`, `.` or `..`).
 fn expected_name(source: &str) -> Option<Vec<u8>> {
-    let trimmed = source.trim_end_matches('/');
-    let last = trimmed.rsplit('/').next().unwrap_or(trimmed);
     // Only a bare `~` (or `~/`) is left unquoted for the remote shell to expand.
-    if matches!(last, "" | "." | ".." | "~") && !(last == "~" && trimmed.contains('/')) {
-        return None;
-    }
-    Some(last.as_bytes().to_vec())
+    source_name(source).map(|n| n.as_bytes().to_vec())
 }
 
 /// Parses `<mode> <size> <name>` (after the `C` or `D`).

@@ -14,7 +14,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use super::{remote_quote, Scp, ScpDir, ScpStep, SCP_CHUNK};
-use crate::task::Transfer;
+use crate::task::{contents_only, into_dir, parent_and_name, source_name, Transfer};
 use crate::transport::protocol::TransportError;
 
 /// The source side (this machine sends).
@@ -26,8 +26,11 @@ pub(super) struct PutState {
 }
 
 enum PutItem {
-    /// A local path not yet looked at.
-    Path(PathBuf),
+    /// A local path not yet looked at, and the name its record takes if not
+    /// its own.
+    Path(PathBuf, Option<Vec<u8>>),
+    /// A local directory whose entries are sent, not itself.
+    Contents(PathBuf),
     /// A record line, acknowledged by the sink; the path names it in errors.
     Line(Vec<u8>, PathBuf),
     /// A file's contents (announced by the preceding `C` line).
@@ -47,41 +50,89 @@ enum PutStep {
 }
 
 impl Scp {
-    /// `ScpPut`: checks the local sources, then runs `scp -t` on the target.
+    /// `ScpPut`: checks the local sources, then runs `scp -t` where the
+    /// destination rule (see `task::transfer`) puts the copy: into the target
+    /// (`-d`), or into the target's parent under the target's own name, so
+    /// that a directory becomes the target whether it exists or not.
     pub(super) fn put(t: &Transfer) -> Result<Scp, TransportError> {
         let fail = |m: String| TransportError::Transfer(m);
         if t.sources.is_empty() {
             return Err(fail("scp_put: no source given".into()));
         }
+        let mut metas = Vec::with_capacity(t.sources.len());
         for src in &t.sources {
             let meta = std::fs::metadata(src).map_err(|e| fail(format!("{src}: {e}")))?;
             if meta.is_dir() && !t.recursive {
                 return Err(fail(format!("{src}: is a directory (use .recursive(true))")));
             }
-            if Path::new(src).file_name().is_none() {
-                return Err(fail(format!("{src}: has no file name to copy into {}", t.target)));
+            metas.push(meta.is_dir());
+        }
+        let quote = |p: &str| remote_quote(p).map_err(fail);
+        let mut stack = Vec::new();
+        let mut cmd = String::new();
+        let sink_dir = |cmd: &mut String, dir: &str| -> Result<(), TransportError> {
+            if t.create_dirs && !matches!(dir, "." | "~" | "/") {
+                cmd.push_str(&format!("mkdir -p -- {} && ", quote(dir)?));
+            }
+            Ok(())
+        };
+        let sink_target;
+        let mut must_be_dir = false;
+        if into_dir(t) {
+            sink_dir(&mut cmd, &t.target)?;
+            sink_target = t.target.clone();
+            must_be_dir = true;
+            for (src, &is_dir) in t.sources.iter().zip(&metas) {
+                if is_dir && contents_only(src) {
+                    stack.push(PutItem::Contents(PathBuf::from(src)));
+                } else if source_name(src).is_none() {
+                    return Err(fail(format!("{src}: has no file name to copy into {}", t.target)));
+                } else {
+                    stack.push(PutItem::Path(PathBuf::from(src), None));
+                }
+            }
+        } else {
+            let src = PathBuf::from(&t.sources[0]);
+            match parent_and_name(&t.target) {
+                Some((parent, name)) if metas[0] => {
+                    // The copy of a directory *is* the target: sent under
+                    // the target's name into its parent, so the sink makes
+                    // or enters it.
+                    sink_dir(&mut cmd, parent)?;
+                    sink_target = parent.to_owned();
+                    stack.push(PutItem::Path(src, Some(name.as_bytes().to_vec())));
+                }
+                None if metas[0] => {
+                    // `~`, `/`, `.`: an existing directory, filled as is.
+                    sink_target = t.target.clone();
+                    must_be_dir = true;
+                    stack.push(PutItem::Contents(src));
+                }
+                parent => {
+                    if let Some((parent, _)) = parent {
+                        sink_dir(&mut cmd, parent)?;
+                    }
+                    sink_target = t.target.clone();
+                    stack.push(PutItem::Path(src, None));
+                }
             }
         }
-        let mut cmd = "scp -t -p".to_owned();
+        cmd.push_str("scp -t -p");
         if t.recursive {
             cmd.push_str(" -r");
         }
-        if t.sources.len() > 1 {
+        if must_be_dir {
             // The sink insists that the target is a directory.
             cmd.push_str(" -d");
         }
         cmd.push_str(" -- ");
-        cmd.push_str(&remote_quote(&t.target).map_err(fail)?);
+        cmd.push_str(&quote(&sink_target)?);
+        stack.reverse();
         Ok(Scp::new(
             cmd,
             ScpDir::Put(PutState {
                 recursive: t.recursive,
-                stack: t
-                    .sources
-                    .iter()
-                    .rev()
-                    .map(|s| PutItem::Path(PathBuf::from(s)))
-                    .collect(),
+                stack,
                 step: PutStep::Ack(None),
             }),
         ))
@@ -111,9 +162,14 @@ impl Scp {
                         p.step = PutStep::Ack(Some(path));
                     }
                     Some(PutItem::Data(file, left, path)) => p.step = PutStep::Data { file, left, path },
-                    Some(PutItem::Path(path)) => {
-                        let items = put_items(&path, p.recursive)?;
+                    Some(PutItem::Path(path, name)) => {
+                        let items = put_items(&path, name, p.recursive)?;
                         p.stack.extend(items.into_iter().rev());
+                    }
+                    Some(PutItem::Contents(path)) => {
+                        let entries = sorted_entries(&path)?;
+                        p.stack
+                            .extend(entries.into_iter().rev().map(|e| PutItem::Path(e, None)));
                     }
                 }
                 Ok(ScpStep::Progress)
@@ -158,13 +214,19 @@ impl PutState {
 
 /// The records that send one local path: `T` and `C` plus its data, or `T`,
 /// `D`, its entries (sorted by name) and `E`.
-fn put_items(path: &Path, recursive: bool) -> Result<Vec<PutItem>, String> {
+fn put_items(path: &Path, name: Option<Vec<u8>>, recursive: bool) -> Result<Vec<PutItem>, String> {
     let shown = || path.display().to_string();
     let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", shown()))?;
-    let name = path
-        .file_name()
-        .ok_or_else(|| format!("{}: has no file name", shown()))?
-        .as_bytes();
+    let own = || {
+        path.file_name()
+            .map(|n| n.as_bytes().to_vec())
+            .ok_or_else(|| format!("{}: has no file name", shown()))
+    };
+    let name = match name {
+        Some(name) => name,
+        None => own()?,
+    };
+    let name = name.as_slice();
     if name.contains(&b'\n') {
         return Err(format!("{}: a file name with a newline cannot be sent by scp", shown()));
     }
@@ -181,12 +243,9 @@ fn put_items(path: &Path, recursive: bool) -> Result<Vec<PutItem>, String> {
         if !recursive {
             return Err(format!("{}: is a directory (use .recursive(true))", shown()));
         }
-        let mut entries = std::fs::read_dir(path)
-            .and_then(|rd| rd.map(|e| e.map(|e| e.path())).collect::<io::Result<Vec<_>>>())
-            .map_err(|e| format!("{}: {e}", shown()))?;
-        entries.sort();
+        let entries = sorted_entries(path)?;
         items.push(PutItem::Line(record('D', 0), path.to_path_buf()));
-        items.extend(entries.into_iter().map(PutItem::Path));
+        items.extend(entries.into_iter().map(|e| PutItem::Path(e, None)));
         items.push(PutItem::Line(b"E\n".to_vec(), path.to_path_buf()));
     } else if meta.is_file() {
         let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", shown()))?;
@@ -197,4 +256,13 @@ fn put_items(path: &Path, recursive: bool) -> Result<Vec<PutItem>, String> {
         return Err(format!("{}: not a regular file", shown()));
     }
     Ok(items)
+}
+
+/// A directory's entries, sorted by name.
+fn sorted_entries(path: &Path) -> Result<Vec<PathBuf>, String> {
+    let mut entries = std::fs::read_dir(path)
+        .and_then(|rd| rd.map(|e| e.map(|e| e.path())).collect::<io::Result<Vec<_>>>())
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    entries.sort();
+    Ok(entries)
 }
