@@ -631,3 +631,34 @@ fn a_job_removed_before_any_label_takes_it_never_runs() {
     assert_eq!(ran, [(ids[0], "0\n".to_owned()), (ids[2], "2\n".to_owned())]);
     assert!(!jobs.remove(ids[0]), "a job already taken cannot be removed");
 }
+
+#[test]
+fn a_cancelled_run_reports_its_running_job_cancelled_and_the_waiting_ones_not_run() {
+    let mut pssh = local(&["a"]);
+    let jobs = JobQueue::new();
+    let running = jobs.push(Command::new("sleep 30")).unwrap();
+    let waiting = jobs.push(Command::new("echo never")).unwrap();
+    pssh.push("a", Drain::new(&jobs)).unwrap();
+    let run = pssh.start();
+    let events = run.events().clone();
+    let mut started = false;
+    assert!(wait_until(Duration::from_secs(10), || {
+        started |= events
+            .try_iter()
+            .any(|e| matches!(e, RunEvent::Started { job, .. } if job == Some(running)));
+        started
+    }));
+    let t0 = Instant::now();
+    run.cancel();
+    let report = run.wait();
+    assert!(t0.elapsed() < Duration::from_secs(10), "the running job was stopped");
+    let all = report.jobs();
+    assert_eq!(all.len(), 2);
+    assert_eq!((all[0].id(), all[0].label()), (running, Some("a")));
+    assert_eq!(all[0].report().status(), TaskStatus::Cancelled);
+    assert_eq!((all[1].id(), all[1].label()), (waiting, None));
+    let e = all[1].report().error().unwrap();
+    assert_eq!(e.kind(), ErrorKind::Cancelled, "{e}");
+    assert!(e.to_string().contains("the run was cancelled"), "{e}");
+    assert!(jobs.is_empty());
+}
