@@ -62,7 +62,7 @@ fn run(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
         "run" => {
             let cmd = get("cmd")?;
             let steps: usize = kv.get("steps").map_or(Ok(1), |s| s.parse())?;
-            let joins = kv.get("joins").map_or(true, |j| *j != "0");
+            let joins = kv.get("joins").is_none_or(|j| *j != "0");
             for _ in 0..steps {
                 pssh.push("*", Command::new(cmd))?;
                 if joins && steps > 1 {

@@ -247,7 +247,7 @@ fn apply(label: &str, host: &mut Host, cfg: SshConfig, env: &ResolveEnv) -> Resu
         && cfg
             .preferred_authentications
             .as_ref()
-            .map_or(true, |l| l.iter().any(|m| m == "publickey"));
+            .is_none_or(|l| l.iter().any(|m| m == "publickey"));
     let explicit_keys = !host.key_files.is_empty() || !host.key_data.is_empty();
     if !pubkey {
         // The host's own keys stay: the API wins over the files.

@@ -286,7 +286,7 @@ impl Auth {
             && self
                 .methods
                 .as_deref()
-                .map_or(true, |ms| ms.split(',').any(|m| m == method))
+                .is_none_or(|ms| ms.split(',').any(|m| m == method))
     }
 }
 
@@ -294,7 +294,7 @@ impl Auth {
 /// agent is configured (`$SSH_AUTH_SOCK` unset and no socket given); the
 /// agent socket is local, so its blocking calls are brief.
 fn open_agent(sess: &Session, host: &Host) -> Result<Option<(ssh2::Agent, Vec<ssh2::PublicKey>)>, String> {
-    if host.agent_socket.is_none() && std::env::var_os("SSH_AUTH_SOCK").map_or(true, |s| s.is_empty()) {
+    if host.agent_socket.is_none() && std::env::var_os("SSH_AUTH_SOCK").is_none_or(|s| s.is_empty()) {
         return Ok(None);
     }
     let mut agent = sess.agent().map_err(|e| e.to_string())?;

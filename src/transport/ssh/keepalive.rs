@@ -45,7 +45,7 @@ impl Conn {
         let interval = self.host.keepalive;
         let watched = !interval.is_zero()
             && match &self.phase {
-                Phase::Idle => self.jump.as_ref().map_or(true, |j| j.can_send()),
+                Phase::Idle => self.jump.as_ref().is_none_or(|j| j.can_send()),
                 Phase::Running(t) => t.only_draining(),
                 _ => false,
             };

@@ -432,7 +432,7 @@ pub(super) enum Pump {
 /// `host:path`, so it is made explicitly relative.
 fn local_arg(p: &str) -> String {
     match (p.find(':'), p.find('/')) {
-        (Some(c), slash) if slash.map_or(true, |s| c < s) => format!("./{p}"),
+        (Some(c), slash) if slash.is_none_or(|s| c < s) => format!("./{p}"),
         _ => p.to_owned(),
     }
 }
