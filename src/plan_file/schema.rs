@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
-use serde::de::{self, value::MapAccessDeserializer, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, value::MapAccessDeserializer, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -35,10 +35,9 @@ pub(crate) struct RawPlan {
     /// The steps, in the order they are pushed.
     #[serde(default)]
     pub(crate) step: Vec<Spanned<RawStep>>,
-    /// Reserved for job queues (`[queue.NAME]`), refused with a message until
-    /// plan files support them.
+    /// The job queues (`[queue.NAME]`), in the order written.
     #[serde(default)]
-    pub(crate) queue: Option<Spanned<IgnoredAny>>,
+    pub(crate) queue: QueueList,
 }
 
 /// `[defaults]`: the run's settings, then what every host gets unless its
@@ -151,8 +150,8 @@ pub(crate) struct RawStep {
     pub(crate) goto: Option<Spanned<String>>,
     pub(crate) stop: Option<Spanned<bool>>,
     pub(crate) connect: Option<Spanned<bool>>,
-    /// Reserved for job queues: refused with a message.
-    pub(crate) drain: Option<Spanned<IgnoredAny>>,
+    /// The name of the job queue the selected labels take jobs from.
+    pub(crate) drain: Option<Spanned<String>>,
     // Transfers.
     pub(crate) to: Option<Spanned<String>>,
     pub(crate) with: Option<Spanned<Tool>>,
@@ -169,6 +168,26 @@ pub(crate) struct RawStep {
     pub(crate) env: Option<Spanned<BTreeMap<String, String>>>,
     pub(crate) pty: Option<Spanned<bool>>,
     pub(crate) stdin: Option<Spanned<String>>,
+}
+
+/// `[queue]`: name, queue pairs in the order written.
+#[derive(Default)]
+pub(crate) struct QueueList(pub(crate) Vec<(Spanned<String>, Spanned<RawQueue>)>);
+
+/// `[queue.NAME]`: a fixed bag of jobs, pushed and closed when the plan is
+/// built; `jobs` come first (a table's keys precede its sub-tables), then
+/// each `[[queue.NAME.job]]` in file order.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawQueue {
+    /// Shell lines, each a job with no options of its own.
+    #[serde(default)]
+    pub(crate) jobs: Vec<Spanned<String>>,
+    /// Jobs written as tables: a `run`, `put` or `get` with the options a
+    /// step of that action takes (`on` and `or_goto` excepted, refused later
+    /// with the file's position rather than by serde).
+    #[serde(default)]
+    pub(crate) job: Vec<Spanned<RawStep>>,
 }
 
 /// A command: a shell line, or words quoted one by one.
@@ -216,6 +235,26 @@ impl<'de> Deserialize<'de> for HostList {
                     hosts.push((label, m.next_value::<Spanned<RawHost>>()?));
                 }
                 Ok(HostList(hosts))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for QueueList {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = QueueList;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a table of job queues: [queue.NAME] with `jobs = [...]` and/or [[queue.NAME.job]] tables")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<QueueList, A::Error> {
+                let mut queues = Vec::new();
+                while let Some(name) = m.next_key::<Spanned<String>>()? {
+                    queues.push((name, m.next_value::<Spanned<RawQueue>>()?));
+                }
+                Ok(QueueList(queues))
             }
         }
         d.deserialize_map(V)
