@@ -71,6 +71,30 @@ fn the_local_example_runs_as_written() {
 }
 
 #[test]
+fn the_jobs_example_runs_as_written() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/plans/jobs.toml");
+    let mut pssh = Parallel::from_plan_file(&path).unwrap();
+    let report = pssh.run();
+    assert!(report.success(), "{report}");
+    let jobs = report.jobs();
+    assert_eq!(jobs.len(), 5);
+    for (seed, job) in (1..=4).zip(&jobs) {
+        let label = job.label().unwrap();
+        let device = format!("cuda:{}", &label[3..].parse::<u32>().unwrap() - 1);
+        assert_eq!(
+            job.report().stdout_str(),
+            format!("train --seed {seed} on {label} using {device}\n")
+        );
+    }
+    let last = &jobs[4];
+    assert_eq!(
+        last.report().stdout_str(),
+        format!("evaluate on {} with fast\n", last.label().unwrap())
+    );
+    assert_eq!(stdout(&report, "report", 1), "all training jobs done\n");
+}
+
+#[test]
 fn every_key_of_the_deploy_example_is_understood() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/plans/deploy.toml");
     let pssh = PlanFile::load(&path).unwrap().build().unwrap_or_else(|e| panic!("{e}"));
