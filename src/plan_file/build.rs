@@ -6,7 +6,7 @@
 //! pushed unless no problem was found, so a `Parallel` that comes out holds
 //! the whole plan and a failure holds every problem found.
 //!
-//! May use: `schema`, `check`, `error` (its siblings), `parallel`, `host`,
+//! May use: `schema`, `check`, `queue`, `error` (its siblings), `parallel`, `host`,
 //! `task`, `plan` (selectors).
 
 use std::collections::BTreeMap;
@@ -15,8 +15,9 @@ use std::path::PathBuf;
 
 use toml::Spanned;
 
-use super::check::{self, Job, Queue, Step};
+use super::check::{self, Step};
 use super::error::{PlanFileError, Problem, ProblemKind};
+use super::queue;
 use super::schema::{HostDefaults, RawHost, RawStep, Run, Tool};
 use super::PlanFile;
 use crate::host::Host;
@@ -61,7 +62,7 @@ pub(super) fn build(file: &PlanFile, mut edit: impl FnMut(Action) -> Action) -> 
         return Err(problems.finish().err().unwrap_or_else(|| unreachable_error(file)));
     };
     add_hosts(file, &mut pssh, &mut problems);
-    let (handles, queues) = queues(file, &mut problems);
+    let (handles, queues) = queue::queues(file, &mut problems);
     let steps: Vec<Option<Step<'_>>> = raw.step.iter().map(|s| step(s, &handles, &mut problems)).collect();
     check::check(&pssh, &steps, &queues, &mut problems);
     problems.finish()?;
@@ -269,70 +270,6 @@ fn tilde(path: &str) -> PathBuf {
 /// The keys that choose a step's action.
 const ACTION_KEYS: &str = "run, put, get, join, here, goto, stop, connect or drain";
 
-/// The keys that choose a job's action.
-const JOB_KEYS: &str = "run, put or get";
-
-/// The job queues of the file, by name, each filled with its jobs and
-/// closed (a plan file's queue is a fixed bag), and what the checks need to
-/// know of them. A job the library refuses is a problem at its place.
-fn queues<'a>(file: &'a PlanFile, problems: &mut Problems<'_>) -> (BTreeMap<&'a str, JobQueue>, Vec<Queue<'a>>) {
-    let mut handles = BTreeMap::new();
-    let mut checked = Vec::new();
-    for (name, q) in &file.raw.queue.0 {
-        let jobs = JobQueue::new();
-        let mut prepared = Vec::new();
-        let add = |action: Action, span: Range<usize>, or_goto: Option<Range<usize>>, problems: &mut Problems<'_>| {
-            if let Err(e) = jobs.push(action) {
-                // The library names its queue by a process-wide number, which
-                // means nothing in the file: the queue's name does.
-                let detail = e.detail();
-                let detail = detail
-                    .split_once(": ")
-                    .filter(|(prefix, _)| prefix.starts_with("job queue #"))
-                    .map_or(detail, |(_, rest)| rest);
-                problems.add(
-                    Some(or_goto.unwrap_or(span)),
-                    ProblemKind::Library(e.kind()),
-                    format!("a job of queue {:?}: {detail}", name.get_ref()),
-                );
-            }
-        };
-        for line in &q.get_ref().jobs {
-            add(Command::new(line.get_ref().clone()).into(), line.span(), None, problems);
-            prepared.push(Job {
-                span: line.span(),
-                texts: vec![line.get_ref().as_str()],
-                fields: vec![line.span()],
-            });
-        }
-        for job in &q.get_ref().job {
-            let r = job.get_ref();
-            if let Some(on) = &r.on {
-                problems.add(
-                    Some(on.span()),
-                    ProblemKind::Schema,
-                    format!(
-                        "a job has no `on`: it runs on whichever label draining queue {:?} is free first",
-                        name.get_ref()
-                    ),
-                );
-            }
-            if let Some((_, _, action)) = prepare(r, job.span(), JOB_KEYS, "a job", problems) {
-                add(action, job.span(), r.or_goto.as_ref().map(Spanned::span), problems);
-            }
-            prepared.push(Job {
-                span: job.span(),
-                texts: check::expanded_texts(r),
-                fields: check::field_spans(r),
-            });
-        }
-        jobs.close();
-        handles.insert(name.get_ref().as_str(), jobs);
-        checked.push(Queue { name, jobs: prepared });
-    }
-    (handles, checked)
-}
-
 /// The step's action and selector, or `None` after adding its problems.
 fn step<'a>(
     s: &'a Spanned<RawStep>,
@@ -389,7 +326,7 @@ fn step<'a>(
 /// written, and its action with every option applied and checked by the
 /// library; `None` after adding its problems. A drain's action is a
 /// placeholder (`Stop`) for the caller to replace: only it knows the queues.
-fn prepare(
+pub(super) fn prepare(
     r: &RawStep,
     span: Range<usize>,
     allowed: &str,

@@ -3,7 +3,8 @@
 //! types with spans), `build` turns it into hosts, settings and actions,
 //! `check` finds what would go wrong before anything connects (unknown
 //! labels, selectors matching nothing, jumps without their `here`, unknown
-//! `%VARIABLES%`), `error` is [`PlanFileError`] and its [`Problem`]s.
+//! `%VARIABLES%`, queues nobody drains), `queue` fills the job queues,
+//! `error` is [`PlanFileError`] and its [`Problem`]s.
 //!
 //! Invariant: building never connects anywhere and never pushes a step
 //! unless every check passed, so a plan with problems yields all of them
@@ -25,6 +26,7 @@
 mod build;
 mod check;
 mod error;
+mod queue;
 mod schema;
 
 use std::fmt;
