@@ -105,8 +105,18 @@ macro_rules! host_defaults {
 }
 host_defaults!(RawDefaults, RawHostTable);
 
-/// `[hosts]`: label, host pairs in the order written.
-pub(crate) struct HostList(pub(crate) Vec<(Spanned<String>, Spanned<RawHost>)>);
+/// A table of named entries (`[hosts]`, `[queue]`), with the spans of names
+/// and values, in the order written.
+pub(crate) struct Named<T>(pub(crate) Vec<(Spanned<String>, Spanned<T>)>);
+
+impl<T> Default for Named<T> {
+    fn default() -> Self {
+        Named(Vec::new())
+    }
+}
+
+/// `[hosts]`: label, host pairs.
+pub(crate) type HostList = Named<RawHost>;
 
 /// One host: `"[user@]host[:port]"`, or a table.
 pub(crate) enum RawHost {
@@ -170,9 +180,8 @@ pub(crate) struct RawStep {
     pub(crate) stdin: Option<Spanned<String>>,
 }
 
-/// `[queue]`: name, queue pairs in the order written.
-#[derive(Default)]
-pub(crate) struct QueueList(pub(crate) Vec<(Spanned<String>, Spanned<RawQueue>)>);
+/// `[queue]`: name, queue pairs.
+pub(crate) type QueueList = Named<RawQueue>;
 
 /// `[queue.NAME]`: a fixed bag of jobs, pushed and closed when the plan is
 /// built; `jobs` come first (a table's keys precede its sub-tables), then
@@ -221,43 +230,39 @@ pub(crate) struct Policy(pub(crate) OnError);
 #[derive(Clone, Copy)]
 pub(crate) struct KeyCheck(pub(crate) HostKeyCheck);
 
-impl<'de> Deserialize<'de> for HostList {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = HostList;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a table of hosts: LABEL = \"[user@]host[:port]\" or LABEL = { ... }")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<HostList, A::Error> {
-                let mut hosts = Vec::new();
-                while let Some(label) = m.next_key::<Spanned<String>>()? {
-                    hosts.push((label, m.next_value::<Spanned<RawHost>>()?));
-                }
-                Ok(HostList(hosts))
-            }
-        }
-        d.deserialize_map(V)
-    }
+/// What a table of named entries holds, for the message of a value that is
+/// no table.
+trait Entries {
+    /// What the table should look like.
+    const EXPECTING: &'static str;
 }
 
-impl<'de> Deserialize<'de> for QueueList {
+impl Entries for RawHost {
+    const EXPECTING: &'static str = "a table of hosts: LABEL = \"[user@]host[:port]\" or LABEL = { ... }";
+}
+
+impl Entries for RawQueue {
+    const EXPECTING: &'static str =
+        "a table of job queues: [queue.NAME] with `jobs = [...]` and/or [[queue.NAME.job]] tables";
+}
+
+impl<'de, T: Deserialize<'de> + Entries> Deserialize<'de> for Named<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = QueueList;
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de> + Entries> Visitor<'de> for V<T> {
+            type Value = Named<T>;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a table of job queues: [queue.NAME] with `jobs = [...]` and/or [[queue.NAME.job]] tables")
+                f.write_str(T::EXPECTING)
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<QueueList, A::Error> {
-                let mut queues = Vec::new();
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Named<T>, A::Error> {
+                let mut entries = Vec::new();
                 while let Some(name) = m.next_key::<Spanned<String>>()? {
-                    queues.push((name, m.next_value::<Spanned<RawQueue>>()?));
+                    entries.push((name, m.next_value::<Spanned<T>>()?));
                 }
-                Ok(QueueList(queues))
+                Ok(Named(entries))
             }
         }
-        d.deserialize_map(V)
+        d.deserialize_map(V(std::marker::PhantomData))
     }
 }
 
