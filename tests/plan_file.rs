@@ -603,7 +603,13 @@ fn plan_line() -> impl Strategy<Value = String> {
         "timeout = \"1m\"",
         "timeout = -3",
         "drain = 1",
+        "drain = \"q\"",
+        "drain = \"r\"",
         "[queue.q]",
+        "[queue.r]",
+        "jobs = [\"echo %V%\", \"true\"]",
+        "[[queue.q.job]]",
+        "[[queue.r.job]]",
     ])
     .prop_map(str::to_owned);
     prop_oneof![4 => fixed, 1 => "[a-z_=\\[\\]\"{}, 0-9%.*-]{0,30}"]

@@ -151,6 +151,7 @@ impl fmt::Debug for PlanFile {
             .field("path", &self.path)
             .field("hosts", &self.raw.hosts.as_ref().map_or(0, |h| h.get_ref().0.len()))
             .field("steps", &self.raw.step.len())
+            .field("queues", &self.raw.queue.0.len())
             .finish()
     }
 }
