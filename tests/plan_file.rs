@@ -71,6 +71,30 @@ fn the_local_example_runs_as_written() {
 }
 
 #[test]
+fn the_jobs_example_runs_as_written() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/plans/jobs.toml");
+    let mut pssh = Parallel::from_plan_file(&path).unwrap();
+    let report = pssh.run();
+    assert!(report.success(), "{report}");
+    let jobs = report.jobs();
+    assert_eq!(jobs.len(), 5);
+    for (seed, job) in (1..=4).zip(&jobs) {
+        let label = job.label().unwrap();
+        let device = format!("cuda:{}", &label[3..].parse::<u32>().unwrap() - 1);
+        assert_eq!(
+            job.report().stdout_str(),
+            format!("train --seed {seed} on {label} using {device}\n")
+        );
+    }
+    let last = &jobs[4];
+    assert_eq!(
+        last.report().stdout_str(),
+        format!("evaluate on {} with fast\n", last.label().unwrap())
+    );
+    assert_eq!(stdout(&report, "report", 1), "all training jobs done\n");
+}
+
+#[test]
 fn every_key_of_the_deploy_example_is_understood() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/plans/deploy.toml");
     let pssh = PlanFile::load(&path).unwrap().build().unwrap_or_else(|e| panic!("{e}"));
@@ -342,13 +366,170 @@ fn selector_tag_and_variable_errors_name_their_line() {
 }
 
 #[test]
-fn job_queues_are_refused_by_name_until_they_are_supported() {
+fn a_queue_drained_by_three_labels_runs_each_job_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let mut jobs: Vec<String> = (1..=12)
+        .map(|n| format!("\"echo {n} >> {d}/taken-{n}; echo {n} on %LABEL%\""))
+        .collect();
+    jobs.push("\"printf 'last on %%s' %LABEL%\"".into());
+    let plan = format!(
+        r#"
+[defaults]
+workers = 3
+
+[hosts]
+gpu1 = {{ local = true }}
+gpu2 = {{ local = true }}
+gpu3 = {{ local = true }}
+db1 = {{ local = true }}
+
+[[step]]
+on = "gpu*"
+drain = "train"
+
+[[step]]
+on = "db1"
+join = "gpu*"
+
+[[step]]
+on = "db1"
+run = "cat {d}/taken-* | wc -l"
+
+[queue.train]
+jobs = [{}]
+
+[[queue.train.job]]
+run = "echo seed=$SEED on %LABEL%; exit 3"
+env = {{ SEED = "%LABEL%-42" }}
+ok_exit_codes = [3]
+timeout = "30s"
+on_error = "abort"
+"#,
+        jobs.join(", ")
+    );
+    let mut pssh = build(&plan).unwrap();
+    let report = pssh.run();
+    assert!(report.success(), "{report:#?}");
+    let entries = report.jobs();
+    assert_eq!(entries.len(), 14, "{entries:#?}");
+    let mut numbers = Vec::new();
+    for e in &entries {
+        let label = e.label().expect("every job ran");
+        assert!(label.starts_with("gpu"), "{label}");
+        assert_eq!(e.report().status(), Succeeded);
+        let out = e.report().stdout_str();
+        if let Some(rest) = out.strip_prefix("seed=") {
+            assert_eq!(
+                rest,
+                format!("{label}-42 on {label}\n"),
+                "the job's env expands per label"
+            );
+        } else if let Some(rest) = out.strip_prefix("last on ") {
+            assert_eq!(rest, label, "`%%` is a literal % in a job");
+        } else {
+            let (n, on) = out.trim_end().split_once(" on ").unwrap();
+            assert_eq!(on, label, "{out}");
+            numbers.push(n.parse::<u32>().unwrap());
+        }
+    }
+    numbers.sort_unstable();
+    assert_eq!(numbers, (1..=12).collect::<Vec<_>>(), "each job once");
+    for n in 1..=12 {
+        let taken = std::fs::read_to_string(dir.path().join(format!("taken-{n}"))).unwrap();
+        assert_eq!(taken, format!("{n}\n"), "job {n} ran exactly once");
+    }
+    // The join waited for every job the drainers took.
+    assert_eq!(stdout(&report, "db1", 1).trim(), "12");
+    // Jobs run in push order, table jobs after the `jobs` list.
+    let ids: Vec<u64> = entries.iter().map(|e| e.id().get()).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]));
+    assert!(entries[13].report().stdout_str().starts_with("seed="));
+}
+
+#[test]
+fn an_empty_queue_is_allowed_and_its_drainers_finish_at_once() {
+    let mut pssh = build(&format!(
+        "{HOSTS}[[step]]\non = \"web*\"\ndrain = \"idle\"\n\n[[step]]\nrun = \"echo after\"\n\n[queue.idle]\n"
+    ))
+    .unwrap();
+    let report = pssh.run();
+    assert!(report.success(), "{report:#?}");
+    assert!(report.jobs().is_empty());
+    assert_eq!(stdout(&report, "db1", 0), "after\n");
+    assert_eq!(stdout(&report, "web2", 1), "after\n");
+}
+
+#[test]
+fn queue_errors_name_their_line() {
+    let drain = "[[step]]\non = \"web*\"\ndrain = \"q\"\n\n";
+
     let (line, kind, msg) = problem(&format!("{HOSTS}[[step]]\ndrain = \"jobs\"\n"));
-    assert_eq!((line, kind), (6, ProblemKind::Unsupported), "{msg}");
-    let got = problems(&format!(
-        "{HOSTS}[[step]]\nrun = \"true\"\n\n[queue.jobs]\nfile = \"jobs.txt\"\n"
+    assert_eq!((line, kind), (6, ProblemKind::UnknownQueue), "{msg}");
+    assert!(msg.contains("\"jobs\"") && msg.contains("defined: none"), "{msg}");
+
+    // A misspelt drain: the name it misses is listed, and the queue it meant
+    // is undrained; both are reported, in file order.
+    let text = format!("{HOSTS}[[step]]\ndrain = \"trian\"\n\n[queue.train]\njobs = [\"true\"]\n");
+    assert_eq!(
+        problems(&text),
+        [(6, ProblemKind::UnknownQueue), (8, ProblemKind::UndrainedQueue)]
+    );
+    let e = build(&text).unwrap_err().to_string();
+    assert!(e.contains("(defined: train)"), "{e}");
+    assert!(e.contains("queue \"train\" is drained by no step: its 1 job(s)"), "{e}");
+
+    let (line, kind, msg) = problem(&format!(
+        "{HOSTS}{drain}[queue.q]\njobs = [\"true\"]\n\n[[queue.q.job]]\nrun = \"true\"\nor_goto = \"fix\"\n"
     ));
-    assert_eq!(got, [(8, ProblemKind::Unsupported)]);
+    assert_eq!(
+        (line, kind),
+        (14, ProblemKind::Library(ssh_parallel::ErrorKind::InvalidConfig)),
+        "{msg}"
+    );
+    assert!(msg.contains("queue \"q\"") && msg.contains("or_goto"), "{msg}");
+    assert!(
+        !msg.contains('#'),
+        "the library's queue number means nothing in the file: {msg}"
+    );
+
+    let (line, kind, msg) = problem(&format!(
+        "{HOSTS}{drain}[queue.q]\n[[queue.q.job]]\non = \"web1\"\nrun = \"true\"\n"
+    ));
+    assert_eq!((line, kind), (11, ProblemKind::Schema), "{msg}");
+    assert!(msg.contains("`on`"), "{msg}");
+
+    let (line, kind, msg) = problem(&format!("{HOSTS}{drain}[queue.q]\n[[queue.q.job]]\njoin = \"web1\"\n"));
+    assert_eq!((line, kind), (11, ProblemKind::Schema), "{msg}");
+    assert!(msg.contains("`join` is not a job's action"), "{msg}");
+
+    let (line, kind, msg) = problem(&format!(
+        "{HOSTS}{drain}[queue.q]\njobs = [\"true\"]\nfile = \"jobs.txt\"\n"
+    ));
+    assert_eq!((line, kind), (11, ProblemKind::Schema), "{msg}");
+    assert!(msg.contains("file"), "{msg}");
+
+    let (line, kind, msg) = problem(&format!("{HOSTS}[[step]]\ndrain = \"q\"\ntimeout = 5\n\n[queue.q]\n"));
+    assert_eq!((line, kind), (7, ProblemKind::Schema), "{msg}");
+    assert!(msg.contains("`timeout`") && msg.contains("`drain`"), "{msg}");
+
+    // A job runs on any label draining its queue: its variables must be
+    // defined on each of them, and only on them (db1 lacks ROLE too).
+    let hosts = "[hosts]\nweb1 = { local = true, vars = { ROLE = \"front\" } }\nweb2 = { local = true }\ndb1 = { local = true }\n";
+    let (line, kind, msg) = problem(&format!(
+        "{hosts}{drain}[queue.q]\njobs = [\n  \"echo %LABEL%\",\n  \"echo %ROLE%\",\n]\n"
+    ));
+    assert_eq!((line, kind), (12, ProblemKind::UnknownVariable), "{msg}");
+    assert!(msg.contains("%ROLE% on web2 "), "{msg}");
+    let (line, kind, msg) = problem(&format!(
+        "{hosts}{drain}[queue.q]\n[[queue.q.job]]\nput = \"a\"\nto = \"/tmp/%ROLE%\"\n"
+    ));
+    assert_eq!((line, kind), (12, ProblemKind::UnknownVariable), "{msg}");
+    assert!(msg.contains("on web2 "), "{msg}");
+    build(&format!(
+        "{hosts}[[step]]\non = \"web1\"\ndrain = \"q\"\n\n[queue.q]\njobs = [\"echo %ROLE%\"]\n"
+    ))
+    .unwrap();
 }
 
 #[test]
@@ -422,7 +603,13 @@ fn plan_line() -> impl Strategy<Value = String> {
         "timeout = \"1m\"",
         "timeout = -3",
         "drain = 1",
+        "drain = \"q\"",
+        "drain = \"r\"",
         "[queue.q]",
+        "[queue.r]",
+        "jobs = [\"echo %V%\", \"true\"]",
+        "[[queue.q.job]]",
+        "[[queue.r.job]]",
     ])
     .prop_map(str::to_owned);
     prop_oneof![4 => fixed, 1 => "[a-z_=\\[\\]\"{}, 0-9%.*-]{0,30}"]

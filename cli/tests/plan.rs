@@ -173,6 +173,64 @@ fn check_passes_or_names_every_problem_by_line_and_connects_nowhere() {
     }
 }
 
+/// A queue drained by both labels: steps from line 11.
+const QUEUE_STEPS: &str = r#"[[step]]
+drain = "work"
+[queue.work]
+jobs = ["echo job 1 on %LABEL%", "echo job 2 on %LABEL%", "echo job 3 on %LABEL%", "echo job 4 on %LABEL%"]
+[[queue.work.job]]
+run = "echo job 5 on %LABEL% from $WHO"
+env = { WHO = "a table" }
+"#;
+
+/// Four problems with job queues: at lines 14, 18, 19 and 20.
+const BAD_QUEUE_STEPS: &str = r#"[[step]]
+drain = "work"
+[[step]]
+drain = "wrok"
+[queue.work]
+jobs = ["true"]
+[[queue.work.job]]
+run = "echo %NOPE%"
+or_goto = "fix"
+[queue.spare]
+jobs = ["true"]
+"#;
+
+#[test]
+fn a_plan_with_a_job_queue_runs_each_job_once_and_checks_it() {
+    let c = Cluster::start(&["a", "b"]);
+    let plan = write_plan(&c, QUEUE_STEPS);
+    let out = plan_cmd(&c, &[path_str(&plan)]);
+    assert_eq!(out.code(), 0, "{out:?}");
+    let mut jobs = Vec::new();
+    for line in out.sorted_stdout() {
+        let (label, text) = line.split_once(": ").unwrap();
+        let rest = text.strip_prefix("job ").unwrap_or_else(|| panic!("{line:?}"));
+        let (n, on) = rest.split_once(" on ").unwrap();
+        assert!(on == label || on == format!("{label} from a table"), "{line:?}");
+        jobs.push(n.parse::<u32>().unwrap());
+    }
+    jobs.sort_unstable();
+    assert_eq!(jobs, [1, 2, 3, 4, 5], "each job once: {out:?}");
+
+    let before: Vec<u64> = c.servers.iter().map(|s| s.stats().connections).collect();
+    let bad = write_plan(&c, BAD_QUEUE_STEPS);
+    let out = plan_cmd(&c, &[path_str(&bad), "--check"]);
+    assert_eq!((out.code(), out.stdout().as_str()), (2, ""), "{out:?}");
+    let stderr = out.stderr();
+    let file = bad.display().to_string();
+    let at: Vec<(&str, &str)> = stderr.lines().map(file_and_line).collect();
+    let expected: Vec<(&str, &str)> = ["14", "18", "19", "20"].iter().map(|l| (file.as_str(), *l)).collect();
+    assert_eq!(at, expected, "{stderr}");
+    assert!(stderr.contains("unknown queue \"wrok\""), "{stderr}");
+    assert!(stderr.contains("%NOPE% on n1, n2"), "{stderr}");
+    assert!(stderr.contains("or_goto does not apply to a job"), "{stderr}");
+    assert!(stderr.contains("queue \"spare\" is drained by no step"), "{stderr}");
+    let after: Vec<u64> = c.servers.iter().map(|s| s.stats().connections).collect();
+    assert_eq!(before, after, "--check connects nowhere");
+}
+
 #[test]
 fn dot_prints_a_graph_that_graphviz_renders() {
     if !testbed::prereq::program("dot", "graphviz") {

@@ -6,9 +6,10 @@
 //! pushed unless no problem was found, so a `Parallel` that comes out holds
 //! the whole plan and a failure holds every problem found.
 //!
-//! May use: `schema`, `check`, `error` (its siblings), `parallel`, `host`,
+//! May use: `schema`, `check`, `queue`, `error` (its siblings), `parallel`, `host`,
 //! `task`, `plan` (selectors).
 
+use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::PathBuf;
 
@@ -16,13 +17,16 @@ use toml::Spanned;
 
 use super::check::{self, Step};
 use super::error::{PlanFileError, Problem, ProblemKind};
+use super::queue;
 use super::schema::{HostDefaults, RawHost, RawStep, Run, Tool};
 use super::PlanFile;
 use crate::host::Host;
 use crate::parallel::Parallel;
 use crate::plan::Selector;
 use crate::task::output::Stdin;
-use crate::task::{Action, Command, Connect, Goto, Here, Join, RsyncGet, RsyncPut, ScpGet, ScpPut, Stop};
+use crate::task::{
+    Action, Command, Connect, Drain, Goto, Here, JobQueue, Join, RsyncGet, RsyncPut, ScpGet, ScpPut, Stop,
+};
 
 /// The problems found so far, and the file they are in.
 pub(super) struct Problems<'a> {
@@ -54,19 +58,13 @@ pub(super) fn build(file: &PlanFile, mut edit: impl FnMut(Action) -> Action) -> 
         found: Vec::new(),
     };
     let raw = &file.raw;
-    if let Some(q) = &raw.queue {
-        problems.add(
-            Some(q.span()),
-            ProblemKind::Unsupported,
-            "job queues are not supported in plan files yet ([queue.NAME] tables and `drain` steps are reserved for them)",
-        );
-    }
     let Some(mut pssh) = parallel(file, &mut problems) else {
         return Err(problems.finish().err().unwrap_or_else(|| unreachable_error(file)));
     };
     add_hosts(file, &mut pssh, &mut problems);
-    let steps: Vec<Option<Step<'_>>> = raw.step.iter().map(|s| step(s, &mut problems)).collect();
-    check::check(&pssh, &steps, &mut problems);
+    let (handles, queues) = queue::queues(file, &mut problems);
+    let steps: Vec<Option<Step<'_>>> = raw.step.iter().map(|s| step(s, &handles, &mut problems)).collect();
+    check::check(&pssh, &steps, &queues, &mut problems);
     problems.finish()?;
     let mut problems = Problems {
         file,
@@ -270,63 +268,41 @@ fn tilde(path: &str) -> PathBuf {
 }
 
 /// The keys that choose a step's action.
-const ACTION_KEYS: &str = "run, put, get, join, here, goto, stop or connect";
+const ACTION_KEYS: &str = "run, put, get, join, here, goto, stop, connect or drain";
 
 /// The step's action and selector, or `None` after adding its problems.
-fn step<'a>(s: &'a Spanned<RawStep>, problems: &mut Problems<'_>) -> Option<Step<'a>> {
+fn step<'a>(
+    s: &'a Spanned<RawStep>,
+    queues: &BTreeMap<&str, JobQueue>,
+    problems: &mut Problems<'_>,
+) -> Option<Step<'a>> {
     let span = s.span();
     let r = s.get_ref();
-    if let Some(d) = &r.drain {
-        problems.add(
-            Some(d.span()),
-            ProblemKind::Unsupported,
-            "`drain` steps (job queues) are not supported in plan files yet",
-        );
-        return None;
-    }
-    let keys: Vec<(&str, Range<usize>)> = [
-        ("run", r.run.as_ref().map(Spanned::span)),
-        ("put", r.put.as_ref().map(Spanned::span)),
-        ("get", r.get.as_ref().map(Spanned::span)),
-        ("join", r.join.as_ref().map(Spanned::span)),
-        ("here", r.here.as_ref().map(Spanned::span)),
-        ("goto", r.goto.as_ref().map(Spanned::span)),
-        ("stop", r.stop.as_ref().map(Spanned::span)),
-        ("connect", r.connect.as_ref().map(Spanned::span)),
-    ]
-    .into_iter()
-    .filter_map(|(k, s)| s.map(|s| (k, s)))
-    .collect();
-    let (kind, key_span) = match keys.as_slice() {
-        [] => {
-            problems.add(
-                Some(span),
-                ProblemKind::Schema,
-                format!("a step needs one of {ACTION_KEYS}"),
-            );
-            return None;
-        }
-        [(k, s)] => (*k, s.clone()),
-        [(a, _), (b, s), ..] => {
-            problems.add(
-                Some(s.clone()),
-                ProblemKind::Schema,
-                format!("a step has one action, and this one has `{a}` and `{b}`: split it into two steps"),
-            );
-            return None;
-        }
+    let (kind, key_span, action) = prepare(r, span.clone(), ACTION_KEYS, "a step", problems)?;
+    let action = match (kind, &r.drain) {
+        ("drain", Some(name)) => match queues.get(name.get_ref().as_str()) {
+            Some(q) => Drain::new(q).into(),
+            None => {
+                let known: Vec<&str> = queues.keys().copied().collect();
+                problems.add(
+                    Some(key_span),
+                    ProblemKind::UnknownQueue,
+                    format!(
+                        "unknown queue {:?}: no [queue.{}] table defines it (defined: {})",
+                        name.get_ref(),
+                        name.get_ref(),
+                        if known.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                );
+                return None;
+            }
+        },
+        _ => action,
     };
-    let before = problems.found.len();
-    check_options(r, kind, problems);
-    let action = action(r, kind, &key_span, problems);
-    if problems.found.len() > before {
-        return None;
-    }
-    let action = action?;
-    if let Err(e) = action.check() {
-        problems.add(Some(key_span), ProblemKind::Library(e.kind()), e.detail().to_owned());
-        return None;
-    }
     let on_text = r.on.as_ref().map_or("*", |o| o.get_ref().as_str());
     let on_span = r.on.as_ref().map_or(key_span.clone(), Spanned::span);
     let on = match Selector::parse(on_text) {
@@ -344,6 +320,72 @@ fn step<'a>(s: &'a Spanned<RawStep>, problems: &mut Problems<'_>) -> Option<Step
         raw: r,
         action,
     })
+}
+
+/// The action key of a step or job (one of `allowed`), where its value is
+/// written, and its action with every option applied and checked by the
+/// library; `None` after adding its problems. A drain's action is a
+/// placeholder (`Stop`) for the caller to replace: only it knows the queues.
+pub(super) fn prepare(
+    r: &RawStep,
+    span: Range<usize>,
+    allowed: &str,
+    what: &str,
+    problems: &mut Problems<'_>,
+) -> Option<(&'static str, Range<usize>, Action)> {
+    let keys: Vec<(&'static str, Range<usize>)> = [
+        ("run", r.run.as_ref().map(Spanned::span)),
+        ("put", r.put.as_ref().map(Spanned::span)),
+        ("get", r.get.as_ref().map(Spanned::span)),
+        ("join", r.join.as_ref().map(Spanned::span)),
+        ("here", r.here.as_ref().map(Spanned::span)),
+        ("goto", r.goto.as_ref().map(Spanned::span)),
+        ("stop", r.stop.as_ref().map(Spanned::span)),
+        ("connect", r.connect.as_ref().map(Spanned::span)),
+        ("drain", r.drain.as_ref().map(Spanned::span)),
+    ]
+    .into_iter()
+    .filter_map(|(k, s)| s.map(|s| (k, s)))
+    .collect();
+    let (kind, key_span) = match keys.as_slice() {
+        [] => {
+            problems.add(
+                Some(span),
+                ProblemKind::Schema,
+                format!("{what} needs one of {allowed}"),
+            );
+            return None;
+        }
+        [(k, s)] if !allowed.split([',', ' ']).any(|a| a == *k) => {
+            problems.add(
+                Some(s.clone()),
+                ProblemKind::Schema,
+                format!("`{k}` is not {what}'s action: {what} is one of {allowed}"),
+            );
+            return None;
+        }
+        [(k, s)] => (*k, s.clone()),
+        [(a, _), (b, s), ..] => {
+            problems.add(
+                Some(s.clone()),
+                ProblemKind::Schema,
+                format!("{what} has one action, and this one has `{a}` and `{b}`: split it in two"),
+            );
+            return None;
+        }
+    };
+    let before = problems.found.len();
+    check_options(r, kind, problems);
+    let action = action(r, kind, &key_span, problems);
+    if problems.found.len() > before {
+        return None;
+    }
+    let action = action?;
+    if let Err(e) = action.check() {
+        problems.add(Some(key_span), ProblemKind::Library(e.kind()), e.detail().to_owned());
+        return None;
+    }
+    Some((kind, key_span, action))
 }
 
 /// Refuses the options that mean nothing for a step of this `kind`.
@@ -491,6 +533,8 @@ fn action(r: &RawStep, kind: &str, key_span: &Range<usize>, problems: &mut Probl
         "goto" => Goto::new(r.goto.as_ref()?.get_ref().clone()).into(),
         "stop" => Stop.into(),
         "connect" => task_opts!(Connect::new(), r),
+        // The queue is the caller's to find (see `prepare`).
+        "drain" => Stop.into(),
         _ => return None,
     })
 }

@@ -1,7 +1,8 @@
 //! The checks of a plan file before anything connects: every selector part
 //! names a host entry or matches one, every goto and or_goto has a later
 //! `here` of its tag on every label that takes it, and every `%VARIABLE%`
-//! is defined for every label that expands it.
+//! is defined for every label that expands it (a job: on every label that
+//! drains its queue), and every queue is drained by some step.
 //!
 //! Invariant: only reads the registered hosts and the prepared steps; each
 //! problem is reported once per step (listing the labels concerned), at the
@@ -15,6 +16,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Range;
 
 use super::build::Problems;
+use toml::Spanned;
+
 use super::error::ProblemKind;
 use super::schema::{RawStep, Run};
 use crate::parallel::Parallel;
@@ -37,12 +40,33 @@ pub(super) struct Step<'a> {
     pub(super) action: Action,
 }
 
-/// Runs every check over `steps` (`None`: a step that already has problems).
-pub(super) fn check(pssh: &Parallel, steps: &[Option<Step<'_>>], problems: &mut Problems<'_>) {
+/// A job queue of the file: what its checks need.
+pub(super) struct Queue<'a> {
+    /// Its name, where `[queue.NAME]` writes it.
+    pub(super) name: &'a Spanned<String>,
+    /// Its jobs, in the order they were pushed.
+    pub(super) jobs: Vec<Job<'a>>,
+}
+
+/// One job of a queue, as the variable check sees it.
+pub(super) struct Job<'a> {
+    /// The job as written (its line in `jobs`, or its `[[queue.NAME.job]]` table).
+    pub(super) span: Range<usize>,
+    /// The texts `%VAR%`s are expanded in.
+    pub(super) texts: Vec<&'a str>,
+    /// Where those texts are written, to point at the first use of a variable.
+    pub(super) fields: Vec<Range<usize>>,
+}
+
+/// Runs every check over `steps` (`None`: a step that already has problems)
+/// and `queues`.
+pub(super) fn check(pssh: &Parallel, steps: &[Option<Step<'_>>], queues: &[Queue<'_>], problems: &mut Problems<'_>) {
     let labels: Vec<&str> = pssh.labels().collect();
     let index: HashMap<&str, usize> = labels.iter().enumerate().map(|(i, l)| (*l, i)).collect();
     // The steps each label takes, in order.
     let mut per_label: Vec<Vec<usize>> = vec![Vec::new(); labels.len()];
+    // Queue name -> the labels draining it.
+    let mut drainers: BTreeMap<&str, BTreeSet<usize>> = BTreeMap::new();
     for (si, step) in steps.iter().enumerate() {
         let Some(step) = step else { continue };
         selector_parts(step.on.as_str(), &step.on_span, &labels, &index, problems);
@@ -63,12 +87,47 @@ pub(super) fn check(pssh: &Parallel, steps: &[Option<Step<'_>>], problems: &mut 
             .filter(|(_, l)| step.on.matches(l))
             .map(|(i, _)| i)
             .collect();
-        variables(pssh, step, &selected, &labels, problems);
+        let texts = expanded_texts(step.raw);
+        let fields = field_spans(step.raw);
+        variables(pssh, &texts, &fields, &step.key_span, &selected, &labels, problems);
+        if let Some(name) = &step.raw.drain {
+            drainers.entry(name.get_ref().as_str()).or_default().extend(&selected);
+        }
         for &li in &selected {
             per_label[li].push(si);
         }
     }
     tags(steps, &per_label, &labels, problems);
+    for q in queues {
+        let name = q.name.get_ref().as_str();
+        // A drain step with problems of its own still counts: one mistake,
+        // one problem.
+        let named = problems
+            .file
+            .raw
+            .step
+            .iter()
+            .any(|s| s.get_ref().drain.as_ref().is_some_and(|d| d.get_ref() == name));
+        if !named {
+            problems.add(
+                Some(q.name.span()),
+                ProblemKind::UndrainedQueue,
+                format!(
+                    "queue {name:?} is drained by no step: its {} job(s) would never run (add a step `drain = {name:?}`)",
+                    q.jobs.len()
+                ),
+            );
+            continue;
+        }
+        // A job may run on any label that drains its queue: it must expand on each.
+        let selected: Vec<usize> = drainers
+            .get(name)
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default();
+        for job in &q.jobs {
+            variables(pssh, &job.texts, &job.fields, &job.span, &selected, &labels, problems);
+        }
+    }
 }
 
 /// Each comma-separated part of a selector must name a host entry, or (a
@@ -103,7 +162,7 @@ fn selector_parts(
 /// The texts of a step that `%VAR%`s are expanded in (as `Action::expand_for`
 /// expands them): the command line or its words, environment values,
 /// transfer paths.
-fn expanded_texts(r: &RawStep) -> Vec<&str> {
+pub(super) fn expanded_texts(r: &RawStep) -> Vec<&str> {
     let mut out: Vec<&str> = Vec::new();
     match r.run.as_ref().map(|x| x.get_ref()) {
         Some(Run::Line(l)) => out.push(l),
@@ -122,9 +181,31 @@ fn expanded_texts(r: &RawStep) -> Vec<&str> {
     out
 }
 
-/// Every `%NAME%` of the step must be known on every label it is pushed to.
-fn variables(pssh: &Parallel, step: &Step<'_>, selected: &[usize], labels: &[&str], problems: &mut Problems<'_>) {
-    let texts = expanded_texts(step.raw);
+/// Where the texts of `expanded_texts` are written.
+pub(super) fn field_spans(r: &RawStep) -> Vec<Range<usize>> {
+    [
+        r.run.as_ref().map(|x| x.span()),
+        r.env.as_ref().map(|x| x.span()),
+        r.put.as_ref().map(|x| x.span()),
+        r.get.as_ref().map(|x| x.span()),
+        r.to.as_ref().map(|x| x.span()),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+/// Every `%NAME%` of `texts` (written at `fields`; `fallback` when no field
+/// shows it) must be known on every label of `selected`.
+fn variables(
+    pssh: &Parallel,
+    texts: &[&str],
+    fields: &[Range<usize>],
+    fallback: &Range<usize>,
+    selected: &[usize],
+    labels: &[&str],
+    problems: &mut Problems<'_>,
+) {
     if texts.iter().all(|t| !t.contains('%')) {
         return;
     }
@@ -144,7 +225,7 @@ fn variables(pssh: &Parallel, step: &Step<'_>, selected: &[usize], labels: &[&st
             }
             v
         };
-        for t in &texts {
+        for t in texts {
             // The error names only the first unknown name: `lookup` saw them all.
             let _ = vars::expand(t, &lookup);
         }
@@ -157,19 +238,10 @@ fn variables(pssh: &Parallel, step: &Step<'_>, selected: &[usize], labels: &[&st
     for (name, (on, known)) in unknown {
         let needle = format!("%{name}%");
         let text = &problems.file.text;
-        let r = step.raw;
-        let fields = [
-            r.run.as_ref().map(|x| x.span()),
-            r.env.as_ref().map(|x| x.span()),
-            r.put.as_ref().map(|x| x.span()),
-            r.get.as_ref().map(|x| x.span()),
-            r.to.as_ref().map(|x| x.span()),
-        ];
         let span = fields
-            .into_iter()
-            .flatten()
-            .find_map(|f| Some(f.start + text.get(f)?.find(&needle)?))
-            .map_or(step.key_span.clone(), |start| start..start + needle.len());
+            .iter()
+            .find_map(|f| Some(f.start + text.get(f.clone())?.find(&needle)?))
+            .map_or(fallback.clone(), |start| start..start + needle.len());
         let mut defined = vec!["LABEL", "HOST", "USER", "PORT"];
         defined.extend(known.iter().map(String::as_str));
         problems.add(

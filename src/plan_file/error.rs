@@ -37,8 +37,13 @@ pub enum ProblemKind {
     MissingTag,
     /// A `%VARIABLE%` is defined neither by the library nor by the host.
     UnknownVariable,
-    /// Something plan files do not support yet (job queues).
+    /// Something plan files do not support. No check produces it today;
+    /// kept so that code matching on it keeps compiling.
     Unsupported,
+    /// A `drain` step names a queue no `[queue.NAME]` table defines.
+    UnknownQueue,
+    /// A `[queue.NAME]` table no `drain` step names: its jobs would never run.
+    UndrainedQueue,
     /// The library refused a setting or a step; the kind is the library's.
     Library(ErrorKind),
 }

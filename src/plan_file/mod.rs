@@ -3,22 +3,30 @@
 //! types with spans), `build` turns it into hosts, settings and actions,
 //! `check` finds what would go wrong before anything connects (unknown
 //! labels, selectors matching nothing, jumps without their `here`, unknown
-//! `%VARIABLES%`), `error` is [`PlanFileError`] and its [`Problem`]s.
+//! `%VARIABLES%`, queues nobody drains), `queue` fills the job queues,
+//! `error` is [`PlanFileError`] and its [`Problem`]s.
 //!
 //! Invariant: building never connects anywhere and never pushes a step
 //! unless every check passed, so a plan with problems yields all of them
-//! (each naming `file:line:column`) and no `Parallel`.
+//! (each naming `file:line:column`) and no `Parallel`. Jobs go into fresh
+//! queues while checking (the library's own refusal of a job is a problem
+//! at its line); those queues are closed at once and reachable only through
+//! the `Parallel` built, so a failed build leaves nothing behind.
 //!
 //! May use: `parallel` (the public `Parallel` API it builds), `host`,
 //! `policy`, `task`, `plan` (selectors), `error`. Nothing uses it but `lib`.
 //!
-//! Job queues (`[queue.NAME]` tables and `drain` steps) are reserved names
-//! in the schema, refused with [`ProblemKind::Unsupported`] until the
-//! library's job queue lands.
+//! Job queues: a `[queue.NAME]` table (`jobs = [...]` and/or
+//! `[[queue.NAME.job]]` tables) is a fixed bag of jobs, pushed and closed at
+//! build time, so the run ends once the bag is empty; a step `drain = "NAME"`
+//! makes the labels it selects take jobs from it. A queue no step drains is
+//! an error ([`ProblemKind::UndrainedQueue`]): its jobs could never run. An
+//! empty queue is allowed (its drainers finish at once).
 
 mod build;
 mod check;
 mod error;
+mod queue;
 mod schema;
 
 use std::fmt;
@@ -143,6 +151,7 @@ impl fmt::Debug for PlanFile {
             .field("path", &self.path)
             .field("hosts", &self.raw.hosts.as_ref().map_or(0, |h| h.get_ref().0.len()))
             .field("steps", &self.raw.step.len())
+            .field("queues", &self.raw.queue.0.len())
             .finish()
     }
 }

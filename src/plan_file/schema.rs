@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
-use serde::de::{self, value::MapAccessDeserializer, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, value::MapAccessDeserializer, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -35,10 +35,9 @@ pub(crate) struct RawPlan {
     /// The steps, in the order they are pushed.
     #[serde(default)]
     pub(crate) step: Vec<Spanned<RawStep>>,
-    /// Reserved for job queues (`[queue.NAME]`), refused with a message until
-    /// plan files support them.
+    /// The job queues (`[queue.NAME]`), in the order written.
     #[serde(default)]
-    pub(crate) queue: Option<Spanned<IgnoredAny>>,
+    pub(crate) queue: QueueList,
 }
 
 /// `[defaults]`: the run's settings, then what every host gets unless its
@@ -106,8 +105,18 @@ macro_rules! host_defaults {
 }
 host_defaults!(RawDefaults, RawHostTable);
 
-/// `[hosts]`: label, host pairs in the order written.
-pub(crate) struct HostList(pub(crate) Vec<(Spanned<String>, Spanned<RawHost>)>);
+/// A table of named entries (`[hosts]`, `[queue]`), with the spans of names
+/// and values, in the order written.
+pub(crate) struct Named<T>(pub(crate) Vec<(Spanned<String>, Spanned<T>)>);
+
+impl<T> Default for Named<T> {
+    fn default() -> Self {
+        Named(Vec::new())
+    }
+}
+
+/// `[hosts]`: label, host pairs.
+pub(crate) type HostList = Named<RawHost>;
 
 /// One host: `"[user@]host[:port]"`, or a table.
 pub(crate) enum RawHost {
@@ -151,8 +160,8 @@ pub(crate) struct RawStep {
     pub(crate) goto: Option<Spanned<String>>,
     pub(crate) stop: Option<Spanned<bool>>,
     pub(crate) connect: Option<Spanned<bool>>,
-    /// Reserved for job queues: refused with a message.
-    pub(crate) drain: Option<Spanned<IgnoredAny>>,
+    /// The name of the job queue the selected labels take jobs from.
+    pub(crate) drain: Option<Spanned<String>>,
     // Transfers.
     pub(crate) to: Option<Spanned<String>>,
     pub(crate) with: Option<Spanned<Tool>>,
@@ -169,6 +178,25 @@ pub(crate) struct RawStep {
     pub(crate) env: Option<Spanned<BTreeMap<String, String>>>,
     pub(crate) pty: Option<Spanned<bool>>,
     pub(crate) stdin: Option<Spanned<String>>,
+}
+
+/// `[queue]`: name, queue pairs.
+pub(crate) type QueueList = Named<RawQueue>;
+
+/// `[queue.NAME]`: a fixed bag of jobs, pushed and closed when the plan is
+/// built; `jobs` come first (a table's keys precede its sub-tables), then
+/// each `[[queue.NAME.job]]` in file order.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawQueue {
+    /// Shell lines, each a job with no options of its own.
+    #[serde(default)]
+    pub(crate) jobs: Vec<Spanned<String>>,
+    /// Jobs written as tables: a `run`, `put` or `get` with the options a
+    /// step of that action takes (`on` and `or_goto` excepted, refused later
+    /// with the file's position rather than by serde).
+    #[serde(default)]
+    pub(crate) job: Vec<Spanned<RawStep>>,
 }
 
 /// A command: a shell line, or words quoted one by one.
@@ -202,23 +230,39 @@ pub(crate) struct Policy(pub(crate) OnError);
 #[derive(Clone, Copy)]
 pub(crate) struct KeyCheck(pub(crate) HostKeyCheck);
 
-impl<'de> Deserialize<'de> for HostList {
+/// What a table of named entries holds, for the message of a value that is
+/// no table.
+trait Entries {
+    /// What the table should look like.
+    const EXPECTING: &'static str;
+}
+
+impl Entries for RawHost {
+    const EXPECTING: &'static str = "a table of hosts: LABEL = \"[user@]host[:port]\" or LABEL = { ... }";
+}
+
+impl Entries for RawQueue {
+    const EXPECTING: &'static str =
+        "a table of job queues: [queue.NAME] with `jobs = [...]` and/or [[queue.NAME.job]] tables";
+}
+
+impl<'de, T: Deserialize<'de> + Entries> Deserialize<'de> for Named<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = HostList;
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de> + Entries> Visitor<'de> for V<T> {
+            type Value = Named<T>;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a table of hosts: LABEL = \"[user@]host[:port]\" or LABEL = { ... }")
+                f.write_str(T::EXPECTING)
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<HostList, A::Error> {
-                let mut hosts = Vec::new();
-                while let Some(label) = m.next_key::<Spanned<String>>()? {
-                    hosts.push((label, m.next_value::<Spanned<RawHost>>()?));
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Named<T>, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(name) = m.next_key::<Spanned<String>>()? {
+                    entries.push((name, m.next_value::<Spanned<T>>()?));
                 }
-                Ok(HostList(hosts))
+                Ok(Named(entries))
             }
         }
-        d.deserialize_map(V)
+        d.deserialize_map(V(std::marker::PhantomData))
     }
 }
 
