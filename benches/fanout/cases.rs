@@ -20,6 +20,8 @@ pub enum Tier {
     /// Real sshd behind 50 ms of round-trip time (netem in a network namespace, or a
     /// user-space relay where the kernel has no netem).
     Netns,
+    /// Real sshd behind a bastion sshd, both on 127.0.0.1 (see `jump.rs`).
+    Jump,
 }
 
 /// One case: a piece of work on `n` labels of one tier, run by several tools.
@@ -317,6 +319,8 @@ pub fn cases(o: &Opts, d: &Data) -> Vec<Case> {
     ));
     // 7. The command line against the command-line tools.
     v.extend(crate::cli::cases(o));
+    // 8. Behind a jump host.
+    v.extend(crate::jump::cases(o));
     if let Some(filter) = &o.cases {
         v.retain(|c| {
             filter

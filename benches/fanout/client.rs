@@ -45,18 +45,25 @@ fn run(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
     // The peers wait for a server as long as it takes (parallel-ssh: no timeout; pssh
     // -t 0); so do we, rather than give up on a server that 10,000 logins keep busy.
     let login_timeout = Duration::from_secs(kv.get("login_timeout").map_or(Ok(600), |s| s.parse())?);
+    let host = |port: u16| {
+        Host::new("127.0.0.1")
+            .port(port)
+            .user(user)
+            .key_file(key)
+            .agent(false)
+            .host_key_check(HostKeyCheck::Off)
+            .connect_timeout(login_timeout)
+            .auth_timeout(login_timeout)
+    };
+    // `jump_port=`: every label goes through a bastion on 127.0.0.1 (same user and key),
+    // the same hop for all, so the library shares one session to it (see `jump.rs`).
+    let jump: Option<u16> = kv.get("jump_port").map(|p| p.parse()).transpose()?;
     for i in 1..=n {
-        pssh.add_host(
-            format!("h{i}"),
-            Host::new("127.0.0.1")
-                .port(port)
-                .user(user)
-                .key_file(key)
-                .agent(false)
-                .host_key_check(HostKeyCheck::Off)
-                .connect_timeout(login_timeout)
-                .auth_timeout(login_timeout),
-        )?;
+        let mut h = host(port);
+        if let Some(j) = jump {
+            h = h.jump(host(j));
+        }
+        pssh.add_host(format!("h{i}"), h)?;
     }
     match kind {
         "run" => {

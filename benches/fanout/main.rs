@@ -15,7 +15,7 @@
 //! * `--cases=a,b` / `FANOUT_CASES=a,b`: only these cases (`fanout-*`: every id with
 //!   that prefix); ids: fanout-10/50/200, lockstep-50x20, queues-50x20, sleep-200, sleep10-200,
 //!   out-seq-50, out-4mb-50, put-10, get-10, rsync-10, emb-10/100/1000/10000 (emb-300 in
-//!   the quick run), lat-1x10, lat-200x10 (lat-50x10 in the quick run), cli-200;
+//!   the quick run), lat-1x10, lat-200x10 (lat-50x10 in the quick run), cli-200, jump-200;
 //! * `FANOUT_TOOLS=ssh-parallel,pssh`: only these tools (prefixes of their names);
 //! * `--rounds=N` / `FANOUT_ROUNDS=N`: counted rounds per case;
 //! * `FANOUT_NO_INSTALL=1`: do not run apt-get or pip (missing peers are reported);
@@ -33,14 +33,15 @@
 //! Modules: `opts` (options), `cases` (what runs), `data` (the files transfers copy),
 //! `tiers` (the servers), `runner` (running a case), `measure` (measuring a run), `tools`
 //! (the peers and their command lines), `cli` (the command-line rows: the binary, clush,
-//! bssh), `client` (our side), `netns` and `delay` (the
-//! latency tier's network), `report` and `targets` (the results).
+//! bssh), `jump` (the jump-host tier, its case and its section), `client` (our side),
+//! `netns` and `delay` (the latency tier's network), `report` and `targets` (the results).
 
 mod cases;
 mod cli;
 mod client;
 mod data;
 mod delay;
+mod jump;
 mod measure;
 mod netns;
 mod opts;
@@ -116,6 +117,7 @@ fn main() {
     tiers::openssh(&mut bed, &cases, &mut all);
     tiers::embedded(&mut bed, &cases, &mut all);
     tiers::latency(&mut bed, &cases, &mut all);
+    jump::tier(&mut bed, &cases, &mut all);
     let _ = fs::remove_dir_all(&data.root);
     let ctx = with_ctx(|c| c.clone());
     let text = write_results(&all, &ctx).unwrap_or_else(|e| format!("cannot write results: {e}"));

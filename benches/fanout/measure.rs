@@ -33,6 +33,8 @@ pub struct Run {
     pub server_open: u64,
     /// Server CPU for the run (user + system), seconds.
     pub server_cpu: f64,
+    /// Logins the jump host (bastion) logged during the run; `None` without a jump host.
+    pub hop_logins: Option<u64>,
     /// Exit status 0, not timed out, and the case's own check passed.
     pub ok: bool,
     /// Why not ok.
@@ -55,6 +57,16 @@ pub enum ServerProbe<'a> {
     /// The embedded server, running in this process: its CPU is this process's own CPU
     /// plus its reaped children's (the commands it ran).
     Embedded(&'a testbed::EmbeddedServer),
+    /// A target sshd behind a bastion sshd (see `jump.rs`): the CPU is both servers', the
+    /// open connections the target's, and the logins are counted in the bastion's log.
+    Jump {
+        /// The target sshd's listener pid.
+        target: u32,
+        /// The bastion sshd's listener pid.
+        bastion: u32,
+        /// The bastion's log (`LogLevel DEBUG1`), where each login is an `Accepted publickey` line.
+        bastion_log: &'a Path,
+    },
 }
 
 fn clock_ticks() -> f64 {
@@ -101,6 +113,30 @@ impl ServerProbe<'_> {
             // The clients are the launcher's children, not ours: RUSAGE_CHILDREN here is
             // only what the embedded server ran.
             ServerProbe::Embedded(_) => rusage(libc::RUSAGE_SELF) + rusage(libc::RUSAGE_CHILDREN),
+            ServerProbe::Jump { target, bastion, .. } => {
+                proc_cpu_with_children(*target) + proc_cpu_with_children(*bastion)
+            }
+        }
+    }
+
+    /// Logins the bastion has logged so far (`None` without one).
+    fn hop_logins(&self) -> Option<u64> {
+        match self {
+            ServerProbe::Jump { bastion_log, .. } => Some(
+                fs::read_to_string(bastion_log)
+                    .unwrap_or_default()
+                    .matches("Accepted publickey")
+                    .count() as u64,
+            ),
+            _ => None,
+        }
+    }
+
+    /// Connections still open on every server of the run (the bastion's too).
+    fn held_connections(&self) -> u64 {
+        match self {
+            ServerProbe::Jump { bastion, .. } => self.open_connections() + children(*bastion as i32).len() as u64,
+            _ => self.open_connections(),
         }
     }
 
@@ -108,6 +144,7 @@ impl ServerProbe<'_> {
         match self {
             ServerProbe::Sshd(pid) => children(*pid as i32).len() as u64,
             ServerProbe::Embedded(s) => s.stats().active_connections,
+            ServerProbe::Jump { target, .. } => children(*target as i32).len() as u64,
         }
     }
 
@@ -115,7 +152,7 @@ impl ServerProbe<'_> {
     pub fn quiesce(&self, limit: Duration) -> bool {
         let deadline = Instant::now() + limit;
         loop {
-            if self.open_connections() == 0 {
+            if self.held_connections() == 0 {
                 return true;
             }
             if Instant::now() > deadline {
@@ -374,6 +411,7 @@ pub fn run(
     server: &ServerProbe<'_>,
 ) -> Run {
     let server_before = server.cpu_snapshot();
+    let logins_before = server.hop_logins();
     let start = Instant::now();
     let pid = match launcher.send(cmd, stderr, netns) {
         Ok(p) => p,
@@ -446,6 +484,11 @@ pub fn run(
     };
     // For the embedded server this includes the sampling done here (small).
     let server_cpu = (server.cpu_snapshot() - server_before).max(0.0);
+    // After `quiesce`: every per-connection sshd of the run has written its lines.
+    let hop_logins = server
+        .hop_logins()
+        .zip(logins_before)
+        .map(|(after, before)| after.saturating_sub(before));
     let status = reaped.status;
     let exited_ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
     let mut error = String::new();
@@ -470,6 +513,7 @@ pub fn run(
         procs: peak.procs,
         server_open: open_peak,
         server_cpu,
+        hop_logins,
         ok: error.is_empty(),
         error,
     }

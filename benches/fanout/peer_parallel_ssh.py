@@ -24,9 +24,14 @@ def main():
     ap.add_argument("--local")
     ap.add_argument("--remote")
     ap.add_argument("--protocol", default="scp", choices=["scp", "sftp"])
+    # A bastion on 127.0.0.1 (same user and key) in front of every host: parallel-ssh's
+    # proxy_host, which logs in to it once per host.
+    ap.add_argument("--jump_port", type=int)
     a = ap.parse_args()
     hosts = ["127.0.0.1"] * a.n
     common = dict(user=a.user, pkey=a.key, port=a.port, num_retries=1, allow_agent=False)
+    if a.jump_port:
+        common.update(proxy_host="127.0.0.1", proxy_port=a.jump_port, proxy_user=a.user, proxy_pkey=a.key)
     failures = 0
     captured = 0
 

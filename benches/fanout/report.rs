@@ -122,6 +122,10 @@ fn case_note(o: &Outcome) -> String {
             notes.push(format!("{procs:.0} processes"));
         }
         notes.push(format!("{:.0} conns open at peak", o.med(|r| r.server_open as f64)));
+        if o.ok_runs().iter().any(|r| r.hop_logins.is_some()) {
+            let logins = o.med(|r| r.hop_logins.unwrap_or(0) as f64);
+            notes.push(format!("{logins:.0} logins on the bastion"));
+        }
     }
     if !o.failures.is_empty() {
         notes.push(format!("{} failed run(s): {}", o.failures.len(), o.failures[0]));
@@ -211,6 +215,7 @@ pub fn write_results(all: &[Outcome], ctx: &ReportCtx) -> std::io::Result<String
     }
     md.push('\n');
     md.push_str(&crate::cli::section(all));
+    md.push_str(&crate::jump::section(all));
     md.push_str(&growth_section(all));
     md.push_str(&targets_section(all, ctx));
     if !ctx.loads.is_empty() {

@@ -13,8 +13,12 @@ use crate::opts::env_flag;
 /// A client compared in the benchmark.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Hash)]
 pub enum Tool {
-    /// ssh-parallel (this crate), through the bench's own `__client` mode.
+    /// ssh-parallel (this crate), through the bench's own `__client` mode (through the
+    /// target's jump host, if it has one).
     Ours,
+    /// ssh-parallel straight to the target, past its jump host: the baseline of the
+    /// jump-host case (`jump.rs`).
+    OursDirect,
     /// parallel-ssh from PyPI (libssh2 through ssh2-python, gevent), in a venv.
     ParallelSsh,
     /// Debian's `pssh` (`parallel-ssh`, `parallel-scp`, `parallel-slurp`): one `ssh` per host.
@@ -39,6 +43,7 @@ impl Tool {
     pub fn name(self) -> &'static str {
         match self {
             Tool::Ours => "ssh-parallel",
+            Tool::OursDirect => "ssh-parallel (direct)",
             Tool::ParallelSsh => "parallel-ssh",
             Tool::Pssh => "pssh",
             Tool::Pdsh => "pdsh",
@@ -74,7 +79,7 @@ pub struct Peers {
 impl Peers {
     pub fn available(&self, tool: Tool) -> Result<(), String> {
         let r = match tool {
-            Tool::Ours => return Ok(()),
+            Tool::Ours | Tool::OursDirect => return Ok(()),
             Tool::ParallelSsh => self.python.as_ref().map(drop),
             Tool::Pssh => self.pssh.as_ref().map(drop),
             Tool::Pdsh => self.pdsh.as_ref().map(drop),
@@ -267,6 +272,9 @@ pub struct Target {
     pub ssh_config: PathBuf,
     /// Where the ssh_config, hosts files and profiles go.
     pub dir: PathBuf,
+    /// The port of a jump host on 127.0.0.1 (same user and key) that every tool but
+    /// [`Tool::OursDirect`] goes through; the ssh_config then says `ProxyJump` (see `jump.rs`).
+    pub jump: Option<u16>,
 }
 
 impl Target {
@@ -288,6 +296,7 @@ impl Target {
             key: key.into(),
             ssh_config,
             dir: dir.into(),
+            jump: None,
         })
     }
 
@@ -406,16 +415,20 @@ pub fn command(
     let hosts = || t.hosts_file(n).display().to_string();
     let pdsh_hosts = format!("h[1-{n}]");
     let common = |prefix: &str| {
-        vec![
+        let mut v = vec![
             format!("{prefix}n={n}"),
             format!("{prefix}port={}", t.port),
             format!("{prefix}user={}", t.user),
             format!("{prefix}key={}", t.key.display()),
-        ]
+        ];
+        if tool != Tool::OursDirect {
+            v.extend(t.jump.map(|p| format!("{prefix}jump_port={p}")));
+        }
+        v
     };
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut cmd = match (tool, work) {
-        (Tool::Ours, w) => {
+        (Tool::Ours | Tool::OursDirect, w) => {
             // FANOUT_PROFILE=1: our client runs under `perf record` (profiling runs only:
             // perf's own CPU is counted then).
             // FANOUT_PROFILE=syscalls: counts its recvfrom calls, those that found nothing
