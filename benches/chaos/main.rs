@@ -68,8 +68,20 @@ fn main() {
         let _ = std::fs::write(out.join("results.md"), &text);
     }
     if !summary.failures.is_empty() {
-        eprintln!("chaos: {} mismatches (seed {seed}):", summary.failures.len());
-        for f in summary.failures.iter().take(50) {
+        // A label that fails for its own reason fails every join on it: its own
+        // mismatches come first, the joins' echoes of it after.
+        let mut failures: Vec<&String> = summary.failures.iter().collect();
+        failures.sort_by_key(|f| f.contains("failed: label") || f.contains("JoinFailed"));
+        let _ = std::fs::write(
+            out.join("failures.txt"),
+            failures.iter().map(|f| format!("{f}\n")).collect::<String>(),
+        );
+        eprintln!(
+            "chaos: {} mismatches (seed {seed}; all in {}):",
+            failures.len(),
+            out.join("failures.txt").display()
+        );
+        for f in failures.iter().take(50) {
             eprintln!("  {f}");
         }
         std::process::exit(1);
