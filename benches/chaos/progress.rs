@@ -24,8 +24,9 @@ pub type Pushed = BTreeMap<String, (usize, usize)>;
 struct Inner {
     /// Per kind: (tasks reported, labels done).
     done: BTreeMap<String, (usize, usize)>,
-    /// Unfinished labels: (the task last started, its attempt, when).
-    running: HashMap<String, (String, u32, Instant)>,
+    /// Unfinished labels: (the task last started, its attempt, when, whether it has
+    /// finished: the label is then at a join or waiting for a worker).
+    running: HashMap<String, (String, u32, Instant, bool)>,
 }
 
 /// The run's progress, shared by the event reader and the watchdog.
@@ -64,12 +65,17 @@ impl Progress {
                         attempt,
                         ..
                     } => {
-                        me.lock()
-                            .running
-                            .insert(label.to_string(), (description.to_string(), attempt, Instant::now()));
+                        me.lock().running.insert(
+                            label.to_string(),
+                            (description.to_string(), attempt, Instant::now(), false),
+                        );
                     }
                     RunEvent::Finished { label, .. } => {
-                        me.lock().done.entry(kind_of(&label).to_owned()).or_default().0 += 1;
+                        let mut inner = me.lock();
+                        inner.done.entry(kind_of(&label).to_owned()).or_default().0 += 1;
+                        if let Some(r) = inner.running.get_mut(&*label) {
+                            (r.2, r.3) = (Instant::now(), true);
+                        }
                     }
                     RunEvent::LabelDone { label, .. } => {
                         let mut inner = me.lock();
@@ -83,7 +89,8 @@ impl Progress {
     }
 
     /// The figures so far, as text: per kind, tasks reported of pushed and labels done
-    /// of all; then up to `show` unfinished labels that started a task, oldest first.
+    /// of all; then up to `show` labels with a task running, oldest first, and up to
+    /// `show` labels between tasks (at a join, or waiting for a worker).
     pub fn render(&self, show: usize) -> String {
         let inner = self.lock();
         let mut t = String::new();
@@ -94,15 +101,19 @@ impl Progress {
                 "  {kind}: {reported}/{tasks} tasks reported, {done}/{labels} labels done"
             );
         }
-        let mut running: Vec<_> = inner.running.iter().collect();
-        running.sort_by_key(|(_, (_, _, at))| *at);
-        let _ = writeln!(t, "  {} labels with a task started and not done:", running.len());
-        for (label, (task, attempt, at)) in running.into_iter().take(show) {
-            let _ = writeln!(
-                t,
-                "    {label}: {task} (attempt {attempt}, started {:.1} s ago)",
-                at.elapsed().as_secs_f64()
-            );
+        let mut labels: Vec<_> = inner.running.iter().collect();
+        labels.sort_by_key(|(_, (_, _, at, _))| *at);
+        for (between, what) in [(false, "running a task"), (true, "between tasks (join or worker)")] {
+            let these: Vec<_> = labels.iter().filter(|(_, r)| r.3 == between).collect();
+            let _ = writeln!(t, "  {} labels {what}:", these.len());
+            for (label, (task, attempt, at, _)) in these.into_iter().take(show) {
+                let when = if between { "ended" } else { "started" };
+                let _ = writeln!(
+                    t,
+                    "    {label}: {task} (attempt {attempt}, {when} {:.1} s ago)",
+                    at.elapsed().as_secs_f64()
+                );
+            }
         }
         t
     }
