@@ -3,6 +3,10 @@
 //! policies, servers killed mid-run) with 80 labels and two fixed seeds (the second
 //! replaced by `CHAOS_SEED=N`, or a fresh printed one with `CHAOS_SEED=random`).
 
+#[path = "../benches/chaos/progress.rs"]
+mod progress;
+#[path = "../benches/chaos/restart.rs"]
+mod restart;
 #[path = "../benches/chaos/rss.rs"]
 mod rss;
 #[path = "../benches/chaos/scenario.rs"]
@@ -24,6 +28,8 @@ fn config(seed: u64) -> Config {
         seed,
         workers: 0,
         deadline: Duration::from_secs(60),
+        kills: 2,
+        first_kill: Duration::from_millis(400),
         kill_every: Duration::from_secs(1),
         downtime: Duration::from_millis(200),
         reconnect_delay: Duration::from_millis(300),

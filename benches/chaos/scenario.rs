@@ -8,12 +8,28 @@
 //! servers ([`KindSpec`]); a label draws its kind, then its server within the kind's
 //! group, from a seeded RNG ([`SplitMix`]), so a seed replays the same plan.
 //!
+//! Why each outcome is certain, whatever the load (a fault that races the work it
+//! should strike would make the verdict a matter of timing):
+//! * `ok`, `slow`: nothing fails; the 300 ms delay is far under the 60 s connect timeout.
+//! * `restart`: the servers are stopped and started again on the same port with the same
+//!   host key a bounded number of times ([`Config::kills`]); each kill costs a task at
+//!   most one lost connection plus one refused attempt per `reconnect_delay` of the
+//!   outage (bounded by `downtime` + [`restart::STOP_AND_START_BOUND`], checked after the
+//!   run), and the labels get that many reconnections
+//!   ([`Config::restart_reconnections`]), so they succeed byte-exact. Their host key is
+//!   checked strictly against a known_hosts file: a restart with another key would fail.
+//! * `refused`, `silent`, `auth`: the fault is on every connection, before any command.
+//! * `dropcmd`: the command sleeps an hour before printing, so it can only end by the
+//!   server's drop (300 ms in), on both its runs, however late that timer fires.
+//! * `bytes`: the output (about 300 KB) is six times the 48 KiB the server lets through.
+//! * `dep`: its join waits for the `bytes` labels, which all abort.
+//!
 //! Only the public API of `ssh_parallel` and of the test bed is used.
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,6 +37,8 @@ use sha2::{Digest, Sha256};
 use ssh_parallel::{Command, ErrorKind, Host, HostKeyCheck, Join, OnError, Parallel, Report, ScpGet, ScpPut};
 use testbed::{EmbeddedServer, Fault};
 
+use crate::progress::{Progress, Pushed};
+use crate::restart::{self, KillLog, KillPlan, Slot};
 use crate::rss::{Memory, Sampler};
 
 const USER: &str = "chaos";
@@ -90,10 +108,9 @@ pub enum Outcome {
 pub enum Chaos {
     /// Nothing: the fault (if any) is static.
     None,
-    /// Stop the server (every connection cut, new ones refused) and bring it back on
-    /// the same port, again and again. The test bed cannot restart a server on a
-    /// given port, so a restart is modelled on the same server: `drop_connections`
-    /// plus a window of `RefuseHandshake`.
+    /// Stop the server (every connection cut, the port closed) and start a new one on
+    /// the same port with the same host key after [`Config::downtime`],
+    /// [`Config::kills`] times.
     KillAndRestart,
 }
 
@@ -166,9 +183,9 @@ pub fn builtin_kinds() -> Vec<KindSpec> {
             faults: vec![],
             chaos: Chaos::KillAndRestart,
             pre: "sleep 0.4; ",
-            // Each kill costs a task at most one lost connection plus the refused
-            // attempts of one downtime window; 40 outlasts any plausible streak.
-            host: |h| h.reconnections(40),
+            // Reconnections and the strict host-key check are set in `run`, from the
+            // kill plan.
+            host: same,
             outcome: Outcome::Healthy,
         },
         KindSpec {
@@ -217,7 +234,8 @@ pub fn builtin_kinds() -> Vec<KindSpec> {
             servers: 1,
             faults: vec![Fault::DropDuringCommand(Duration::from_millis(300))],
             chaos: Chaos::None,
-            pre: "sleep 2; ",
+            // Far longer than any run: only the drop can end the command.
+            pre: "sleep 3600; ",
             host: |h| h.reconnections(1).on_error(OnError::Done),
             outcome: fails(ErrorKind::Connect, Some(1), 1),
         },
@@ -261,15 +279,32 @@ pub struct Config {
     pub workers: usize,
     /// The run must end within this.
     pub deadline: Duration,
+    /// Kills (stop, then restart on the same port) of the `restart` servers.
+    pub kills: u32,
+    /// Time from the start of the run to the first kill.
+    pub first_kill: Duration,
     /// Pause between two kills of the `restart` servers.
     pub kill_every: Duration,
-    /// How long a killed server refuses connections.
+    /// How long a killed server stays stopped before it is started again.
     pub downtime: Duration,
-    /// The client's pause before each reconnection (each attempt during a `downtime`
-    /// window is refused and spends one of the task's reconnections).
+    /// The client's pause before each reconnection (each attempt during an outage is
+    /// refused and spends one of the task's reconnections).
     pub reconnect_delay: Duration,
     /// Allowed growth of the RSS over the run (client and the in-process servers), KiB.
     pub rss_bound_kb: u64,
+}
+
+impl Config {
+    /// The reconnections that make a `restart` label's success certain: per kill, one
+    /// lost connection, one attempt per `reconnect_delay` of the longest outage, and
+    /// two more for an attempt under way when the kill lands and one that times out
+    /// under load.
+    pub fn restart_reconnections(&self) -> u32 {
+        let outage = self.downtime + restart::STOP_AND_START_BOUND;
+        let delay = self.reconnect_delay.max(Duration::from_millis(1));
+        let per_kill = outage.as_millis().div_ceil(delay.as_millis()) as u32 + 3;
+        self.kills * per_kill
+    }
 }
 
 /// One label's draw.
@@ -302,6 +337,10 @@ pub struct Summary {
     pub memory: Memory,
     /// Kills of the `restart` servers during the run.
     pub kills: u64,
+    /// The longest time a `restart` server's port stayed closed.
+    pub longest_outage: Duration,
+    /// Reconnections each `restart` label had.
+    pub restart_reconnections: u32,
     /// Per kind: (labels, labels that matched their outcome, re-runs after lost connections).
     pub per_kind: BTreeMap<&'static str, (usize, usize, u64)>,
     /// Task statuses over the whole report.
@@ -336,7 +375,7 @@ fn file_content(label: &str, seed: u64) -> Vec<u8> {
 }
 
 /// Starts every kind's servers; returns them per kind.
-fn start_servers(kinds: &[KindSpec]) -> Result<Vec<Vec<Arc<EmbeddedServer>>>, String> {
+fn start_servers(kinds: &[KindSpec]) -> Result<Vec<Vec<Arc<Slot>>>, String> {
     testbed::raise_fd_limit();
     kinds
         .iter()
@@ -350,7 +389,7 @@ fn start_servers(kinds: &[KindSpec]) -> Result<Vec<Vec<Arc<EmbeddedServer>>>, St
                     for f in &k.faults {
                         b = b.fault(f.clone());
                     }
-                    b.start()
+                    Slot::start(b)
                         .map(Arc::new)
                         .map_err(|e| format!("starting a {} server: {e}", k.name))
                 })
@@ -407,24 +446,47 @@ pub fn run(cfg: &Config) -> Result<Summary, String> {
         std::fs::create_dir(dir.path().join(sub)).map_err(|e| format!("mkdir {sub}: {e}"))?;
     }
     let dir_str = dir.path().to_str().ok_or("temp dir is not UTF-8")?.to_owned();
+    // The restarted servers' keys are checked strictly against this file only.
+    let known_hosts = dir.path().join("known_hosts");
+    let lines: Vec<&str> = servers.iter().flatten().map(|s| s.known_hosts_line()).collect();
+    std::fs::write(&known_hosts, lines.join("\n") + "\n").map_err(|e| format!("known_hosts: {e}"))?;
+    let ssh_config = dir.path().join("ssh_config");
+    std::fs::write(
+        &ssh_config,
+        format!(
+            "Host *\n  UserKnownHostsFile {}\n  GlobalKnownHostsFile none\n",
+            known_hosts.display()
+        ),
+    )
+    .map_err(|e| format!("ssh_config: {e}"))?;
 
     let mut pssh = Parallel::builder()
         .workers(cfg.workers)
         .reconnect_delay(cfg.reconnect_delay)
+        .ssh_config(&ssh_config)
         .build()
         .map_err(|e| e.to_string())?;
+    let restart_reconnections = cfg.restart_reconnections();
     for p in &plans {
         let k = &kinds[p.kind];
-        let host = Host::new("127.0.0.1")
+        let mut host = Host::new("127.0.0.1")
             .port(p.port)
             .user(USER)
             .password(PASSWORD)
             .agent(false)
             .host_key_check(HostKeyCheck::Off)
+            // Deadlines no load on 2 shared cores can reach: at 2,000 labels the default
+            // 20 s for authentication was hit once per run by a healthy label.
             .connect_timeout(Duration::from_secs(60))
+            .auth_timeout(Duration::from_secs(60))
             .var("N", p.lines.to_string())
             .var("PRE", k.pre)
             .var("DIR", dir_str.as_str());
+        if k.chaos == Chaos::KillAndRestart {
+            host = host
+                .host_key_check(HostKeyCheck::Strict)
+                .reconnections(restart_reconnections);
+        }
         pssh.add_host(p.label.as_str(), (k.host)(host))
             .map_err(|e| e.to_string())?;
         if k.outcome == Outcome::Healthy {
@@ -433,20 +495,43 @@ pub fn run(cfg: &Config) -> Result<Summary, String> {
         }
     }
     let pushed = push_plan(&mut pssh, &kinds).map_err(|e| e.to_string())?;
+    let mut per_kind: Pushed = BTreeMap::new();
+    for p in &plans {
+        let e = per_kind.entry(kinds[p.kind].name.to_owned()).or_default();
+        e.0 += 1;
+        e.1 += pushed.get(&p.label).copied().unwrap_or(0);
+    }
+    let progress = Progress::new(per_kind);
 
     let stop = Arc::new(AtomicBool::new(false));
-    let kills = Arc::new(AtomicU64::new(0));
-    let chaos = spawn_chaos(cfg, &kinds, &servers, &stop, &kills);
-    let watchdog = spawn_watchdog(cfg.deadline, cfg.seed, &stop);
+    let kill_log = Arc::new(std::sync::Mutex::new(KillLog::default()));
+    let victims: Vec<Arc<Slot>> = kinds
+        .iter()
+        .zip(&servers)
+        .filter(|(k, _)| k.chaos == Chaos::KillAndRestart)
+        .flat_map(|(_, group)| group.iter().cloned())
+        .collect();
+    let plan = KillPlan {
+        kills: cfg.kills,
+        first: cfg.first_kill,
+        every: cfg.kill_every,
+        downtime: cfg.downtime,
+    };
+    let killer = restart::spawn_killer(victims, plan, stop.clone(), kill_log.clone());
     let sampler = Sampler::start(Duration::from_millis(100));
     let started = Instant::now();
-    let report = pssh.run();
+    let handle = pssh.start();
+    let follower = progress.follow(handle.events().clone());
+    let watchdog = spawn_watchdog(cfg.deadline, cfg.seed, &stop, progress, kill_log.clone());
+    let report = handle.wait();
     let wall = started.elapsed();
     let memory = sampler.finish();
     stop.store(true, Ordering::Relaxed);
-    let _ = chaos.join();
+    let _ = killer.join();
+    let _ = follower.join();
     drop(watchdog);
 
+    let log = std::mem::take(&mut *kill_log.lock().unwrap_or_else(|e| e.into_inner()));
     let mut summary = Summary {
         seed: cfg.seed,
         labels: plans.len(),
@@ -454,11 +539,20 @@ pub fn run(cfg: &Config) -> Result<Summary, String> {
         tasks: pushed.values().sum(),
         wall,
         memory,
-        kills: kills.load(Ordering::Relaxed),
+        kills: log.kills,
+        longest_outage: log.longest_outage,
+        restart_reconnections,
         per_kind: BTreeMap::new(),
         statuses: BTreeMap::new(),
-        failures: Vec::new(),
+        failures: log.errors,
     };
+    let outage_bound = cfg.downtime + restart::STOP_AND_START_BOUND;
+    if log.longest_outage > outage_bound {
+        summary.failures.push(format!(
+            "a restart server was down {:?}, over the {outage_bound:?} its labels' reconnections allow for",
+            log.longest_outage
+        ));
+    }
     if wall > cfg.deadline {
         summary.failures.push(format!(
             "the run took {wall:?}, over its deadline of {:?}",
@@ -522,52 +616,28 @@ fn push_plan(pssh: &mut Parallel, kinds: &[KindSpec]) -> ssh_parallel::Result<Ha
     Ok(pushed)
 }
 
-/// The thread that kills and restarts the `KillAndRestart` servers until `stop`.
-fn spawn_chaos(
-    cfg: &Config,
-    kinds: &[KindSpec],
-    servers: &[Vec<Arc<EmbeddedServer>>],
+/// Ends the process if the run outlives its deadline by far, after printing what it
+/// has done so far (tasks reported per kind, the labels still running): a hang must
+/// not wedge the bench or the test suite, and must be diagnosable. Setting `stop`
+/// disarms it.
+fn spawn_watchdog(
+    deadline: Duration,
+    seed: u64,
     stop: &Arc<AtomicBool>,
-    kills: &Arc<AtomicU64>,
+    progress: Progress,
+    kills: Arc<std::sync::Mutex<KillLog>>,
 ) -> std::thread::JoinHandle<()> {
-    let victims: Vec<Arc<EmbeddedServer>> = kinds
-        .iter()
-        .zip(servers)
-        .filter(|(k, _)| k.chaos == Chaos::KillAndRestart)
-        .flat_map(|(_, group)| group.iter().cloned())
-        .collect();
-    let (stop, kills, every, downtime) = (stop.clone(), kills.clone(), cfg.kill_every, cfg.downtime);
-    std::thread::spawn(move || {
-        // The first kill comes early, while the first commands are still running.
-        let mut next = Instant::now() + Duration::from_millis(400);
-        while !stop.load(Ordering::Relaxed) {
-            if Instant::now() < next {
-                std::thread::sleep(Duration::from_millis(20));
-                continue;
-            }
-            for s in &victims {
-                s.set_faults(vec![Fault::RefuseHandshake]);
-                s.drop_connections();
-            }
-            kills.fetch_add(1, Ordering::Relaxed);
-            std::thread::sleep(downtime);
-            for s in &victims {
-                s.clear_faults();
-            }
-            next = Instant::now() + every;
-        }
-    })
-}
-
-/// Ends the process if the run outlives its deadline by far: a hang must not wedge
-/// the bench or the test suite. Dropping the guard (or `stop`) disarms it.
-fn spawn_watchdog(deadline: Duration, seed: u64, stop: &Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
     let stop = stop.clone();
     std::thread::spawn(move || {
         let hard = Instant::now() + deadline + Duration::from_secs(30);
         while !stop.load(Ordering::Relaxed) {
             if Instant::now() > hard {
-                eprintln!("chaos: the run is still going {deadline:?} + 30 s after its start (seed {seed}); giving up");
+                let kills = kills.lock().map(|k| format!("{k:?}")).unwrap_or_default();
+                eprintln!(
+                    "chaos: the run is still going {deadline:?} + 30 s after its start (seed {seed}); giving up.\n\
+                     Progress so far:\n{}  restart servers: {kills}",
+                    progress.render(40)
+                );
                 std::process::exit(3);
             }
             std::thread::sleep(Duration::from_millis(100));
