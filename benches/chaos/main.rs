@@ -48,7 +48,7 @@ fn main() {
         deadline: Duration::from_secs(env_u64("CHAOS_DEADLINE_SECS").unwrap_or(300)),
         kills: 3,
         first_kill: Duration::from_millis(400),
-        kill_every: Duration::from_secs(30),
+        kill_every: Duration::from_secs(4),
         reconnect_delay: Duration::from_millis(500),
         downtime: Duration::from_secs(1),
         rss_bound_kb: env_u64("CHAOS_RSS_BOUND_MB").map_or(64 * 1024 + 256 * labels as u64, |mb| mb * 1024),

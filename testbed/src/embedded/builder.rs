@@ -289,6 +289,10 @@ impl EmbeddedServerBuilder {
             sha1_config: Arc::new(sha1_config),
             zero_window_config: Arc::new(zero_window_config),
             shell: self.shell,
+            setpriv: ["/usr/bin/setpriv", "/bin/setpriv"]
+                .iter()
+                .map(PathBuf::from)
+                .find(|p| p.is_file()),
             working_dir: self.working_dir.unwrap_or_else(crate::home_dir),
             base_env,
             builtin_scp,

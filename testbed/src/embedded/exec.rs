@@ -144,16 +144,36 @@ pub(super) async fn run_command(
     let PendingChannel { channel, env, term } = pending;
     let id = channel.id();
     let (mut rx, tx) = channel.split();
-    let mut command = match &launch {
-        Launch::Exec(line) => {
-            let mut c = tokio::process::Command::new(&shared.shell);
-            c.arg("-c").arg(OsStr::from_bytes(line));
+    let (program, args): (&OsStr, Vec<&OsStr>) = match &launch {
+        Launch::Exec(line) => (
+            shared.shell.as_os_str(),
+            vec![OsStr::new("-c"), OsStr::from_bytes(line)],
+        ),
+        Launch::Shell => (shared.shell.as_os_str(), Vec::new()),
+        Launch::Program(path) => (path.as_os_str(), Vec::new()),
+    };
+    let mut command = match &shared.setpriv {
+        Some(setpriv) => {
+            let mut c = tokio::process::Command::new(setpriv);
+            c.args(["--pdeathsig", "KILL", "--"]).arg(program);
             c
         }
-        Launch::Shell => tokio::process::Command::new(&shared.shell),
-        Launch::Program(path) => tokio::process::Command::new(path),
+        None => {
+            let mut c = tokio::process::Command::new(program);
+            // SAFETY: prctl is async-signal-safe.
+            unsafe {
+                c.pre_exec(|| {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                    Ok(())
+                });
+            }
+            c
+        }
     };
+    // Either way the command dies with the server's runtime thread even if the test
+    // process exits without stopping the server.
     command
+        .args(args)
         .env_clear()
         .envs(shared.base_env.iter().map(|(k, v)| (k, v)))
         .envs(term.map(|t| ("TERM".to_string(), t)))
@@ -164,14 +184,6 @@ pub(super) async fn run_command(
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    // SAFETY: prctl is async-signal-safe. The command dies with the server's runtime thread
-    // even if the test process exits without stopping the server.
-    unsafe {
-        command.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
     let mut child = match command.spawn() {
         Ok(child) => child,
         Err(e) => {

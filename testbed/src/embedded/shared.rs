@@ -127,6 +127,12 @@ pub(super) struct Shared {
     pub(super) zero_window_config: Arc<server::Config>,
     /// The shell commands run with (`SHELL -c COMMAND`).
     pub(super) shell: PathBuf,
+    /// util-linux's `setpriv`, when present: commands start through
+    /// `setpriv --pdeathsig KILL` so that std can spawn them with `posix_spawn`.
+    /// Setting the death signal in a `pre_exec` hook instead forces a `fork` that copies
+    /// this whole process's page tables per command: at 2,000 labels the chaos bench spent
+    /// most of its CPU in the kernel doing so.
+    pub(super) setpriv: Option<PathBuf>,
     /// Working directory of commands.
     pub(super) working_dir: PathBuf,
     /// The environment every command starts from (`PATH` first, then `HOME`, `USER`, ...).
