@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use routes::{embedded_target, first_error, first_ok, parallel, wait_until};
 use servers::{PASSWORD, USER};
-use ssh_parallel::{Command, Host, HostKeyCheck, Parallel, TaskStatus};
+use ssh_parallel::{Command, Host, HostKeyCheck, Join, OnError, Parallel, TaskStatus};
 use testbed::{ClientKey, EmbeddedServer, OpenSshServer};
 
 /// A bastion sshd that forwards only to `ports` on 127.0.0.1, with the key
@@ -448,4 +448,60 @@ fn dropped_forwards_reconnect_through_the_same_jump_session() {
         "the labels came back through the same jump session"
     );
     assert_eq!(bastion.stats().forwards_opened as usize, 2 * N);
+}
+
+#[test]
+fn a_jump_host_that_dies_is_named_in_every_label_error() {
+    let target = embedded_target();
+    let mut bastion = embedded_target();
+    let port = bastion.addr().port();
+    let home = tempfile::tempdir().unwrap();
+    // One reconnection: the labels cut mid-command try once more, through a
+    // gateway that is gone by then; `late` starts only after it died.
+    let mut pssh = parallel(
+        home.path(),
+        "",
+        Parallel::builder()
+            .reconnections(1)
+            .reconnect_delay(Duration::from_millis(50)),
+    );
+    const N: usize = 4;
+    for i in 0..N {
+        // Done: their failure releases `late`'s join, which then connects.
+        let host = behind(&target, &[embedded_hop(&bastion)]).on_error(OnError::Done);
+        pssh.add_host(format!("k{i}"), host).unwrap();
+    }
+    pssh.add_host("late", behind(&target, &[embedded_hop(&bastion)]))
+        .unwrap();
+    pssh.push("k*", Command::new("sleep 3600")).unwrap();
+    pssh.push("late", Join::new("k*")).unwrap();
+    pssh.push("late", Command::new("echo must-not-run")).unwrap();
+    let handle = pssh.start();
+    let running = wait_until(Duration::from_secs(20), || {
+        target.commands().iter().filter(|c| c.contains("sleep 3600")).count() == N
+    });
+    assert!(running, "the commands started: {:?}", target.commands());
+    bastion.stop();
+    let report = handle.wait();
+    // Not a symptom of the dead tunnel ("Failed getting banner"): the hop and
+    // what happened to it.
+    let hop = format!("jump host 127.0.0.1:{port}");
+    for i in 0..N {
+        let msg = first_error(&report, &format!("k{i}"));
+        assert!(msg.contains(&format!("via 127.0.0.1:{port}")), "{msg}");
+        assert!(msg.contains(&hop), "{msg}");
+    }
+    let late = report.label("late").unwrap();
+    assert_eq!(late.tasks()[0].status(), TaskStatus::Succeeded, "the join is released");
+    let t = &late.tasks()[1];
+    assert_eq!(t.status(), TaskStatus::Failed);
+    let msg = t.error().map(|e| e.to_string()).unwrap_or_default();
+    assert!(
+        msg.contains(&hop),
+        "a connection opened after the jump host died: {msg}"
+    );
+    assert_eq!(
+        target.commands().iter().filter(|c| c.contains("must-not-run")).count(),
+        0
+    );
 }

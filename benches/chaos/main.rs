@@ -2,7 +2,8 @@
 //! dozen embedded SSH servers, each server group injecting one fault (connection
 //! refused, silence before the banner, authentication rejected, connection dropped
 //! mid-command, dropped after N bytes, a slow handshake, the server stopped and started
-//! again on the same port three times), and a plan with joins, scp transfers both ways and mixed
+//! again on the same port three times, a jump host stopped and restarted three times, a
+//! jump host stopped for good), and a plan with joins, scp transfers both ways and mixed
 //! policies (Done, Abort, bounded retry, Ignore, reconnections).
 //!
 //! The run must end within its deadline, report every pushed task exactly once, give
@@ -159,6 +160,8 @@ fn describe(name: &str) -> String {
         "auth" => "authentication rejected",
         "dropcmd" => "dropped mid-command",
         "bytes" => "dropped after 48 KiB",
+        "jumprestart" => "reached through a gateway that is stopped and restarted (1 s down), 3 times",
+        "jumpdead" => "reached through a gateway stopped for good 4.4 s in",
         other => other,
     };
     format!("`{name}`: {what}")

@@ -123,6 +123,8 @@ pub struct KillLog {
     pub longest_outage: Duration,
     /// Restarts that failed (the run then fails).
     pub errors: Vec<String>,
+    /// Servers stopped for good ([`spawn_reaper`]).
+    pub stopped_for_good: u64,
 }
 
 /// What the killer does: `kills` times, first `first` after the start then every
@@ -179,6 +181,29 @@ pub fn spawn_killer(
             });
             lock(&log).kills += 1;
             next = Instant::now() + plan.every;
+        }
+    })
+}
+
+/// Starts the thread that stops `victims` for good once, `at` after the start (unless
+/// `stop` is set first).
+pub fn spawn_reaper(
+    victims: Vec<Arc<Slot>>,
+    at: Duration,
+    stop: Arc<AtomicBool>,
+    log: Arc<Mutex<KillLog>>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let when = Instant::now() + at;
+        while Instant::now() < when {
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        for v in &victims {
+            v.kill();
+            lock(&log).stopped_for_good += 1;
         }
     })
 }

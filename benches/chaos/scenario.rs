@@ -23,6 +23,12 @@
 //!   server's drop (300 ms in), on both its runs, however late that timer fires.
 //! * `bytes`: the output (about 300 KB) is six times the 48 KiB the server lets through.
 //! * `dep`: its join waits for the `bytes` labels, which all abort.
+//! * `jumprestart`: the labels reach a healthy server through a gateway (a jump host),
+//!   and the gateway is killed and restarted like the `restart` servers: losing it cuts
+//!   every tunnel through it at once, and the labels get the same reconnections.
+//! * `jumpdead`: the gateway is stopped for good a `kill_every` after the first kill, and the command
+//!   sleeps an hour, so a label either loses its tunnel mid-command or cannot reach the
+//!   gateway at all: a `Connect` failure either way, the error naming the hop.
 //!
 //! Only the public API of `ssh_parallel` and of the test bed is used.
 #![allow(dead_code)]
@@ -110,8 +116,11 @@ pub enum Chaos {
     None,
     /// Stop the server (every connection cut, the port closed) and start a new one on
     /// the same port with the same host key after [`Config::downtime`],
-    /// [`Config::kills`] times.
+    /// [`Config::kills`] times. For a kind with gateways, the gateways.
     KillAndRestart,
+    /// Stop the gateways of the kind for good, [`Config::kill_every`] after
+    /// [`Config::first_kill`].
+    KillGatewaysForGood,
 }
 
 /// One fault kind: its servers, its labels' policies and what the report must show.
@@ -123,6 +132,9 @@ pub struct KindSpec {
     pub weight: u64,
     /// Servers in the group.
     pub servers: usize,
+    /// Healthy jump hosts the group's labels reach their server through (each label
+    /// draws one); 0: the labels connect directly.
+    pub gateways: usize,
     /// Faults every server of the group injects.
     pub faults: Vec<Fault>,
     /// What happens to the servers during the run.
@@ -160,6 +172,7 @@ pub fn builtin_kinds() -> Vec<KindSpec> {
             name: "ok",
             weight: 30,
             servers: 3,
+            gateways: 0,
             faults: vec![],
             chaos: Chaos::None,
             pre: "",
@@ -170,6 +183,7 @@ pub fn builtin_kinds() -> Vec<KindSpec> {
             name: "slow",
             weight: 8,
             servers: 1,
+            gateways: 0,
             faults: vec![Fault::DelayHandshake(Duration::from_millis(300))],
             chaos: Chaos::None,
             pre: "",
@@ -180,6 +194,7 @@ pub fn builtin_kinds() -> Vec<KindSpec> {
             name: "restart",
             weight: 10,
             servers: 2,
+            gateways: 0,
             faults: vec![],
             chaos: Chaos::KillAndRestart,
             pre: "sleep 0.4; ",
@@ -192,6 +207,7 @@ pub fn builtin_kinds() -> Vec<KindSpec> {
             name: "dep",
             weight: 6,
             servers: 1,
+            gateways: 0,
             faults: vec![],
             chaos: Chaos::None,
             pre: "",
@@ -202,6 +218,7 @@ pub fn builtin_kinds() -> Vec<KindSpec> {
             name: "refused",
             weight: 8,
             servers: 1,
+            gateways: 0,
             faults: vec![Fault::RefuseHandshake],
             chaos: Chaos::None,
             pre: "",
@@ -212,6 +229,7 @@ pub fn builtin_kinds() -> Vec<KindSpec> {
             name: "silent",
             weight: 6,
             servers: 1,
+            gateways: 0,
             faults: vec![Fault::NoBanner],
             chaos: Chaos::None,
             pre: "",
@@ -222,6 +240,7 @@ pub fn builtin_kinds() -> Vec<KindSpec> {
             name: "auth",
             weight: 8,
             servers: 1,
+            gateways: 0,
             faults: vec![Fault::RejectAuth],
             chaos: Chaos::None,
             pre: "",
@@ -232,6 +251,7 @@ pub fn builtin_kinds() -> Vec<KindSpec> {
             name: "dropcmd",
             weight: 8,
             servers: 1,
+            gateways: 0,
             faults: vec![Fault::DropDuringCommand(Duration::from_millis(300))],
             chaos: Chaos::None,
             // Far longer than any run: only the drop can end the command.
@@ -243,6 +263,7 @@ pub fn builtin_kinds() -> Vec<KindSpec> {
             name: "bytes",
             weight: 8,
             servers: 1,
+            gateways: 0,
             faults: vec![Fault::DropAfterBytes(DROP_AFTER_BYTES)],
             chaos: Chaos::None,
             pre: "",
@@ -252,13 +273,36 @@ pub fn builtin_kinds() -> Vec<KindSpec> {
     ]
 }
 
-/// The extension point for the "jump host dies" fault: kinds whose labels reach their
-/// server through a gateway. `ssh_parallel::Host` has no jump-host option yet, so there
-/// are none; once it has, a kind here gives its labels a `Host` through a gateway
-/// server, a [`Chaos`] variant stops that gateway mid-run, and its [`Outcome`] is a
-/// `Connect` failure (or `Healthy` with reconnections through a second gateway).
+/// The "jump host dies" kinds: labels that reach a healthy server through a gateway
+/// (an embedded server relaying `direct-tcpip`), and the gateway goes away.
 pub fn jump_host_kinds() -> Vec<KindSpec> {
-    Vec::new()
+    vec![
+        KindSpec {
+            name: "jumprestart",
+            weight: 8,
+            servers: 1,
+            gateways: 1,
+            faults: vec![],
+            chaos: Chaos::KillAndRestart,
+            pre: "sleep 0.4; ",
+            // Reconnections and the strict host-key check are set in `run`, as for
+            // the `restart` labels.
+            host: |h| h,
+            outcome: Outcome::Healthy,
+        },
+        KindSpec {
+            name: "jumpdead",
+            weight: 6,
+            servers: 1,
+            gateways: 1,
+            faults: vec![],
+            chaos: Chaos::KillGatewaysForGood,
+            // Far longer than any run: only the gateway's death can end the command.
+            pre: "sleep 3600; ",
+            host: |h| h.reconnections(1).on_error(OnError::Done),
+            outcome: fails(ErrorKind::Connect, Some(1), 0),
+        },
+    ]
 }
 
 /// Every kind the scenario runs.
@@ -318,6 +362,8 @@ pub struct LabelPlan {
     pub port: u16,
     /// Lines of its output command.
     pub lines: u32,
+    /// The port of the gateway it jumps through, for a kind with gateways.
+    pub gateway: Option<u16>,
 }
 
 /// What a run measured; [`Outcome`] violations are in `failures`.
@@ -374,32 +420,57 @@ fn file_content(label: &str, seed: u64) -> Vec<u8> {
     (0..len).map(|_| rng.next_u64() as u8).collect()
 }
 
-/// Starts every kind's servers; returns them per kind.
-fn start_servers(kinds: &[KindSpec]) -> Result<Vec<Vec<Arc<Slot>>>, String> {
+/// One kind's servers, and the gateways its labels jump through (if any).
+struct Group {
+    /// The servers the labels' commands run on.
+    servers: Vec<Arc<Slot>>,
+    /// The jump hosts in front of them (empty for a direct kind).
+    gateways: Vec<Arc<Slot>>,
+}
+
+impl Group {
+    /// The servers the kind's chaos strikes: its gateways when it has some.
+    fn chaos_targets(&self) -> &[Arc<Slot>] {
+        if self.gateways.is_empty() {
+            &self.servers
+        } else {
+            &self.gateways
+        }
+    }
+}
+
+/// Starts every kind's servers and gateways; returns them per kind.
+fn start_servers(kinds: &[KindSpec]) -> Result<Vec<Group>, String> {
     testbed::raise_fd_limit();
+    let start = |k: &KindSpec, faults: &[Fault], what: &str| {
+        let mut b = EmbeddedServer::builder()
+            .password(USER, PASSWORD)
+            .curve25519_only(true)
+            .auth_rejection_time(Duration::from_millis(10));
+        for f in faults {
+            b = b.fault(f.clone());
+        }
+        Slot::start(b)
+            .map(Arc::new)
+            .map_err(|e| format!("starting a {} {what}: {e}", k.name))
+    };
     kinds
         .iter()
         .map(|k| {
-            (0..k.servers.max(1))
-                .map(|_| {
-                    let mut b = EmbeddedServer::builder()
-                        .password(USER, PASSWORD)
-                        .curve25519_only(true)
-                        .auth_rejection_time(Duration::from_millis(10));
-                    for f in &k.faults {
-                        b = b.fault(f.clone());
-                    }
-                    Slot::start(b)
-                        .map(Arc::new)
-                        .map_err(|e| format!("starting a {} server: {e}", k.name))
-                })
-                .collect()
+            Ok(Group {
+                servers: (0..k.servers.max(1))
+                    .map(|_| start(k, &k.faults, "server"))
+                    .collect::<Result<_, String>>()?,
+                gateways: (0..k.gateways)
+                    .map(|_| start(k, &[], "gateway"))
+                    .collect::<Result<_, String>>()?,
+            })
         })
         .collect()
 }
 
 /// Draws every label's kind, server and output size.
-pub fn draw(cfg: &Config, kinds: &[KindSpec], ports: &[Vec<u16>]) -> Vec<LabelPlan> {
+pub fn draw(cfg: &Config, kinds: &[KindSpec], ports: &[Vec<u16>], gateways: &[Vec<u16>]) -> Vec<LabelPlan> {
     let mut rng = SplitMix::new(cfg.seed);
     let total: u64 = kinds.iter().map(|k| k.weight).sum();
     (0..cfg.labels)
@@ -420,6 +491,8 @@ pub fn draw(cfg: &Config, kinds: &[KindSpec], ports: &[Vec<u16>]) -> Vec<LabelPl
             };
             let group = &ports[kind];
             let port = group[rng.below(group.len() as u64) as usize];
+            let gateway =
+                (!gateways[kind].is_empty()).then(|| gateways[kind][rng.below(gateways[kind].len() as u64) as usize]);
             let lines = if kinds[kind].name == "bytes" {
                 BYTES_KIND_LINES
             } else {
@@ -430,6 +503,7 @@ pub fn draw(cfg: &Config, kinds: &[KindSpec], ports: &[Vec<u16>]) -> Vec<LabelPl
                 kind,
                 port,
                 lines,
+                gateway,
             }
         })
         .collect()
@@ -439,8 +513,11 @@ pub fn draw(cfg: &Config, kinds: &[KindSpec], ports: &[Vec<u16>]) -> Vec<LabelPl
 pub fn run(cfg: &Config) -> Result<Summary, String> {
     let kinds = all_kinds();
     let servers = start_servers(&kinds)?;
-    let ports: Vec<Vec<u16>> = servers.iter().map(|g| g.iter().map(|s| s.port()).collect()).collect();
-    let plans = draw(cfg, &kinds, &ports);
+    let ports_of = |slots: &[Arc<Slot>]| slots.iter().map(|s| s.port()).collect::<Vec<u16>>();
+    let ports: Vec<Vec<u16>> = servers.iter().map(|g| ports_of(&g.servers)).collect();
+    let gateway_ports: Vec<Vec<u16>> = servers.iter().map(|g| ports_of(&g.gateways)).collect();
+    let plans = draw(cfg, &kinds, &ports, &gateway_ports);
+    let all_slots = || servers.iter().flat_map(|g| g.servers.iter().chain(&g.gateways));
     let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
     for sub in ["src", "remote", "got"] {
         std::fs::create_dir(dir.path().join(sub)).map_err(|e| format!("mkdir {sub}: {e}"))?;
@@ -448,7 +525,7 @@ pub fn run(cfg: &Config) -> Result<Summary, String> {
     let dir_str = dir.path().to_str().ok_or("temp dir is not UTF-8")?.to_owned();
     // The restarted servers' keys are checked strictly against this file only.
     let known_hosts = dir.path().join("known_hosts");
-    let lines: Vec<&str> = servers.iter().flatten().map(|s| s.known_hosts_line()).collect();
+    let lines: Vec<&str> = all_slots().map(|s| s.known_hosts_line()).collect();
     std::fs::write(&known_hosts, lines.join("\n") + "\n").map_err(|e| format!("known_hosts: {e}"))?;
     let ssh_config = dir.path().join("ssh_config");
     std::fs::write(
@@ -482,6 +559,17 @@ pub fn run(cfg: &Config) -> Result<Summary, String> {
             .var("N", p.lines.to_string())
             .var("PRE", k.pre)
             .var("DIR", dir_str.as_str());
+        if let Some(gateway) = p.gateway {
+            host = host.jump(
+                Host::new("127.0.0.1")
+                    .port(gateway)
+                    .user(USER)
+                    .password(PASSWORD)
+                    .agent(false)
+                    .connect_timeout(Duration::from_secs(60))
+                    .auth_timeout(Duration::from_secs(60)),
+            );
+        }
         if k.chaos == Chaos::KillAndRestart {
             host = host
                 .host_key_check(HostKeyCheck::Strict)
@@ -505,12 +593,16 @@ pub fn run(cfg: &Config) -> Result<Summary, String> {
 
     let stop = Arc::new(AtomicBool::new(false));
     let kill_log = Arc::new(std::sync::Mutex::new(KillLog::default()));
-    let victims: Vec<Arc<Slot>> = kinds
-        .iter()
-        .zip(&servers)
-        .filter(|(k, _)| k.chaos == Chaos::KillAndRestart)
-        .flat_map(|(_, group)| group.iter().cloned())
-        .collect();
+    let victims_of = |chaos: Chaos| -> Vec<Arc<Slot>> {
+        kinds
+            .iter()
+            .zip(&servers)
+            .filter(|(k, _)| k.chaos == chaos)
+            .flat_map(|(_, group)| group.chaos_targets().iter().cloned())
+            .collect()
+    };
+    let victims = victims_of(Chaos::KillAndRestart);
+    let doomed = victims_of(Chaos::KillGatewaysForGood);
     let plan = KillPlan {
         kills: cfg.kills,
         first: cfg.first_kill,
@@ -518,6 +610,9 @@ pub fn run(cfg: &Config) -> Result<Summary, String> {
         downtime: cfg.downtime,
     };
     let killer = restart::spawn_killer(victims, plan, stop.clone(), kill_log.clone());
+    // One pause after the first kill, so that some labels are cut mid-command and
+    // others find the gateway gone.
+    let reaper = restart::spawn_reaper(doomed, cfg.first_kill + cfg.kill_every, stop.clone(), kill_log.clone());
     let sampler = Sampler::start(Duration::from_millis(100));
     let started = Instant::now();
     let handle = pssh.start();
@@ -528,6 +623,7 @@ pub fn run(cfg: &Config) -> Result<Summary, String> {
     let memory = sampler.finish();
     stop.store(true, Ordering::Relaxed);
     let _ = killer.join();
+    let _ = reaper.join();
     let _ = follower.join();
     drop(watchdog);
 
@@ -535,7 +631,7 @@ pub fn run(cfg: &Config) -> Result<Summary, String> {
     let mut summary = Summary {
         seed: cfg.seed,
         labels: plans.len(),
-        servers: servers.iter().map(Vec::len).sum(),
+        servers: all_slots().count(),
         tasks: pushed.values().sum(),
         wall,
         memory,
@@ -567,7 +663,7 @@ pub fn run(cfg: &Config) -> Result<Summary, String> {
         ));
     }
     crate::verify::verify(&report, &plans, &kinds, &pushed, dir.path(), cfg.seed, &mut summary);
-    let received: Vec<(u16, Vec<String>)> = servers.iter().flatten().map(|s| (s.port(), s.commands())).collect();
+    let received: Vec<(u16, Vec<String>)> = all_slots().map(|s| (s.port(), s.commands())).collect();
     crate::verify::no_cross_talk(&plans, &kinds, &received, &mut summary);
     Ok(summary)
 }

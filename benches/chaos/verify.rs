@@ -148,6 +148,14 @@ pub fn verify(
                     if attempts.is_some_and(|a| a != t.attempts()) {
                         fail(format!("first task: {} attempts, expected {attempts:?}", t.attempts()));
                     }
+                    // A label behind a dead gateway must be told so, not given a
+                    // symptom of it.
+                    if let Some(gateway) = p.gateway {
+                        let hop = format!("jump host 127.0.0.1:{gateway}");
+                        if !t.error().is_some_and(|e| e.to_string().contains(&hop)) {
+                            fail(format!("first task: error {:?} does not name `{hop}`", t.error()));
+                        }
+                    }
                     if t.reruns() < min_reruns {
                         fail(format!(
                             "first task: {} re-runs, expected at least {min_reruns}",

@@ -482,12 +482,14 @@ impl Loop {
                         self.touched.push(conn);
                     }
                 }
-                News::TunnelGone { conn, id, why } => {
+                News::TunnelGone { conn, id, why, held } => {
                     let cx = cx!(self);
                     if let Some(c) = self.conns.get_mut(&conn) {
                         c.tunnel_news(&cx, id, Some(why));
                         self.touched.push(conn);
                     }
+                    // Only now may the target's session see its tunnel close.
+                    drop(held);
                 }
                 News::TunnelClosed(id) => {
                     self.tunnels.remove(&id);
@@ -532,7 +534,7 @@ impl Loop {
             None => {
                 let jk = self.next_key;
                 self.next_key += 1;
-                let name: Arc<str> = Arc::from(hop.alias.as_str());
+                let name: Arc<str> = Arc::from(hop.hop_name().as_str());
                 let mut j = Conn::new(jk, LabelId::MAX, ConnId::MAX, name, Arc::new(hop));
                 j.jump = Some(Box::new(JumpState::new(jkey.clone())));
                 log::debug!(target: "ssh_parallel", "[{}] opening a jump session ({})", j.name, j.target());

@@ -69,7 +69,16 @@ pub(super) enum News {
     /// Tunnel `id` of connection `conn` is open.
     TunnelOpen { conn: usize, id: usize },
     /// Tunnel `id` of connection `conn` failed, or its jump session is gone.
-    TunnelGone { conn: usize, id: usize, why: String },
+    /// `held` is the tunnel's end of the socketpair, kept open until the
+    /// connection has learnt `why`: closed earlier, the target's session
+    /// could read the EOF first and fail with a message that hides the cause
+    /// ("Failed getting banner" for a jump host that went down).
+    TunnelGone {
+        conn: usize,
+        id: usize,
+        why: String,
+        held: Option<UnixStream>,
+    },
     /// Tunnel `id` is closed and removed.
     TunnelClosed(usize),
 }
@@ -98,6 +107,10 @@ pub(super) struct JumpState {
     stuck: Option<Stuck>,
     /// Since when no tunnel is left (for [`LINGER`]).
     idle_since: Option<Instant>,
+    /// Why the session failed or was lost, once it has: a connection that
+    /// asks it for a tunnel afterwards (it can fail while being opened, before
+    /// the first tunnel is attached) fails with this.
+    down: Option<String>,
 }
 
 /// One target connection carried by the jump session.
@@ -139,6 +152,7 @@ impl JumpState {
             open_deadline: None,
             stuck: None,
             idle_since: Some(Instant::now()),
+            down: None,
         }
     }
 
@@ -167,17 +181,17 @@ impl JumpState {
     }
 
     /// Drops every tunnel (the session is being torn down), deregistering
-    /// their sockets; returns the connections they carried, with the tunnel ids.
-    pub(super) fn clear(&mut self, registry: &Registry) -> Vec<(usize, usize)> {
+    /// their sockets; returns the connections they carried, with the tunnel
+    /// ids and their still open sockets (see [`News::TunnelGone`]).
+    pub(super) fn clear(&mut self, registry: &Registry) -> Vec<(usize, usize, UnixStream)> {
         self.queue.clear();
         self.open_deadline = None;
         self.stuck = None;
         std::mem::take(&mut self.tunnels)
             .into_iter()
             .map(|(id, mut t)| {
-                let _ = t.ours.shutdown(Shutdown::Both);
                 let _ = registry.deregister(&mut t.ours);
-                (t.conn, id)
+                (t.conn, id, t.ours)
             })
             .collect()
     }
@@ -232,11 +246,23 @@ impl JumpState {
                 self.queue.pop_front();
                 self.open_deadline = None;
                 self.stuck = None;
-                self.remove(cx, id);
-                let _ = cx.news.send(News::TunnelGone { conn, id, why });
+                let held = self.take(cx, id);
+                let _ = cx.news.send(News::TunnelGone { conn, id, why, held });
+                if self.tunnels.is_empty() {
+                    self.idle_since = Some(Instant::now());
+                }
                 Ok(true)
             }
         }
+    }
+
+    /// Takes tunnel `id` out without closing its socket (deregistered), for a
+    /// [`News::TunnelGone`] to carry.
+    fn take(&mut self, cx: &Cx<'_>, id: usize) -> Option<UnixStream> {
+        let mut t = self.tunnels.remove(&id)?;
+        let _ = cx.registry.deregister(&mut t.ours);
+        let _ = cx.news.send(News::TunnelClosed(id));
+        Some(t.ours)
     }
 
     /// Removes tunnel `id` (its channel is closed or abandoned).
@@ -434,6 +460,9 @@ impl Conn {
         let Some(j) = self.jump.as_mut() else {
             return Err("not a jump session (transport bug)".into());
         };
+        if let Some(why) = &j.down {
+            return Err(format!("jump host {}: {why}", self.name));
+        }
         cx.registry
             .register(&mut ours, mio::Token(id | TUN), Interest::READABLE | Interest::WRITABLE)
             .map_err(|e| format!("cannot poll a tunnel's socket: {e}"))?;
@@ -495,11 +524,13 @@ impl Conn {
     /// learns why.
     pub(super) fn jump_down(&mut self, cx: &Cx<'_>, why: &str) {
         let Some(j) = self.jump.as_mut() else { return };
-        for (conn, id) in j.clear(cx.registry) {
+        j.down.get_or_insert_with(|| why.to_owned());
+        for (conn, id, held) in j.clear(cx.registry) {
             let _ = cx.news.send(News::TunnelGone {
                 conn,
                 id,
                 why: format!("jump host {}: {why}", self.name),
+                held: Some(held),
             });
         }
     }
