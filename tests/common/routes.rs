@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use ssh_parallel::ssh_config::{ConfigFile, ResolveEnv};
 use ssh_parallel::{Parallel, ParallelBuilder, Report, TaskReport, TaskStatus};
+use tempfile::TempDir;
 use testbed::EmbeddedServer;
 
 use super::servers::{PASSWORD, USER};
@@ -35,6 +36,14 @@ pub fn parallel(home: &Path, config: &str, builder: ParallelBuilder) -> Parallel
         .with_only_file(Some(ConfigFile::explicit(&file)));
     env.home = home.to_path_buf();
     builder.ssh_config_env(env).build().unwrap()
+}
+
+/// [`parallel`] under a fresh temporary home, returned with it (the home
+/// must outlive the run: the configuration and known_hosts live there).
+pub fn parallel_in_new_home(config: &str, builder: ParallelBuilder) -> (TempDir, Parallel) {
+    let home = tempfile::tempdir().unwrap();
+    let pssh = parallel(home.path(), config, builder);
+    (home, pssh)
 }
 
 /// Polls `done` every 20 ms until it holds or `timeout` passes.
