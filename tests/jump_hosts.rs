@@ -23,9 +23,9 @@ use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
-use routes::{embedded_target, first_error, first_ok, parallel, parallel_in_new_home, wait_until};
+use routes::{all_ok, embedded_target, first_error, first_ok, parallel, parallel_in_new_home, wait_until};
 use servers::{PASSWORD, USER};
-use ssh_parallel::{Command, Host, HostKeyCheck, Parallel, ParallelBuilder, TaskStatus};
+use ssh_parallel::{Command, Host, HostKeyCheck, Parallel, ParallelBuilder};
 use tempfile::TempDir;
 use testbed::{ClientKey, EmbeddedServer, OpenSshServer};
 
@@ -90,6 +90,14 @@ fn behind(target: &EmbeddedServer, hops: &[Host]) -> Host {
     h
 }
 
+/// Adds the labels `{prefix}0`..`{prefix}{n-1}`, each reaching `target`
+/// behind `hops`.
+fn add_behind(pssh: &mut Parallel, prefix: &str, n: usize, target: &EmbeddedServer, hops: &[Host]) {
+    for i in 0..n {
+        pssh.add_host(format!("{prefix}{i}"), behind(target, hops)).unwrap();
+    }
+}
+
 /// An embedded target and a bastion sshd that forwards to it alone; `None`
 /// only when sshd cannot run here and skipping is allowed.
 fn target_and_bastion() -> Option<(EmbeddedServer, Bastion)> {
@@ -123,26 +131,14 @@ fn many_labels_behind_one_bastion_cost_one_login_there() {
         return;
     };
     let (_home, mut pssh) = trusting(&[&bastion], Parallel::builder().io_threads(3).workers(40));
-    let hop = bastion.hop();
     const N: usize = 24;
-    for i in 0..N {
-        pssh.add_host(format!("web{i}"), behind(&target, std::slice::from_ref(&hop)))
-            .unwrap();
-    }
+    add_behind(&mut pssh, "web", N, &target, &[bastion.hop()]);
     pssh.all(Command::new("echo hello-%LABEL%")).unwrap();
     pssh.all(Command::new("echo again")).unwrap();
     let report = pssh.run();
     for i in 0..N {
         let label = format!("web{i}");
-        let tasks = report.label(&label).unwrap().tasks();
-        assert!(
-            tasks.iter().all(|t| t.status() == TaskStatus::Succeeded),
-            "{label}: {:?}",
-            tasks
-                .iter()
-                .map(|t| (t.status(), t.error().map(|e| e.to_string())))
-                .collect::<Vec<_>>()
-        );
+        let tasks = all_ok(&report, &label);
         assert_eq!(tasks[0].stdout_str().trim(), format!("hello-{label}"));
     }
     assert_eq!(bastion.logins(), 1, "one login on the bastion for {N} labels");
@@ -164,9 +160,7 @@ fn a_chain_of_two_jumps_logs_in_once_on_each() {
     };
     let (_home, mut pssh) = trusting(&[&outer, &inner], Parallel::builder());
     let hops = [outer.hop(), inner.hop()];
-    for i in 0..4 {
-        pssh.add_host(format!("t{i}"), behind(&target, &hops)).unwrap();
-    }
+    add_behind(&mut pssh, "t", 4, &target, &hops);
     pssh.all(Command::new("echo through-two")).unwrap();
     let report = pssh.run();
     for i in 0..4 {
@@ -189,11 +183,13 @@ fn a_bastion_killed_mid_run_is_logged_in_to_again_once() {
             .reconnect_delay(Duration::from_millis(300)),
     );
     const N: usize = 8;
-    let hop = bastion.hop().keepalive(Duration::from_secs(1));
-    for i in 0..N {
-        pssh.add_host(format!("w{i}"), behind(&target, std::slice::from_ref(&hop)))
-            .unwrap();
-    }
+    add_behind(
+        &mut pssh,
+        "w",
+        N,
+        &target,
+        &[bastion.hop().keepalive(Duration::from_secs(1))],
+    );
     pssh.all(Command::new("sleep 3; echo first")).unwrap();
     pssh.all(Command::new("echo second")).unwrap();
     let handle = pssh.start();
@@ -207,15 +203,7 @@ fn a_bastion_killed_mid_run_is_logged_in_to_again_once() {
     bastion.sshd.start_listener().expect("restart the bastion");
     let report = handle.wait();
     for i in 0..N {
-        let tasks = report.label(&format!("w{i}")).unwrap().tasks();
-        assert!(
-            tasks.iter().all(|t| t.status() == TaskStatus::Succeeded),
-            "w{i}: {:?}",
-            tasks
-                .iter()
-                .map(|t| t.error().map(|e| e.to_string()))
-                .collect::<Vec<_>>()
-        );
+        let tasks = all_ok(&report, &format!("w{i}"));
         assert!(
             tasks[0].reruns() >= 1,
             "w{i}: the first command was re-run after the loss"
@@ -364,10 +352,7 @@ fn embedded_bastion_serves_many_labels_over_one_session() {
     let (target, bastion) = (embedded_target(), embedded_target());
     let (_home, mut pssh) = parallel_in_new_home("", Parallel::builder().io_threads(2).workers(64));
     const N: usize = 40;
-    for i in 0..N {
-        pssh.add_host(format!("e{i}"), behind(&target, &[embedded_hop(&bastion)]))
-            .unwrap();
-    }
+    add_behind(&mut pssh, "e", N, &target, &[embedded_hop(&bastion)]);
     pssh.all(Command::new("echo e-%LABEL%")).unwrap();
     let report = pssh.run();
     for i in 0..N {
@@ -384,10 +369,7 @@ fn embedded_bastion_refusing_forwards_fails_each_label_naming_the_hop() {
     let (target, bastion) = (embedded_target(), embedded_target());
     bastion.set_faults(vec![testbed::Fault::RefuseForwarding]);
     let (_home, mut pssh) = parallel_in_new_home("", Parallel::builder());
-    for i in 0..3 {
-        pssh.add_host(format!("r{i}"), behind(&target, &[embedded_hop(&bastion)]))
-            .unwrap();
-    }
+    add_behind(&mut pssh, "r", 3, &target, &[embedded_hop(&bastion)]);
     pssh.all(Command::new("echo must-not-run")).unwrap();
     let report = pssh.run();
     for i in 0..3 {
@@ -410,10 +392,7 @@ fn dropped_forwards_reconnect_through_the_same_jump_session() {
             .reconnect_delay(Duration::from_millis(100)),
     );
     const N: usize = 5;
-    for i in 0..N {
-        pssh.add_host(format!("d{i}"), behind(&target, &[embedded_hop(&bastion)]))
-            .unwrap();
-    }
+    add_behind(&mut pssh, "d", N, &target, &[embedded_hop(&bastion)]);
     pssh.all(Command::new("sleep 2; echo done")).unwrap();
     let handle = pssh.start();
     let running = wait_until(Duration::from_secs(20), || {

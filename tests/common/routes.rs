@@ -71,6 +71,20 @@ pub fn first_ok<'r>(report: &'r Report, label: &str, stdout: &str) -> &'r TaskRe
     t
 }
 
+/// `label`'s tasks, which must all have succeeded.
+pub fn all_ok<'r>(report: &'r Report, label: &str) -> &'r [TaskReport] {
+    let tasks = report.label(label).unwrap().tasks();
+    assert!(
+        tasks.iter().all(|t| t.status() == TaskStatus::Succeeded),
+        "{label}: {:?}",
+        tasks
+            .iter()
+            .map(|t| (t.status(), t.error().map(|e| e.to_string())))
+            .collect::<Vec<_>>()
+    );
+    tasks
+}
+
 /// The error of `label`'s first task, which must have failed.
 pub fn first_error(report: &Report, label: &str) -> String {
     let t = &report.label(label).unwrap().tasks()[0];
