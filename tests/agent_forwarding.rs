@@ -10,6 +10,9 @@
 //! A missing sshd or ssh-agent fails the tests (or skips them loudly with
 //! `TESTBED_ALLOW_SKIP=1`: see `testbed::prereq`).
 
+#[path = "common/child.rs"]
+mod child;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command as Process, Stdio};
@@ -118,15 +121,37 @@ fn sshd_for(key_line: &str) -> OpenSshServer {
         .expect("start sshd")
 }
 
-/// A host logging in to `sshd` with `login` (a key file), not through any agent.
-fn host(sshd: &OpenSshServer, login: &ClientKey) -> Host {
-    Host::new("127.0.0.1")
-        .port(sshd.port)
-        .user(testbed::current_user())
-        .key_file(login.private_path())
-        .agent(false)
-        .host_key_check(HostKeyCheck::Off)
-        .connect_timeout(Duration::from_secs(10))
+/// An sshd letting in a generated login key, and a throwaway agent holding
+/// another key. Fields in drop order: sshd first, the agent last.
+struct Rig {
+    sshd: OpenSshServer,
+    /// Logs in to `sshd` (from a file, never through the agent).
+    login: ClientKey,
+    agent: Agent,
+}
+
+impl Rig {
+    fn start() -> Rig {
+        let agent = Agent::start();
+        let login = ClientKey::ed25519().unwrap();
+        let sshd = sshd_for(login.public_line());
+        Rig { sshd, login, agent }
+    }
+
+    /// A host logging in to the sshd with the login key that knows the agent
+    /// by its socket (not by `$SSH_AUTH_SOCK`: tests share the environment)
+    /// but does not log in through it; forwarding is left to the caller.
+    fn agent_host(&self) -> Host {
+        Host::new("127.0.0.1")
+            .port(self.sshd.port)
+            .user(testbed::current_user())
+            .key_file(self.login.private_path())
+            .host_key_check(HostKeyCheck::Off)
+            .connect_timeout(Duration::from_secs(10))
+            .agent_socket(&self.agent.socket)
+            // Naming the socket turns the agent login on: off again, after it.
+            .agent(false)
+    }
 }
 
 /// A `Parallel` that reads no OpenSSH configuration.
@@ -153,15 +178,12 @@ fn a_forwarded_agent_lists_its_key_on_the_host_and_none_without_forwarding() {
     if !usable() {
         return;
     }
-    let agent = Agent::start();
-    let login = ClientKey::ed25519().unwrap();
-    let sshd = sshd_for(login.public_line());
+    let rig = Rig::start();
+    let agent = &rig.agent;
     let mut p = parallel();
-    // The agent is named by the host, not by $SSH_AUTH_SOCK (tests share the environment).
-    let with_socket = || host(&sshd, &login).agent_socket(&agent.socket).agent(false);
-    p.add_host("on", with_socket().forward_agent(true)).unwrap();
-    p.add_host("off", with_socket().forward_agent(false)).unwrap();
-    p.add_host("default", with_socket()).unwrap();
+    p.add_host("on", rig.agent_host().forward_agent(true)).unwrap();
+    p.add_host("off", rig.agent_host().forward_agent(false)).unwrap();
+    p.add_host("default", rig.agent_host()).unwrap();
     // Twice: the second command reuses the session, and forwards again.
     p.all(Command::new(LIST).on_error(OnError::Ignore)).unwrap();
     p.all(Command::new(LIST).on_error(OnError::Ignore)).unwrap();
@@ -187,13 +209,11 @@ fn twenty_labels_forward_at_once_each_to_its_own_relays() {
     if !usable() {
         return;
     }
-    let agent = Agent::start();
-    let login = ClientKey::ed25519().unwrap();
-    let sshd = sshd_for(login.public_line());
+    let rig = Rig::start();
     let mut p = parallel();
     for i in 0..20 {
-        let h = host(&sshd, &login).agent_socket(&agent.socket).agent(false);
-        p.add_host(format!("h{i}"), h.forward_agent(true)).unwrap();
+        p.add_host(format!("h{i}"), rig.agent_host().forward_agent(true))
+            .unwrap();
     }
     // Three agent connections one after the other, and three at once, per label.
     p.all(Command::new("for i in 1 2 3; do ssh-add -l; done | grep -c SHA256"))
@@ -220,9 +240,7 @@ fn check_under_config(
     config: impl FnOnce(&str, &Path) -> String,
     hosts: Vec<(&str, Host, bool)>,
 ) {
-    let agent = Agent::start();
-    let login = ClientKey::ed25519().unwrap();
-    let sshd = sshd_for(login.public_line());
+    let Rig { agent, login, sshd } = Rig::start();
     let login_lines = format!(
         "  HostName 127.0.0.1\n  Port {}\n  User {}\n  IdentityFile {}\n  StrictHostKeyChecking no\n  \
          UserKnownHostsFile /dev/null\n",
@@ -316,16 +334,13 @@ fn a_second_hop_logs_in_with_the_forwarded_agent() {
     if !usable() {
         return;
     }
-    let agent = Agent::start();
-    let login = ClientKey::ed25519().unwrap();
-    let first = sshd_for(login.public_line());
+    let rig = Rig::start();
     // Only the agent's key opens the second server: its private half never
     // leaves this machine, so the hop can only sign through the forwarded agent.
-    let second = sshd_for(&agent.public);
+    let second = sshd_for(&rig.agent.public);
     let mut p = parallel();
-    let base = || host(&first, &login).agent_socket(&agent.socket).agent(false);
-    p.add_host("on", base().forward_agent(true)).unwrap();
-    p.add_host("off", base()).unwrap();
+    p.add_host("on", rig.agent_host().forward_agent(true)).unwrap();
+    p.add_host("off", rig.agent_host()).unwrap();
     p.all(Command::new(hop(&second)).on_error(OnError::Ignore)).unwrap();
     let report = p.run();
     let on = report.label("on").unwrap();
@@ -348,21 +363,12 @@ fn child_forwards_at_trace_level() {
     };
     env_logger::builder().is_test(false).init();
     log::trace!("child logger up");
-    let agent = Agent::start();
+    let rig = Rig::start();
     // For the parent to search its output for.
-    fs::write(public_file, &agent.public).unwrap();
-    let login = ClientKey::ed25519().unwrap();
-    let first = sshd_for(login.public_line());
-    let second = sshd_for(&agent.public);
+    fs::write(public_file, &rig.agent.public).unwrap();
+    let second = sshd_for(&rig.agent.public);
     let mut p = parallel();
-    p.add_host(
-        "on",
-        host(&first, &login)
-            .agent_socket(&agent.socket)
-            .agent(false)
-            .forward_agent(true),
-    )
-    .unwrap();
+    p.add_host("on", rig.agent_host().forward_agent(true)).unwrap();
     // Neither the listing nor the hop prints the key: only the relay carries it.
     p.all(Command::new("ssh-add -l | wc -l")).unwrap();
     p.all(Command::new(hop(&second))).unwrap();
@@ -371,7 +377,7 @@ fn child_forwards_at_trace_level() {
     assert_eq!(tasks[0].stdout_str().trim(), "1", "{report}");
     assert_eq!(tasks[1].stdout_str(), "second-hop-ok\n", "{report}");
     println!("report debug:\n{report:#?}");
-    println!("CHILD-DONE");
+    println!("{}", child::DONE);
 }
 
 #[test]
@@ -381,27 +387,7 @@ fn the_relayed_agent_traffic_stays_out_of_trace_logs() {
     }
     let dir = tempfile::tempdir().unwrap();
     let public_file = dir.path().join("agent_key.pub");
-    let out = Process::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "child_forwards_at_trace_level",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD, &public_file)
-        .env("RUST_LOG", "trace")
-        .env_remove("RUST_LOG_STYLE")
-        .output()
-        .expect("re-run this test binary as the child");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let all = format!("{stdout}\n{stderr}");
-    assert!(
-        out.status.success() && stdout.contains("CHILD-DONE"),
-        "the child failed ({}):\n{all}",
-        out.status
-    );
+    let all = child::run_at_trace("child_forwards_at_trace_level", [(CHILD, &public_file)]);
     assert!(
         all.contains("TRACE") && all.contains("child logger up") && all.contains("forwarded agent connection opened"),
         "no trace logs of the forwarding:\n{all}"

@@ -4,17 +4,18 @@
 //! opens all end in a typed error by their deadlines; a host key that changes across a
 //! reconnection is refused even under accept-new.
 
+#[path = "common/servers.rs"]
+mod servers;
+
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use servers::{password_host, PASSWORD, USER};
 use ssh_parallel::{Command, ErrorKind, Host, HostKeyCheck, Parallel, ScpGet, Stdin};
 use testbed::{EmbeddedServer, Fault as ServerFault};
-
-const USER: &str = "alice";
-const PASSWORD: &str = "wonderland";
 
 /// This test binary's scratch directory under the target dir, emptied once per process
 /// (statics are never dropped, so a `TempDir` here would be left behind in /tmp).
@@ -40,14 +41,10 @@ fn fake_home() -> &'static Path {
     })
 }
 
+/// [`password_host`], once the fake home is set.
 fn host(port: u16) -> Host {
     fake_home();
-    Host::new("127.0.0.1")
-        .port(port)
-        .user(USER)
-        .password(PASSWORD)
-        .host_key_check(HostKeyCheck::Off)
-        .connect_timeout(Duration::from_secs(5))
+    password_host(port)
 }
 
 fn ps(p: &Path) -> String {

@@ -23,9 +23,10 @@ use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
-use routes::{embedded_target, first_error, first_ok, parallel, wait_until};
+use routes::{all_ok, embedded_target, first_error, first_ok, parallel, parallel_in_new_home, wait_until};
 use servers::{PASSWORD, USER};
-use ssh_parallel::{Command, Host, HostKeyCheck, Join, OnError, Parallel, TaskStatus};
+use ssh_parallel::{Command, Host, HostKeyCheck, Join, OnError, Parallel, ParallelBuilder, TaskStatus};
+use tempfile::TempDir;
 use testbed::{ClientKey, EmbeddedServer, OpenSshServer};
 
 /// A bastion sshd that forwards only to `ports` on 127.0.0.1, with the key
@@ -89,48 +90,55 @@ fn behind(target: &EmbeddedServer, hops: &[Host]) -> Host {
     h
 }
 
-/// A config making `127.0.0.1` (the bastion's name here) trust only `known_hosts`.
-fn known_hosts_config(known_hosts: &Path) -> String {
-    format!(
+/// Adds the labels `{prefix}0`..`{prefix}{n-1}`, each reaching `target`
+/// behind `hops`.
+fn add_behind(pssh: &mut Parallel, prefix: &str, n: usize, target: &EmbeddedServer, hops: &[Host]) {
+    for i in 0..n {
+        pssh.add_host(format!("{prefix}{i}"), behind(target, hops)).unwrap();
+    }
+}
+
+/// An embedded target and a bastion sshd that forwards to it alone; `None`
+/// only when sshd cannot run here and skipping is allowed.
+fn target_and_bastion() -> Option<(EmbeddedServer, Bastion)> {
+    let target = embedded_target();
+    let bastion = Bastion::start(&[target.addr().port()])?;
+    Some((target, bastion))
+}
+
+/// A `Parallel` from `builder` under a fresh home (returned, to outlive it)
+/// whose only configuration makes `127.0.0.1` (the bastions' name here)
+/// trust the keys of `bastions` and nothing else.
+fn trusting(bastions: &[&Bastion], builder: ParallelBuilder) -> (TempDir, Parallel) {
+    let home = tempfile::tempdir().unwrap();
+    let kh = home.path().join("known_hosts");
+    let lines: String = bastions
+        .iter()
+        .map(|b| format!("{}\n", b.sshd.known_hosts_line))
+        .collect();
+    fs::write(&kh, lines).unwrap();
+    let config = format!(
         "Host *\n  UserKnownHostsFile {}\n  GlobalKnownHostsFile none\n",
-        known_hosts.display()
-    )
+        kh.display()
+    );
+    let pssh = parallel(home.path(), &config, builder);
+    (home, pssh)
 }
 
 #[test]
 fn many_labels_behind_one_bastion_cost_one_login_there() {
-    let target = embedded_target();
-    let Some(bastion) = Bastion::start(&[target.addr().port()]) else {
+    let Some((target, bastion)) = target_and_bastion() else {
         return;
     };
-    let home = tempfile::tempdir().unwrap();
-    let kh = home.path().join("known_hosts");
-    fs::write(&kh, format!("{}\n", bastion.sshd.known_hosts_line)).unwrap();
-    let mut pssh = parallel(
-        home.path(),
-        &known_hosts_config(&kh),
-        Parallel::builder().io_threads(3).workers(40),
-    );
-    let hop = bastion.hop();
+    let (_home, mut pssh) = trusting(&[&bastion], Parallel::builder().io_threads(3).workers(40));
     const N: usize = 24;
-    for i in 0..N {
-        pssh.add_host(format!("web{i}"), behind(&target, std::slice::from_ref(&hop)))
-            .unwrap();
-    }
+    add_behind(&mut pssh, "web", N, &target, &[bastion.hop()]);
     pssh.all(Command::new("echo hello-%LABEL%")).unwrap();
     pssh.all(Command::new("echo again")).unwrap();
     let report = pssh.run();
     for i in 0..N {
         let label = format!("web{i}");
-        let tasks = report.label(&label).unwrap().tasks();
-        assert!(
-            tasks.iter().all(|t| t.status() == TaskStatus::Succeeded),
-            "{label}: {:?}",
-            tasks
-                .iter()
-                .map(|t| (t.status(), t.error().map(|e| e.to_string())))
-                .collect::<Vec<_>>()
-        );
+        let tasks = all_ok(&report, &label);
         assert_eq!(tasks[0].stdout_str().trim(), format!("hello-{label}"));
     }
     assert_eq!(bastion.logins(), 1, "one login on the bastion for {N} labels");
@@ -144,25 +152,15 @@ fn many_labels_behind_one_bastion_cost_one_login_there() {
 
 #[test]
 fn a_chain_of_two_jumps_logs_in_once_on_each() {
-    let target = embedded_target();
-    let Some(inner) = Bastion::start(&[target.addr().port()]) else {
+    let Some((target, inner)) = target_and_bastion() else {
         return;
     };
     let Some(outer) = Bastion::start(&[inner.sshd.port]) else {
         return;
     };
-    let home = tempfile::tempdir().unwrap();
-    let kh = home.path().join("known_hosts");
-    fs::write(
-        &kh,
-        format!("{}\n{}\n", outer.sshd.known_hosts_line, inner.sshd.known_hosts_line),
-    )
-    .unwrap();
-    let mut pssh = parallel(home.path(), &known_hosts_config(&kh), Parallel::builder());
+    let (_home, mut pssh) = trusting(&[&outer, &inner], Parallel::builder());
     let hops = [outer.hop(), inner.hop()];
-    for i in 0..4 {
-        pssh.add_host(format!("t{i}"), behind(&target, &hops)).unwrap();
-    }
+    add_behind(&mut pssh, "t", 4, &target, &hops);
     pssh.all(Command::new("echo through-two")).unwrap();
     let report = pssh.run();
     for i in 0..4 {
@@ -175,26 +173,23 @@ fn a_chain_of_two_jumps_logs_in_once_on_each() {
 
 #[test]
 fn a_bastion_killed_mid_run_is_logged_in_to_again_once() {
-    let target = embedded_target();
-    let Some(mut bastion) = Bastion::start(&[target.addr().port()]) else {
+    let Some((target, mut bastion)) = target_and_bastion() else {
         return;
     };
-    let home = tempfile::tempdir().unwrap();
-    let kh = home.path().join("known_hosts");
-    fs::write(&kh, format!("{}\n", bastion.sshd.known_hosts_line)).unwrap();
-    let mut pssh = parallel(
-        home.path(),
-        &known_hosts_config(&kh),
+    let (_home, mut pssh) = trusting(
+        &[&bastion],
         Parallel::builder()
             .reconnections(5)
             .reconnect_delay(Duration::from_millis(300)),
     );
     const N: usize = 8;
-    let hop = bastion.hop().keepalive(Duration::from_secs(1));
-    for i in 0..N {
-        pssh.add_host(format!("w{i}"), behind(&target, std::slice::from_ref(&hop)))
-            .unwrap();
-    }
+    add_behind(
+        &mut pssh,
+        "w",
+        N,
+        &target,
+        &[bastion.hop().keepalive(Duration::from_secs(1))],
+    );
     pssh.all(Command::new("sleep 3; echo first")).unwrap();
     pssh.all(Command::new("echo second")).unwrap();
     let handle = pssh.start();
@@ -208,15 +203,7 @@ fn a_bastion_killed_mid_run_is_logged_in_to_again_once() {
     bastion.sshd.start_listener().expect("restart the bastion");
     let report = handle.wait();
     for i in 0..N {
-        let tasks = report.label(&format!("w{i}")).unwrap().tasks();
-        assert!(
-            tasks.iter().all(|t| t.status() == TaskStatus::Succeeded),
-            "w{i}: {:?}",
-            tasks
-                .iter()
-                .map(|t| t.error().map(|e| e.to_string()))
-                .collect::<Vec<_>>()
-        );
+        let tasks = all_ok(&report, &format!("w{i}"));
         assert!(
             tasks[0].reruns() >= 1,
             "w{i}: the first command was re-run after the loss"
@@ -230,8 +217,20 @@ fn a_bastion_killed_mid_run_is_logged_in_to_again_once() {
     );
 }
 
-/// The OpenSSH configuration of the tests below, under `home`: `bastion`
-/// and `web*` aliases with their keys and one known_hosts file.
+/// A `Parallel` under a fresh home (returned, to outlive it) reading the
+/// OpenSSH configuration of the tests below: `bastion` and `web*` aliases
+/// with their keys (a fresh one for the target), and `~/kh` holding
+/// `known_hosts` as the only known hosts.
+fn fleet(bastion: &Bastion, target: &EmbeddedServer, known_hosts: &str) -> (TempDir, Parallel) {
+    let home = tempfile::tempdir().unwrap();
+    web_key(home.path(), target);
+    fs::write(home.path().join("kh"), known_hosts).unwrap();
+    let config = fleet_config(home.path(), bastion, target);
+    let pssh = parallel(home.path(), &config, Parallel::builder());
+    (home, pssh)
+}
+
+/// The configuration of [`fleet`].
 fn fleet_config(home: &Path, bastion: &Bastion, target: &EmbeddedServer) -> String {
     let ssh = home.join(".ssh");
     fs::create_dir_all(&ssh).unwrap();
@@ -247,30 +246,22 @@ fn fleet_config(home: &Path, bastion: &Bastion, target: &EmbeddedServer) -> Stri
     )
 }
 
-/// Authorizes a fresh key for `USER` on `target`, saved as `~/.ssh/id_web`.
-fn web_key(home: &Path, target: &EmbeddedServer) -> ClientKey {
+/// Authorizes a fresh key for `USER` on `target`, saved as `~/.ssh/id_web`
+/// (a copy: the key's own files go when it is dropped).
+fn web_key(home: &Path, target: &EmbeddedServer) {
     let key = ClientKey::ed25519().unwrap();
     target.add_authorized_key(USER, key.public_line()).unwrap();
     fs::create_dir_all(home.join(".ssh")).unwrap();
     fs::copy(key.private_path(), home.join(".ssh/id_web")).unwrap();
-    key
 }
 
 #[test]
 fn a_config_under_home_gives_every_detail_and_the_jump_host() {
-    let target = embedded_target();
-    let Some(bastion) = Bastion::start(&[target.addr().port()]) else {
+    let Some((target, bastion)) = target_and_bastion() else {
         return;
     };
-    let home = tempfile::tempdir().unwrap();
-    let _key = web_key(home.path(), &target);
-    fs::write(
-        home.path().join("kh"),
-        format!("{}\n{}\n", bastion.sshd.known_hosts_line, target.known_hosts_line()),
-    )
-    .unwrap();
-    let config = fleet_config(home.path(), &bastion, &target);
-    let mut pssh = parallel(home.path(), &config, Parallel::builder());
+    let known = format!("{}\n{}\n", bastion.sshd.known_hosts_line, target.known_hosts_line());
+    let (_home, mut pssh) = fleet(&bastion, &target, &known);
     for i in 0..5 {
         pssh.add_host(format!("w{i}"), Host::new(format!("web{i}"))).unwrap();
     }
@@ -287,21 +278,13 @@ fn a_config_under_home_gives_every_detail_and_the_jump_host() {
 
 #[test]
 fn a_wrong_host_key_on_the_bastion_names_the_hop_and_nothing_runs() {
-    let target = embedded_target();
-    let Some(bastion) = Bastion::start(&[target.addr().port()]) else {
+    let Some((target, bastion)) = target_and_bastion() else {
         return;
     };
-    let home = tempfile::tempdir().unwrap();
-    let _key = web_key(home.path(), &target);
     // The bastion's port recorded with another server's key.
     let wrong = format!("[127.0.0.1]:{} {}", bastion.sshd.port, target.host_key_openssh());
-    fs::write(
-        home.path().join("kh"),
-        format!("{wrong}\n{}\n", target.known_hosts_line()),
-    )
-    .unwrap();
-    let config = fleet_config(home.path(), &bastion, &target);
-    let mut pssh = parallel(home.path(), &config, Parallel::builder());
+    let known = format!("{wrong}\n{}\n", target.known_hosts_line());
+    let (_home, mut pssh) = fleet(&bastion, &target, &known);
     for i in 0..3 {
         pssh.add_host(format!("w{i}"), Host::new(format!("web{i}"))).unwrap();
     }
@@ -328,10 +311,7 @@ fn an_sshd_target_behind_the_bastion_and_a_refused_forward() {
     let Some(bastion) = Bastion::start(&[target.addr().port()]) else {
         return;
     };
-    let home = tempfile::tempdir().unwrap();
-    let kh = home.path().join("known_hosts");
-    fs::write(&kh, format!("{}\n", bastion.sshd.known_hosts_line)).unwrap();
-    let mut pssh = parallel(home.path(), &known_hosts_config(&kh), Parallel::builder());
+    let (_home, mut pssh) = trusting(&[&bastion], Parallel::builder());
     let hop = bastion.hop();
     for i in 0..3 {
         pssh.add_host(format!("s{i}"), target.host().jump(hop.clone())).unwrap();
@@ -369,15 +349,10 @@ fn embedded_hop(bastion: &EmbeddedServer) -> Host {
 
 #[test]
 fn embedded_bastion_serves_many_labels_over_one_session() {
-    let target = embedded_target();
-    let bastion = embedded_target();
-    let home = tempfile::tempdir().unwrap();
-    let mut pssh = parallel(home.path(), "", Parallel::builder().io_threads(2).workers(64));
+    let (target, bastion) = (embedded_target(), embedded_target());
+    let (_home, mut pssh) = parallel_in_new_home("", Parallel::builder().io_threads(2).workers(64));
     const N: usize = 40;
-    for i in 0..N {
-        pssh.add_host(format!("e{i}"), behind(&target, &[embedded_hop(&bastion)]))
-            .unwrap();
-    }
+    add_behind(&mut pssh, "e", N, &target, &[embedded_hop(&bastion)]);
     pssh.all(Command::new("echo e-%LABEL%")).unwrap();
     let report = pssh.run();
     for i in 0..N {
@@ -391,15 +366,10 @@ fn embedded_bastion_serves_many_labels_over_one_session() {
 
 #[test]
 fn embedded_bastion_refusing_forwards_fails_each_label_naming_the_hop() {
-    let target = embedded_target();
-    let bastion = embedded_target();
+    let (target, bastion) = (embedded_target(), embedded_target());
     bastion.set_faults(vec![testbed::Fault::RefuseForwarding]);
-    let home = tempfile::tempdir().unwrap();
-    let mut pssh = parallel(home.path(), "", Parallel::builder());
-    for i in 0..3 {
-        pssh.add_host(format!("r{i}"), behind(&target, &[embedded_hop(&bastion)]))
-            .unwrap();
-    }
+    let (_home, mut pssh) = parallel_in_new_home("", Parallel::builder());
+    add_behind(&mut pssh, "r", 3, &target, &[embedded_hop(&bastion)]);
     pssh.all(Command::new("echo must-not-run")).unwrap();
     let report = pssh.run();
     for i in 0..3 {
@@ -414,21 +384,15 @@ fn embedded_bastion_refusing_forwards_fails_each_label_naming_the_hop() {
 
 #[test]
 fn dropped_forwards_reconnect_through_the_same_jump_session() {
-    let target = embedded_target();
-    let bastion = embedded_target();
-    let home = tempfile::tempdir().unwrap();
-    let mut pssh = parallel(
-        home.path(),
+    let (target, bastion) = (embedded_target(), embedded_target());
+    let (_home, mut pssh) = parallel_in_new_home(
         "",
         Parallel::builder()
             .reconnections(3)
             .reconnect_delay(Duration::from_millis(100)),
     );
     const N: usize = 5;
-    for i in 0..N {
-        pssh.add_host(format!("d{i}"), behind(&target, &[embedded_hop(&bastion)]))
-            .unwrap();
-    }
+    add_behind(&mut pssh, "d", N, &target, &[embedded_hop(&bastion)]);
     pssh.all(Command::new("sleep 2; echo done")).unwrap();
     let handle = pssh.start();
     let running = wait_until(Duration::from_secs(20), || {

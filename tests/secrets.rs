@@ -8,8 +8,11 @@
 //! process writes, on stdout and stderr, is searched: not only what a test
 //! logger chose to record.
 
+#[path = "common/child.rs"]
+mod child;
+
+use std::ffi::OsStr;
 use std::fs;
-use std::process::Command as Process;
 use std::time::Duration;
 
 use ssh_parallel::{Command, Host, HostKeyCheck, Parallel};
@@ -93,33 +96,15 @@ fn child_logins_at_trace_level() {
     for label in ["pw_bad", "mem_bad", "file_bad"] {
         assert!(!report.label(label).unwrap().success(), "{label} is refused: {report}");
     }
-    println!("CHILD-DONE");
+    println!("{}", child::DONE);
 }
 
 #[test]
 fn secrets_stay_out_of_debug_display_errors_reports_and_trace_logs() {
     let key = ClientKey::generate(KeyType::Ed25519, Some(PASSPHRASE)).expect("generate a key with a passphrase");
-    let out = Process::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "child_logins_at_trace_level",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD, "1")
-        .env(KEY, key.private_path())
-        .env("RUST_LOG", "trace")
-        .env_remove("RUST_LOG_STYLE")
-        .output()
-        .expect("re-run this test binary as the child");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let all = format!("{stdout}\n{stderr}");
-    assert!(
-        out.status.success() && stdout.contains("CHILD-DONE"),
-        "the child failed ({}):\n{all}",
-        out.status
+    let all = child::run_at_trace(
+        "child_logins_at_trace_level",
+        [(CHILD, OsStr::new("1")), (KEY, key.private_path().as_os_str())],
     );
     // The search is meaningful only if the child really logged at trace
     // level and printed what it was asked to.

@@ -2,16 +2,20 @@
 //! binary involved): the same transfers the OpenSSH tier checks, so the examples and the
 //! quickstart can copy files on a machine that has only the Rust toolchain.
 
+#[path = "common/copy.rs"]
+mod copy;
+#[path = "common/servers.rs"]
+mod servers;
+
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
-use ssh_parallel::{Command, ErrorKind, Host, HostKeyCheck, OnError, Parallel, ScpGet, ScpPut, TaskStatus};
+use copy::{make_file, mode, mtime, ps, set_mtime};
+use servers::{password_host, PASSWORD, USER};
+use ssh_parallel::{Command, ErrorKind, Host, OnError, Parallel, ScpGet, ScpPut, TaskStatus};
 use testbed::EmbeddedServer;
-
-const USER: &str = "alice";
-const PASSWORD: &str = "wonderland";
 
 /// A server whose shell does not exist: every transfer that works was served in-process.
 fn scp_only_server() -> EmbeddedServer {
@@ -24,40 +28,12 @@ fn scp_only_server() -> EmbeddedServer {
 }
 
 fn host(server: &EmbeddedServer) -> Host {
-    Host::new("127.0.0.1")
-        .port(server.port())
-        .user(USER)
-        .password(PASSWORD)
-        .host_key_check(HostKeyCheck::Off)
-        .connect_timeout(Duration::from_secs(5))
+    password_host(server.port())
 }
 
-fn ps(p: &Path) -> String {
-    p.to_str().unwrap().to_owned()
-}
-
-fn mode(p: &Path) -> u32 {
-    fs::metadata(p).unwrap().permissions().mode() & 0o7777
-}
-
-fn mtime(p: &Path) -> SystemTime {
-    fs::metadata(p).unwrap().modified().unwrap()
-}
-
-fn set_mtime(p: &Path, secs: u64) {
-    let t = UNIX_EPOCH + Duration::from_secs(secs);
-    let f = fs::File::open(p).unwrap();
-    f.set_times(fs::FileTimes::new().set_modified(t).set_accessed(t))
-        .unwrap();
-}
-
-fn make_file(p: &Path, data: &[u8], m: u32, secs: u64) {
-    fs::write(p, data).unwrap();
-    fs::set_permissions(p, fs::Permissions::from_mode(m)).unwrap();
-    set_mtime(p, secs);
-}
-
-/// Same names, contents, modes and mtimes, recursively.
+/// Same names, contents, modes and mtimes, recursively, and of `a` and `b`
+/// themselves (unlike `copy::assert_same_tree`, which compares what is
+/// below them).
 fn assert_same_tree(a: &Path, b: &Path) {
     let names = |p: &Path| {
         let mut v: Vec<_> = fs::read_dir(p).unwrap().map(|e| e.unwrap().file_name()).collect();

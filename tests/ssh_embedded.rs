@@ -2,16 +2,17 @@
 //! scheduling scenarios that touch connections, over real SSH, and each
 //! injected server fault giving its documented error kind, with no hang.
 
+#[path = "common/servers.rs"]
+mod servers;
+
 use std::fs;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use servers::{PASSWORD, USER};
 use ssh_parallel::{Command, ErrorKind, Host, HostKeyCheck, Join, OnError, Parallel, TaskStatus};
 use testbed::{ClientKey, EmbeddedServer, Fault as ServerFault, KeyType};
-
-const USER: &str = "alice";
-const PASSWORD: &str = "wonderland";
 
 fn server() -> EmbeddedServer {
     EmbeddedServer::builder()
@@ -20,16 +21,8 @@ fn server() -> EmbeddedServer {
         .expect("start the embedded server")
 }
 
-/// A host on `server` logging in with the password; the server's key is
-/// throwaway, so these tests opt out of the known_hosts check (the OpenSSH
-/// tier checks host keys).
 fn host(server: &EmbeddedServer) -> Host {
-    Host::new("127.0.0.1")
-        .port(server.port())
-        .user(USER)
-        .password(PASSWORD)
-        .host_key_check(HostKeyCheck::Off)
-        .connect_timeout(Duration::from_secs(5))
+    servers::password_host(server.port())
 }
 
 #[test]

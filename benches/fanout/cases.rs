@@ -50,6 +50,39 @@ pub struct Case {
     pub workers: Option<usize>,
 }
 
+impl Case {
+    /// `true` once on each of `n` labels of `tier`, by `tools` (in this order in the
+    /// first round): the rounds the options ask for (5, or 3 in a quick run) after one
+    /// warm-up round, every label at once.
+    pub fn true_once(
+        o: &Opts,
+        id: String,
+        title: String,
+        tier: Tier,
+        n: usize,
+        tools: Vec<Tool>,
+        timeout: Duration,
+    ) -> Case {
+        Case {
+            id,
+            title,
+            tier,
+            n,
+            work: Work::Run {
+                cmd: "true".into(),
+                steps: 1,
+                joins: false,
+            },
+            tools,
+            skipped: Vec::new(),
+            rounds: o.rounds.unwrap_or(if o.quick { 3 } else { 5 }),
+            warmup: 1,
+            timeout,
+            workers: None,
+        }
+    }
+}
+
 /// Every tool that runs commands.
 pub fn all_peers() -> Vec<Tool> {
     vec![Tool::Ours, Tool::ParallelSsh, Tool::Pssh, Tool::Pdsh, Tool::Nop]

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use crate::cases::{Case, Tier};
 use crate::opts::Opts;
-use crate::report::sig;
+use crate::report::{cases_led_by, sig};
 use crate::runner::Outcome;
 use crate::tools::{Target, Tool, Work};
 
@@ -28,24 +28,15 @@ const N: usize = 200;
 
 /// The command-line case: the binary, the library, then the peers.
 pub fn cases(o: &Opts) -> Vec<Case> {
-    let rounds = o.rounds.unwrap_or(if o.quick { 3 } else { 5 });
-    vec![Case {
-        id: format!("cli-{N}"),
-        title: format!("command line {N} x `true` (OpenSSH)"),
-        tier: Tier::OpenSsh,
-        n: N,
-        work: Work::Run {
-            cmd: "true".into(),
-            steps: 1,
-            joins: false,
-        },
-        tools: vec![Tool::Cli, Tool::Ours, Tool::Pdsh, Tool::Pssh, Tool::Clush, Tool::Bssh],
-        skipped: Vec::new(),
-        rounds,
-        warmup: 1,
-        timeout: Duration::from_secs(300),
-        workers: None,
-    }]
+    vec![Case::true_once(
+        o,
+        format!("cli-{N}"),
+        format!("command line {N} x `true` (OpenSSH)"),
+        Tier::OpenSsh,
+        N,
+        vec![Tool::Cli, Tool::Ours, Tool::Pdsh, Tool::Pssh, Tool::Clush, Tool::Bssh],
+        Duration::from_secs(300),
+    )]
 }
 
 /// The release binary: `FANOUT_CLI`, else `ssh-parallel` beside the bench's own
@@ -239,17 +230,7 @@ const GOALS: [Goal; 5] = [
 /// the issue's targets, met or missed; a tool with no data says why.
 pub fn section(all: &[Outcome]) -> String {
     let mut md = String::new();
-    let mut ids: Vec<&str> = all
-        .iter()
-        .filter(|o| o.case_id.starts_with("cli-"))
-        .map(|o| o.case_id.as_str())
-        .collect();
-    ids.dedup();
-    for id in ids {
-        let rows: Vec<&Outcome> = all.iter().filter(|o| o.case_id == id).collect();
-        let Some(cli) = rows.iter().find(|o| o.tool == Tool::Cli) else {
-            continue;
-        };
+    for (cli, rows) in cases_led_by(all, |o| o.case_id.starts_with("cli-"), Tool::Cli) {
         let _ = writeln!(
             md,
             "#### The command line ({}): ssh-parallel (the binary) / each tool\n\n\

@@ -20,10 +20,10 @@ use std::time::Duration;
 use crate::cases::{Case, Tier};
 use crate::measure::ServerProbe;
 use crate::opts::Opts;
-use crate::report::{note, sig};
+use crate::report::{cases_led_by, note, sig};
 use crate::runner::{run_tier, Outcome};
 use crate::tiers::Bed;
-use crate::tools::{Target, Tool, Work};
+use crate::tools::{host_block, Target, Tool};
 
 /// The label count of the case.
 const N: usize = 200;
@@ -35,26 +35,17 @@ const OVER_PEER: f64 = 0.5;
 
 /// The jump-host case.
 pub fn cases(o: &Opts) -> Vec<Case> {
-    let rounds = o.rounds.unwrap_or(if o.quick { 3 } else { 5 });
-    vec![Case {
-        id: format!("jump-{N}"),
-        title: format!("{N} x `true` behind one jump host (OpenSSH)"),
-        tier: Tier::Jump,
-        n: N,
-        work: Work::Run {
-            cmd: "true".into(),
-            steps: 1,
-            joins: false,
-        },
-        tools: vec![Tool::Ours, Tool::OursDirect, Tool::ParallelSsh, Tool::Pssh, Tool::Pdsh],
-        skipped: Vec::new(),
-        rounds,
-        warmup: 1,
+    vec![Case::true_once(
+        o,
+        format!("jump-{N}"),
+        format!("{N} x `true` behind one jump host (OpenSSH)"),
+        Tier::Jump,
+        N,
+        vec![Tool::Ours, Tool::OursDirect, Tool::ParallelSsh, Tool::Pssh, Tool::Pdsh],
         // parallel-ssh's proxy tunnels took 38 s once and hung past 300 s the next time
         // (busy, one core): 120 s is three times its good run and keeps the case short.
-        timeout: Duration::from_secs(120),
-        workers: None,
-    }]
+        Duration::from_secs(120),
+    )]
 }
 
 /// Starts the target and the bastion, runs the tier's cases, stops both.
@@ -103,15 +94,7 @@ fn jump_target(bed: &Bed<'_>, target_port: u16, bastion_port: u16) -> Result<Tar
     // The file's only block is `Host h*`: this line ends it. `ssh` hands its `-F` file to
     // the `ssh -W` it runs for ProxyJump, which finds the bastion's entry there.
     cfg.push_str("  ProxyJump bastion\n\n");
-    let _ = write!(
-        cfg,
-        "Host bastion\n  HostName 127.0.0.1\n  Port {bastion_port}\n  User {user}\n  IdentityFile {key}\n  \
-         IdentitiesOnly yes\n  IdentityAgent none\n  StrictHostKeyChecking no\n  \
-         UserKnownHostsFile /dev/null\n  GlobalKnownHostsFile /dev/null\n  BatchMode yes\n  \
-         LogLevel ERROR\n  ControlMaster no\n  ControlPath none\n",
-        user = bed.user,
-        key = key.display()
-    );
+    let _ = write!(cfg, "Host bastion\n{}", host_block(bastion_port, bed.user, key));
     std::fs::write(&t.ssh_config, cfg).map_err(|e| format!("{}: {e}", t.ssh_config.display()))?;
     t.jump = Some(bastion_port);
     Ok(t)
@@ -133,17 +116,7 @@ fn logins(o: &Outcome) -> (f64, u64, u64) {
 /// targets, met or missed; a tool with no data says why (`MISSING:` when not installed).
 pub fn section(all: &[Outcome]) -> String {
     let mut md = String::new();
-    let mut ids: Vec<&str> = all
-        .iter()
-        .filter(|o| o.tier == Tier::Jump)
-        .map(|o| o.case_id.as_str())
-        .collect();
-    ids.dedup();
-    for id in ids {
-        let rows: Vec<&Outcome> = all.iter().filter(|o| o.case_id == id).collect();
-        let Some(ours) = rows.iter().find(|o| o.tool == Tool::Ours) else {
-            continue;
-        };
+    for (ours, rows) in cases_led_by(all, |o| o.tier == Tier::Jump, Tool::Ours) {
         let _ = writeln!(
             md,
             "#### Jump hosts ({}): ssh-parallel through the bastion / each tool\n\n\

@@ -105,6 +105,22 @@ pub fn sig(x: f64) -> String {
     }
 }
 
+/// For a section of its own: each case that `keep` takes (one of its outcomes is
+/// enough), in the order the cases ran, as the outcome of `lead` (the tool the others
+/// are measured against) and all of the case's outcomes; a case `lead` did not take
+/// part in is left out.
+pub fn cases_led_by(all: &[Outcome], keep: impl Fn(&Outcome) -> bool, lead: Tool) -> Vec<(&Outcome, Vec<&Outcome>)> {
+    let mut ids: Vec<&str> = all.iter().filter(|o| keep(o)).map(|o| o.case_id.as_str()).collect();
+    ids.dedup();
+    ids.into_iter()
+        .filter_map(|id| {
+            let rows: Vec<&Outcome> = all.iter().filter(|o| o.case_id == id).collect();
+            let first = *rows.iter().find(|o| o.tool == lead)?;
+            Some((first, rows))
+        })
+        .collect()
+}
+
 /// The notes column: throughput, threads, processes, connections, failures.
 fn case_note(o: &Outcome) -> String {
     let mut notes = Vec::new();

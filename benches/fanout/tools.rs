@@ -277,19 +277,23 @@ pub struct Target {
     pub jump: Option<u16>,
 }
 
+/// The lines of an ssh_config `Host` block (after its `Host` line) that every tool
+/// reads: 127.0.0.1:`port` as `user` with `key` alone (no agent), no host-key checks,
+/// no prompts, no connection sharing.
+pub fn host_block(port: u16, user: &str, key: &Path) -> String {
+    format!(
+        "  HostName 127.0.0.1\n  Port {port}\n  User {user}\n  IdentityFile {key}\n  \
+         IdentitiesOnly yes\n  IdentityAgent none\n  StrictHostKeyChecking no\n  \
+         UserKnownHostsFile /dev/null\n  GlobalKnownHostsFile /dev/null\n  BatchMode yes\n  \
+         LogLevel ERROR\n  ControlMaster no\n  ControlPath none\n",
+        key = key.display()
+    )
+}
+
 impl Target {
     pub fn new(dir: &Path, tag: &str, port: u16, user: &str, key: &Path) -> std::io::Result<Target> {
         let ssh_config = dir.join(format!("ssh_config-{tag}"));
-        std::fs::write(
-            &ssh_config,
-            format!(
-                "Host h*\n  HostName 127.0.0.1\n  Port {port}\n  User {user}\n  IdentityFile {key}\n  \
-                 IdentitiesOnly yes\n  IdentityAgent none\n  StrictHostKeyChecking no\n  \
-                 UserKnownHostsFile /dev/null\n  GlobalKnownHostsFile /dev/null\n  BatchMode yes\n  \
-                 LogLevel ERROR\n  ControlMaster no\n  ControlPath none\n",
-                key = key.display()
-            ),
-        )?;
+        std::fs::write(&ssh_config, format!("Host h*\n{}", host_block(port, user, key)))?;
         Ok(Target {
             port,
             user: user.into(),

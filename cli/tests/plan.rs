@@ -96,16 +96,7 @@ fn json_records_parse_back() {
     let out = plan_cmd(&c, &[path_str(&plan), "--json"]);
     assert_eq!(out.code(), 1, "{out:?}");
     let records = out.json_records();
-    let lines: Vec<(String, String)> = records
-        .iter()
-        .filter(|r| r["type"] == "line")
-        .map(|r| {
-            (
-                r["host"].as_str().unwrap().to_owned(),
-                r["line"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect();
+    let lines = out.json_pairs("line", ["host", "line"]);
     assert!(lines.contains(&("n1".into(), "a".into())), "{lines:?}");
     assert!(lines.contains(&("n2".into(), "n2 after n1".into())), "{lines:?}");
     let results: Vec<(&str, &str, &str)> = records

@@ -94,17 +94,7 @@ fn slots_give_each_host_sub_nodes_with_their_number() {
     let h = c.host(0);
     let out = c.run(&["-w", &h, "--slots", "3", "--json", "--", "echo slot $SLOT"]);
     assert_eq!(out.code(), 0, "{out:?}");
-    let mut lines: Vec<(String, String)> = out
-        .json_records()
-        .iter()
-        .filter(|r| r["type"] == "line")
-        .map(|r| {
-            (
-                r["host"].as_str().unwrap().to_owned(),
-                r["line"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect();
+    let mut lines = out.json_pairs("line", ["host", "line"]);
     lines.sort();
     let want: Vec<(String, String)> = (0..3).map(|i| (format!("{h}:{i}"), format!("slot {i}"))).collect();
     assert_eq!(lines, want);

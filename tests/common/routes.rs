@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use ssh_parallel::ssh_config::{ConfigFile, ResolveEnv};
 use ssh_parallel::{Parallel, ParallelBuilder, Report, TaskReport, TaskStatus};
+use tempfile::TempDir;
 use testbed::EmbeddedServer;
 
 use super::servers::{PASSWORD, USER};
@@ -37,6 +38,14 @@ pub fn parallel(home: &Path, config: &str, builder: ParallelBuilder) -> Parallel
     builder.ssh_config_env(env).build().unwrap()
 }
 
+/// [`parallel`] under a fresh temporary home, returned with it (the home
+/// must outlive the run: the configuration and known_hosts live there).
+pub fn parallel_in_new_home(config: &str, builder: ParallelBuilder) -> (TempDir, Parallel) {
+    let home = tempfile::tempdir().unwrap();
+    let pssh = parallel(home.path(), config, builder);
+    (home, pssh)
+}
+
 /// Polls `done` every 20 ms until it holds or `timeout` passes.
 pub fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + timeout;
@@ -60,6 +69,20 @@ pub fn first_ok<'r>(report: &'r Report, label: &str, stdout: &str) -> &'r TaskRe
     );
     assert_eq!(t.stdout_str().trim(), stdout, "{label}");
     t
+}
+
+/// `label`'s tasks, which must all have succeeded.
+pub fn all_ok<'r>(report: &'r Report, label: &str) -> &'r [TaskReport] {
+    let tasks = report.label(label).unwrap().tasks();
+    assert!(
+        tasks.iter().all(|t| t.status() == TaskStatus::Succeeded),
+        "{label}: {:?}",
+        tasks
+            .iter()
+            .map(|t| (t.status(), t.error().map(|e| e.to_string())))
+            .collect::<Vec<_>>()
+    );
+    tasks
 }
 
 /// The error of `label`'s first task, which must have failed.

@@ -91,6 +91,18 @@ impl Server {
     }
 }
 
+/// A host logging in with `USER`/`PASSWORD` to an embedded server on
+/// 127.0.0.1:`port`, whose throwaway key goes unchecked (the OpenSSH tier
+/// checks host keys), within 5 s.
+pub fn password_host(port: u16) -> Host {
+    Host::new("127.0.0.1")
+        .port(port)
+        .user(USER)
+        .password(PASSWORD)
+        .host_key_check(HostKeyCheck::Off)
+        .connect_timeout(Duration::from_secs(5))
+}
+
 /// One `#[test]` per server for each scenario `fn(&Server)`:
 /// `embedded::NAME` and `openssh::NAME`.
 #[macro_export]

@@ -142,6 +142,22 @@ impl Out {
             .collect()
     }
 
+    /// The `(a, b)` fields, as text, of every JSON Lines record of type
+    /// `kind` on stdout, in order: `json_pairs("line", ["host", "line"])`.
+    pub fn json_pairs(&self, kind: &str, [a, b]: [&str; 2]) -> Vec<(String, String)> {
+        let text = |r: &serde_json::Value, field: &str| {
+            r[field]
+                .as_str()
+                .unwrap_or_else(|| panic!("no text {field:?} in {r}"))
+                .to_owned()
+        };
+        self.json_records()
+            .iter()
+            .filter(|r| r["type"] == kind)
+            .map(|r| (text(r, a), text(r, b)))
+            .collect()
+    }
+
     pub fn sorted_stdout(&self) -> Vec<String> {
         let mut v: Vec<String> = self.stdout().lines().map(str::to_owned).collect();
         v.sort();
