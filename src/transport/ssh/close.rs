@@ -1,5 +1,6 @@
 //! Ending things: a `Cancel` (the task is answered at once; in
-//! `Cancelling` its command is signalled, then its channel closed),
+//! `Cancelling` its command is signalled, then its channel closed, or what
+//! an SFTP transfer left on the session is closed),
 //! abandoning a session (`Broken`), a `Disconnect` (`Disconnecting`, then
 //! `Done`).
 //!
@@ -10,14 +11,15 @@
 //! closed in time breaks the session instead, and a disconnect that cannot
 //! be sent in time just closes the socket.
 //!
-//! May use: `conn`, `task`, `kill`, `lend`, `event_loop` (`Cx`),
+//! May use: `conn`, `task`, `kill`, `sftp` (`SftpClose`), `lend`, `event_loop` (`Cx`),
 //! `transport::libssh2`.
 
 use std::time::Instant;
 
 use super::conn::{Conn, Flow, Phase, Spare};
 use super::event_loop::Cx;
-use super::kill::{step_kill, step_killer};
+use super::kill::{step_kill, step_killer, Cancel};
+use super::sftp::SftpClose;
 use super::{fail, CLOSE_TIMEOUT};
 use crate::transport::libssh2::{is_socket_error, would_block, write_blocked_on_input};
 use crate::transport::protocol::{Event, Token, TransportError};
@@ -64,6 +66,12 @@ impl Conn {
             return Ok(Flow::Again);
         };
         let c = &mut **c;
+        if let Some(rest) = &mut c.sftp {
+            if !rest.step(sess)? {
+                return Ok(Flow::Wait);
+            }
+            c.sftp = None;
+        }
         if !c.closed {
             let Some(ch) = &mut c.ch else {
                 return match sess.channel_session() {
@@ -100,6 +108,13 @@ impl Conn {
         Ok(if step_killer(sess, k)? { Flow::Free } else { Flow::Wait })
     }
 
+    /// Closes what an SFTP transfer left on the session (its task is
+    /// answered) within `CLOSE_TIMEOUT`; the session is free afterwards.
+    pub(super) fn close_sftp(&mut self, rest: SftpClose) {
+        self.deadline = Some(Instant::now() + CLOSE_TIMEOUT);
+        self.phase = Phase::Cancelling(Box::new(Cancel::sftp(rest)));
+    }
+
     /// Abandons the session; the next `Run` reconnects.
     pub(super) fn broken(&mut self, cx: &Cx<'_>, why: String) {
         log::debug!(target: "ssh_parallel", "[{}] abandoning the session: {why}", self.name);
@@ -129,6 +144,11 @@ impl Conn {
                 self.closed(cx);
             }
             _ => {
+                // A running task's libssh2 objects are dropped now: with the
+                // socket shut down, none of their destructors can wait.
+                if let Some(s) = &self.stream {
+                    s.shutdown();
+                }
                 let old = std::mem::replace(&mut self.phase, Phase::Done);
                 if let Phase::Running(t) = old {
                     t.finish(

@@ -374,12 +374,7 @@ impl Conn {
                     self.disconnect(cx);
                 }
                 Ok(Flow::Free) => self.become_idle(cx),
-                Ok(Flow::TaskDone(exit)) => {
-                    if let Phase::Running(t) = std::mem::replace(&mut self.phase, Phase::Idle) {
-                        t.finish(cx.events, Ok(exit));
-                    }
-                    self.become_idle(cx);
-                }
+                Ok(Flow::TaskDone(exit)) => self.task_done(cx, exit),
                 Err(m) => {
                     self.connect_failed(cx, m);
                     return;
