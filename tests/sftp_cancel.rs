@@ -6,7 +6,8 @@
 //! connection stays up), the same connection runs further SFTP transfers
 //! and commands without reconnecting, and cancelled transfers do not pile up
 //! channels: with sshd's `MaxSessions 3`, five in a row leave room for the
-//! next task.
+//! next task. A transfer whose connection drops lets go of its objects with
+//! the session, and the label goes on over a new connection.
 //!
 //! The host is this machine, so the test looks at the server's processes
 //! itself, from a `Sub` that runs between the label's tasks (while its
@@ -26,7 +27,9 @@ use std::time::Duration;
 
 use copy::{make_file, ps};
 use servers::{Server, PASSWORD, USER};
-use ssh_parallel::{Command, ErrorKind, OnError, Parallel, Report, ScpGet, ScpPut, Sub, TaskStatus};
+use ssh_parallel::{
+    Command, ErrorKind, Host, HostKeyCheck, OnError, Parallel, Report, ScpGet, ScpPut, Sub, TaskStatus,
+};
 
 /// Long enough that the subsystem is up and data flows when it passes.
 const CANCEL_AFTER: Duration = Duration::from_millis(1500);
@@ -258,4 +261,63 @@ fn openssh_cancelled_transfers_do_not_use_up_sessions() {
     assert_eq!(fs::read(d.join("up")).unwrap(), b"small\n");
     assert_eq!(*seen.lock().unwrap(), vec![Vec::<String>::new()], "sftp processes left");
     assert_eq!(s.logins(), 1, "one connection for every task");
+}
+
+/// A transfer whose connection drops midway (the embedded server cuts it)
+/// gives up its SFTP objects with the session, without waiting on it: the
+/// task fails on the lost connection, the label's next transfer and command
+/// run on a new one, and no sftp process is left.
+#[test]
+fn embedded_transfer_on_a_dropped_connection_lets_go() {
+    testbed::raise_fd_limit();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let server = Arc::new(
+        testbed::EmbeddedServer::builder()
+            .password(USER, PASSWORD)
+            .working_dir(d)
+            .fault(testbed::Fault::DropDuringCommand(Duration::from_millis(500)))
+            .start()
+            .expect("start the embedded server"),
+    );
+    let big = sparse(d);
+    make_file(&d.join("small"), b"small\n", 0o600, 1_000_000_000);
+    let marker = Arc::new(Marker::Cwd(d.to_owned()));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let mut p = Parallel::new();
+    let host = Host::new("127.0.0.1")
+        .port(server.port())
+        .user(USER)
+        .password(PASSWORD)
+        .agent(false)
+        .host_key_check(HostKeyCheck::Off)
+        .connect_timeout(Duration::from_secs(10));
+    p.add_host("h", host).unwrap();
+    p.push("h", ScpPut::new(&big, "/dev/null").sftp().on_error(OnError::Ignore))
+        .unwrap();
+    let s = server.clone();
+    p.push(
+        "h",
+        Sub::new(move |_| {
+            s.clear_faults();
+            Ok(())
+        }),
+    )
+    .unwrap();
+    p.push("h", ScpPut::new(ps(&d.join("small")), ps(&d.join("up"))).sftp())
+        .unwrap();
+    p.push("h", Command::new("echo reconnected")).unwrap();
+    p.push("h", check_gone(marker, seen.clone())).unwrap();
+    let report = p.run();
+    let t = report.label("h").unwrap().tasks();
+    assert_eq!(t[0].status(), TaskStatus::Ignored, "{report}");
+    // A lost connection with no reconnections left is a `Connect` error.
+    assert_eq!(t[0].error().unwrap().kind(), ErrorKind::Connect, "{report}");
+    for (i, task) in t.iter().enumerate().skip(1) {
+        assert_eq!(task.status(), TaskStatus::Succeeded, "task {i}: {report}");
+    }
+    assert_eq!(t[3].stdout_str(), "reconnected\n");
+    assert_eq!(fs::read(d.join("up")).unwrap(), b"small\n");
+    assert_eq!(*seen.lock().unwrap(), vec![Vec::<String>::new()], "sftp processes left");
+    assert_eq!(server.stats().connections, 2, "the dropped connection and a new one");
 }
