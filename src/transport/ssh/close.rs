@@ -21,6 +21,10 @@ use super::event_loop::Cx;
 use super::kill::{step_kill, step_killer, Cancel};
 use super::sftp::SftpClose;
 use super::{fail, CLOSE_TIMEOUT};
+
+/// At most this many finished SFTP channels wait for the server's
+/// confirmation of their close while the next tasks run (see `close_sftp`).
+const MAX_UNCONFIRMED: usize = 4;
 use crate::transport::libssh2::{is_socket_error, would_block, write_blocked_on_input};
 use crate::transport::protocol::{Event, Token, TransportError};
 
@@ -110,9 +114,31 @@ impl Conn {
 
     /// Closes what an SFTP transfer left on the session (its task is
     /// answered) within `CLOSE_TIMEOUT`; the session is free afterwards.
-    pub(super) fn close_sftp(&mut self, rest: SftpClose) {
+    /// Only a channel whose close is sent and merely unconfirmed (a finished
+    /// transfer's, as a rule) does not hold the next task up: it waits in
+    /// `unconfirmed`, a few at most, since freeing it only reads.
+    pub(super) fn close_sftp(&mut self, cx: &Cx<'_>, rest: SftpClose) {
+        if rest.awaits_confirmation() && self.unconfirmed.len() < MAX_UNCONFIRMED {
+            self.unconfirmed.push(rest);
+            self.become_idle(cx);
+            return;
+        }
         self.deadline = Some(Instant::now() + CLOSE_TIMEOUT);
         self.phase = Phase::Cancelling(Box::new(Cancel::sftp(rest)));
+    }
+
+    /// Frees the channels of `unconfirmed` whose close the server has
+    /// confirmed meanwhile. Never while `Lent` (the session is the parsub's).
+    pub(super) fn step_unconfirmed(&mut self) {
+        if self.unconfirmed.is_empty() || matches!(self.phase, Phase::Lent { .. }) {
+            return;
+        }
+        let Some(sess) = &self.sess else {
+            self.unconfirmed.clear();
+            return;
+        };
+        // A lost session shows again on the task's own next call.
+        self.unconfirmed.retain_mut(|c| matches!(c.step(sess), Ok(false)));
     }
 
     /// Abandons the session; the next `Run` reconnects.

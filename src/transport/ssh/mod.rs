@@ -9,8 +9,9 @@
 //! command, an SCP transfer or an rsync bridge on one channel) and back, or
 //! into `Lent` (a parsub has the session). A `Cancel` answers the task at once
 //! and closes its channel (`Cancelling`; for an SFTP transfer, its handles,
-//! the subsystem and the subsystem's channel, which a finished SFTP transfer
-//! also leaves there once answered); a channel that cannot be closed
+//! the subsystem and the subsystem's channel, closed on both sides before
+//! the next task; a finished transfer's channel is freed once the server
+//! confirms its close, beside the next task); a channel that cannot be closed
 //! within [`CLOSE_TIMEOUT`] makes the session `Broken`: it is torn down and
 //! re-opened transparently by the next `Run`. `Disconnect` goes through
 //! `Disconnecting` (bounded by [`CLOSE_TIMEOUT`]) to `Done`.

@@ -192,7 +192,7 @@ impl Conn {
             let rest = t.take_sftp_close();
             t.finish(cx.events, Ok(exit));
             if let Some(rest) = rest {
-                self.close_sftp(rest);
+                self.close_sftp(cx, rest);
                 return;
             }
         }
@@ -207,7 +207,7 @@ impl Conn {
         };
         if let Some(rest) = t.take_sftp_close() {
             t.finish(cx.events, result);
-            self.close_sftp(rest);
+            self.close_sftp(cx, rest);
             return;
         }
         let channel = t.ch.channel.take();

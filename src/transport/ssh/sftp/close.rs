@@ -1,11 +1,12 @@
 //! What an SFTP transfer leaves on its session, closed step by step from
 //! the event loop ([`SftpClose`]): at its end (done or failed) and when a
 //! cancel abandons it midway. The running task steps it until only the
-//! server's confirmation of the channel's close is missing, then answers;
-//! the rest, or all of it after a cancel, is stepped by the connection's
-//! `Cancelling` phase, so the session takes its next task only once the
-//! subsystem's channel is gone on both sides (and a server with
-//! `MaxSessions` has the slot back).
+//! server's confirmation of the channel's close is missing, then answers,
+//! and the connection frees the channel once that comes (`Conn::unconfirmed`,
+//! without holding the next task up). After a cancel, all of it is stepped
+//! by the connection's `Cancelling` phase: the session takes its next task
+//! only once the subsystem's channel is gone on both sides (so a server
+//! with `MaxSessions` has the slot back).
 //!
 //! libssh2 finishes a half-sent packet only when the same call is repeated,
 //! and takes any other packet meanwhile for a repeat of it (or refuses it);
@@ -28,7 +29,9 @@ use std::ptr::NonNull;
 use ssh2::Session;
 
 use super::{close_handle, start, Fail, Held, Job, Subsystem};
-use crate::transport::libssh2::{is_socket_error, locate_channel, next_channel_id, would_block};
+use crate::transport::libssh2::{
+    is_socket_error, locate_channel, next_channel_id, would_block, write_blocked_on_input,
+};
 
 /// libssh2's would-block, as its C functions return it.
 const LIBSSH2_ERROR_EAGAIN: i32 = -37;
@@ -68,6 +71,9 @@ pub(in crate::transport::ssh) struct SftpClose {
     handles: Vec<Held<ssh2::File>>,
     /// In `FreeChannel`: the subsystem's channel.
     channel: Option<SubsystemChannel>,
+    /// In `FreeChannel`: its EOF and close are sent (libssh2 waits for input,
+    /// nothing of it is half sent), so freeing it only reads.
+    close_sent: bool,
 }
 
 impl SftpClose {
@@ -79,6 +85,7 @@ impl SftpClose {
             job: None,
             handles,
             channel: None,
+            close_sent: false,
         }
     }
 
@@ -90,6 +97,7 @@ impl SftpClose {
             job: Some(job),
             handles: Vec::new(),
             channel: None,
+            close_sent: false,
         }
     }
 
@@ -102,12 +110,20 @@ impl SftpClose {
             job: None,
             handles: Vec::new(),
             channel: None,
+            close_sent: false,
         }
     }
 
     /// Whether nothing is left.
     pub(super) fn is_done(&self) -> bool {
         self.stage == Stage::Done
+    }
+
+    /// Whether only the server's confirmation of the channel's close is
+    /// missing, nothing half sent: the rest only reads, so other calls may
+    /// run on the session meanwhile.
+    pub(in crate::transport::ssh) fn awaits_confirmation(&self) -> bool {
+        self.stage == Stage::FreeChannel && self.close_sent
     }
 
     /// Moves the close on until it would block: true once everything is closed and freed.
@@ -172,6 +188,7 @@ impl SftpClose {
                         Err(e) if would_block(&e) => match channel {
                             Some(ch) => {
                                 self.channel = Some(ch);
+                                self.close_sent = write_blocked_on_input(sess);
                                 self.stage = Stage::FreeChannel;
                             }
                             None => log::debug!(
@@ -192,6 +209,7 @@ impl SftpClose {
                         continue;
                     };
                     if !ch.free() {
+                        self.close_sent = write_blocked_on_input(sess);
                         return Ok(false);
                     }
                     self.channel = None;
