@@ -128,9 +128,11 @@ impl Conn {
     }
 
     /// Frees the channels of `unconfirmed` whose close the server has
-    /// confirmed meanwhile. Never while `Lent` (the session is the parsub's).
+    /// confirmed meanwhile: only while the session is ours and not sending
+    /// its disconnect (never while `Lent`: the session is the parsub's).
     pub(super) fn step_unconfirmed(&mut self) {
-        if self.unconfirmed.is_empty() || matches!(self.phase, Phase::Lent { .. }) {
+        let ours = matches!(self.phase, Phase::Idle | Phase::Running(_) | Phase::Cancelling(_));
+        if self.unconfirmed.is_empty() || !ours {
             return;
         }
         let Some(sess) = &self.sess else {

@@ -17,10 +17,10 @@
 //! once and its [`SftpClose`] goes on in the connection's `Cancelling`
 //! phase, so the session is free only once the server has the channel
 //! closed; a finished transfer's channel, its close sent, waits for the
-//! confirmation beside the next task). Only when the session itself is abandoned (lost, broken,
-//! disconnected) are they dropped unclosed, and then the `ssh2` crate's
-//! destructors (which switch the session to blocking mode) are bounded by
-//! [`Held`]. The destination rule is the one of `task::transfer`, as for SCP
+//! confirmation beside the next task). Only when the session itself is
+//! abandoned (lost, broken, disconnected) are they dropped unclosed, and
+//! then the `ssh2` crate's destructors (which switch the session to
+//! blocking mode) are bounded by [`Held`]. The destination rule is the one of `task::transfer`, as for SCP
 //! and local copies.
 //!
 //! May use: `conn` (`Flow`, `Spare`, `TaskFail`), `channel` (`TaskChannel`),
