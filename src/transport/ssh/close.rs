@@ -21,12 +21,12 @@ use super::event_loop::Cx;
 use super::kill::{step_kill, step_killer, Cancel};
 use super::sftp::SftpClose;
 use super::{fail, CLOSE_TIMEOUT};
+use crate::transport::libssh2::{is_socket_error, would_block, write_blocked_on_input};
+use crate::transport::protocol::{Event, Token, TransportError};
 
 /// At most this many finished SFTP channels wait for the server's
 /// confirmation of their close while the next tasks run (see `close_sftp`).
 const MAX_UNCONFIRMED: usize = 4;
-use crate::transport::libssh2::{is_socket_error, would_block, write_blocked_on_input};
-use crate::transport::protocol::{Event, Token, TransportError};
 
 impl Conn {
     /// A `Cancel`: true if `token` runs (or waits) here.

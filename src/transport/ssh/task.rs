@@ -186,7 +186,7 @@ impl Conn {
     }
 
     /// The running task's channel ended with `exit`: answers it; what an
-    /// SFTP transfer left on the session is closed before the next task.
+    /// SFTP transfer left on the session goes to `close_sftp`.
     pub(super) fn task_done(&mut self, cx: &Cx<'_>, exit: Exit) {
         if let Phase::Running(mut t) = std::mem::replace(&mut self.phase, Phase::Idle) {
             let rest = t.take_sftp_close();
