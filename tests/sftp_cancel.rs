@@ -27,9 +27,7 @@ use std::time::Duration;
 
 use copy::{make_file, ps};
 use servers::{Server, PASSWORD, USER};
-use ssh_parallel::{
-    Command, ErrorKind, Host, HostKeyCheck, OnError, Parallel, Report, ScpGet, ScpPut, Sub, TaskStatus,
-};
+use ssh_parallel::{Command, ErrorKind, OnError, Parallel, Report, ScpGet, ScpPut, Sub, TaskStatus};
 
 /// Long enough that the subsystem is up and data flows when it passes.
 const CANCEL_AFTER: Duration = Duration::from_millis(1500);
@@ -272,34 +270,29 @@ fn embedded_transfer_on_a_dropped_connection_lets_go() {
     testbed::raise_fd_limit();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let server = Arc::new(
+    let server = Arc::new(Server::Embedded(Box::new(
         testbed::EmbeddedServer::builder()
             .password(USER, PASSWORD)
             .working_dir(d)
             .fault(testbed::Fault::DropDuringCommand(Duration::from_millis(500)))
             .start()
             .expect("start the embedded server"),
-    );
+    )));
     let big = sparse(d);
     make_file(&d.join("small"), b"small\n", 0o600, 1_000_000_000);
     let marker = Arc::new(Marker::Cwd(d.to_owned()));
     let seen = Arc::new(Mutex::new(Vec::new()));
     let mut p = Parallel::new();
-    let host = Host::new("127.0.0.1")
-        .port(server.port())
-        .user(USER)
-        .password(PASSWORD)
-        .agent(false)
-        .host_key_check(HostKeyCheck::Off)
-        .connect_timeout(Duration::from_secs(10));
-    p.add_host("h", host).unwrap();
+    p.add_host("h", server.host()).unwrap();
     p.push("h", ScpPut::new(&big, "/dev/null").sftp().on_error(OnError::Ignore))
         .unwrap();
     let s = server.clone();
     p.push(
         "h",
         Sub::new(move |_| {
-            s.clear_faults();
+            if let Server::Embedded(e) = &*s {
+                e.clear_faults();
+            }
             Ok(())
         }),
     )
@@ -319,5 +312,5 @@ fn embedded_transfer_on_a_dropped_connection_lets_go() {
     assert_eq!(t[3].stdout_str(), "reconnected\n");
     assert_eq!(fs::read(d.join("up")).unwrap(), b"small\n");
     assert_eq!(*seen.lock().unwrap(), vec![Vec::<String>::new()], "sftp processes left");
-    assert_eq!(server.stats().connections, 2, "the dropped connection and a new one");
+    assert_eq!(server.logins(), 2, "the dropped connection and a new one");
 }
