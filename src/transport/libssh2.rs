@@ -205,6 +205,23 @@ pub(crate) fn set_read_timeout(sess: &Session, timeout: Duration) {
     unsafe { libssh2_session_set_read_timeout(&mut *raw as *mut _ as *mut std::ffi::c_void, secs) }
 }
 
+/// libssh2's channel counter: the number the next channel opened on `sess`
+/// gets (reading it bumps it; a skipped number is harmless).
+pub(crate) fn next_channel_id(sess: &Session) -> u32 {
+    let mut raw = sess.raw();
+    // SAFETY: a valid session pointer, held under the session's lock.
+    unsafe { ssh2_channel_nextid(&mut *raw as *mut _ as *mut std::ffi::c_void) }
+}
+
+/// The raw handle of channel number `id` of `sess`, if it lists one; for a
+/// channel the `ssh2` crate hands out no `Channel` for (the sftp
+/// subsystem's). Nothing keeps it alive.
+pub(crate) fn locate_channel(sess: &Session, id: u32) -> Option<std::ptr::NonNull<std::ffi::c_void>> {
+    let mut raw = sess.raw();
+    // SAFETY: a valid session pointer, held under the session's lock.
+    std::ptr::NonNull::new(unsafe { ssh2_channel_locate(&mut *raw as *mut _ as *mut std::ffi::c_void, id) })
+}
+
 /// A channel's raw libssh2 handle, for the requests the `ssh2` crate does not
 /// offer (`signal`). It keeps a clone of the channel, so the handle stays
 /// valid as long as this lives.
@@ -227,15 +244,8 @@ impl RawChannel {
     /// counter. Reading the counter bumps it; a skipped number is harmless.
     /// `None` if no channel has that number (a later open came in between).
     pub(crate) fn newest(sess: &Session, ch: &Channel) -> Option<RawChannel> {
-        let mut raw = sess.raw();
-        let s = &mut *raw as *mut _ as *mut std::ffi::c_void;
-        // SAFETY: a valid session pointer, held under the session's lock.
-        let ptr = unsafe {
-            let next = ssh2_channel_nextid(s);
-            ssh2_channel_locate(s, next.checked_sub(1)?)
-        };
         Some(RawChannel {
-            ptr: std::ptr::NonNull::new(ptr)?,
+            ptr: locate_channel(sess, next_channel_id(sess).checked_sub(1)?)?,
             _keep: ch.clone(),
         })
     }

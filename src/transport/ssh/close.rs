@@ -1,5 +1,6 @@
 //! Ending things: a `Cancel` (the task is answered at once; in
-//! `Cancelling` its command is signalled, then its channel closed),
+//! `Cancelling` its command is signalled, then its channel closed, or what
+//! an SFTP transfer left on the session is closed),
 //! abandoning a session (`Broken`), a `Disconnect` (`Disconnecting`, then
 //! `Done`).
 //!
@@ -10,17 +11,22 @@
 //! closed in time breaks the session instead, and a disconnect that cannot
 //! be sent in time just closes the socket.
 //!
-//! May use: `conn`, `task`, `kill`, `lend`, `event_loop` (`Cx`),
+//! May use: `conn`, `task`, `kill`, `sftp` (`SftpClose`), `lend`, `event_loop` (`Cx`),
 //! `transport::libssh2`.
 
 use std::time::Instant;
 
 use super::conn::{Conn, Flow, Phase, Spare};
 use super::event_loop::Cx;
-use super::kill::{step_kill, step_killer};
+use super::kill::{step_kill, step_killer, Cancel};
+use super::sftp::SftpClose;
 use super::{fail, CLOSE_TIMEOUT};
 use crate::transport::libssh2::{is_socket_error, would_block, write_blocked_on_input};
 use crate::transport::protocol::{Event, Token, TransportError};
+
+/// At most this many finished SFTP channels wait for the server's
+/// confirmation of their close while the next tasks run (see `close_sftp`).
+const MAX_UNCONFIRMED: usize = 4;
 
 impl Conn {
     /// A `Cancel`: true if `token` runs (or waits) here.
@@ -64,6 +70,12 @@ impl Conn {
             return Ok(Flow::Again);
         };
         let c = &mut **c;
+        if let Some(rest) = &mut c.sftp {
+            if !rest.step(sess)? {
+                return Ok(Flow::Wait);
+            }
+            c.sftp = None;
+        }
         if !c.closed {
             let Some(ch) = &mut c.ch else {
                 return match sess.channel_session() {
@@ -100,6 +112,37 @@ impl Conn {
         Ok(if step_killer(sess, k)? { Flow::Free } else { Flow::Wait })
     }
 
+    /// Closes what an SFTP transfer left on the session (its task is
+    /// answered) within `CLOSE_TIMEOUT`; the session is free afterwards.
+    /// Only a channel whose close is sent and merely unconfirmed (a finished
+    /// transfer's, as a rule) does not hold the next task up: it waits in
+    /// `unconfirmed`, a few at most, since freeing it only reads.
+    pub(super) fn close_sftp(&mut self, cx: &Cx<'_>, rest: SftpClose) {
+        if rest.awaits_confirmation() && self.unconfirmed.len() < MAX_UNCONFIRMED {
+            self.unconfirmed.push(rest);
+            self.become_idle(cx);
+            return;
+        }
+        self.deadline = Some(Instant::now() + CLOSE_TIMEOUT);
+        self.phase = Phase::Cancelling(Box::new(Cancel::sftp(rest)));
+    }
+
+    /// Frees the channels of `unconfirmed` whose close the server has
+    /// confirmed meanwhile: only while the session is ours and not sending
+    /// its disconnect (never while `Lent`: the session is the parsub's).
+    pub(super) fn step_unconfirmed(&mut self) {
+        let ours = matches!(self.phase, Phase::Idle | Phase::Running(_) | Phase::Cancelling(_));
+        if self.unconfirmed.is_empty() || !ours {
+            return;
+        }
+        let Some(sess) = &self.sess else {
+            self.unconfirmed.clear();
+            return;
+        };
+        // A lost session shows again on the task's own next call.
+        self.unconfirmed.retain_mut(|c| matches!(c.step(sess), Ok(false)));
+    }
+
     /// Abandons the session; the next `Run` reconnects.
     pub(super) fn broken(&mut self, cx: &Cx<'_>, why: String) {
         log::debug!(target: "ssh_parallel", "[{}] abandoning the session: {why}", self.name);
@@ -129,6 +172,11 @@ impl Conn {
                 self.closed(cx);
             }
             _ => {
+                // A running task's libssh2 objects are dropped now: with the
+                // socket shut down, none of their destructors can wait.
+                if let Some(s) = &self.stream {
+                    s.shutdown();
+                }
                 let old = std::mem::replace(&mut self.phase, Phase::Done);
                 if let Phase::Running(t) = old {
                     t.finish(

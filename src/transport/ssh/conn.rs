@@ -204,6 +204,11 @@ pub(super) struct Conn {
     /// The jump session's key and the tunnel's id carrying `stream`, while
     /// the connection is behind a jump host and has a tunnel.
     pub(super) tunnel: Option<(usize, usize)>,
+    /// Finished SFTP transfers' channels whose close is sent and only the
+    /// server's confirmation is missing (at most `MAX_UNCONFIRMED`): freed
+    /// by the steps of the session's next tasks, whose reads bring it (see
+    /// `close_sftp`); empty while nothing is, and after teardown.
+    pub(super) unconfirmed: Vec<super::sftp::SftpClose>,
 }
 
 impl Conn {
@@ -233,6 +238,7 @@ impl Conn {
             close_when_free: false,
             jump: None,
             tunnel: None,
+            unconfirmed: Vec::new(),
         }
     }
 
@@ -327,6 +333,7 @@ impl Conn {
                 self.become_idle(cx);
             }
         }
+        self.step_unconfirmed();
         loop {
             let r = match self.phase {
                 Phase::Idle if self.jump.is_some() => {
@@ -374,12 +381,7 @@ impl Conn {
                     self.disconnect(cx);
                 }
                 Ok(Flow::Free) => self.become_idle(cx),
-                Ok(Flow::TaskDone(exit)) => {
-                    if let Phase::Running(t) = std::mem::replace(&mut self.phase, Phase::Idle) {
-                        t.finish(cx.events, Ok(exit));
-                    }
-                    self.become_idle(cx);
-                }
+                Ok(Flow::TaskDone(exit)) => self.task_done(cx, exit),
                 Err(m) => {
                     self.connect_failed(cx, m);
                     return;
@@ -481,6 +483,7 @@ impl Conn {
             j.clear(registry);
         }
         self.tunnel = None;
+        self.unconfirmed.clear();
         self.sess = None;
         if let Some(mut s) = self.stream.take() {
             let _ = registry.deregister(&mut s);

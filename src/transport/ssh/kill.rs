@@ -24,12 +24,13 @@
 //! not the session); the killer's channel is opened only while no spare open
 //! is in flight, so it cannot take over that open.
 //!
-//! May use: `conn` (`Flow`), `transport::libssh2`.
+//! May use: `conn` (`Flow`), `sftp` (`SftpClose`), `transport::libssh2`.
 
 use std::time::{Duration, Instant};
 
 use ssh2::Session;
 
+use super::sftp::SftpClose;
 use crate::transport::libssh2::{self, is_socket_error, would_block, OutputSink, RawChannel};
 
 /// How long a cancelled command has to end after SIGHUP before SIGKILL.
@@ -60,6 +61,9 @@ pub(super) struct Cancel {
     pub(super) closed: bool,
     /// The killer to run after the close (OpenSSH).
     pub(super) killer: Option<Killer>,
+    /// What an SFTP transfer left on the session (it has no channel of its
+    /// own): closed before anything else, and the session is free after it.
+    pub(super) sftp: Option<Box<SftpClose>>,
 }
 
 impl Cancel {
@@ -79,6 +83,18 @@ impl Cancel {
             closed: false,
             killer: (command && openssh).then(Killer::default),
             kill,
+            sftp: None,
+        }
+    }
+
+    /// What an SFTP transfer left on the session, to close.
+    pub(super) fn sftp(rest: SftpClose) -> Cancel {
+        Cancel {
+            ch: None,
+            kill: None,
+            closed: true,
+            killer: None,
+            sftp: Some(Box::new(rest)),
         }
     }
 

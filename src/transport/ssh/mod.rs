@@ -8,7 +8,10 @@
 //! keyboard-interactive) -> `Idle`. A `Run` turns `Idle` into `Running` (a
 //! command, an SCP transfer or an rsync bridge on one channel) and back, or
 //! into `Lent` (a parsub has the session). A `Cancel` answers the task at once
-//! and closes its channel (`Cancelling`); a channel that cannot be closed
+//! and closes its channel (`Cancelling`; for an SFTP transfer, its handles,
+//! the subsystem and the subsystem's channel, closed on both sides before
+//! the next task; a finished transfer's channel is freed once the server
+//! confirms its close, beside the next task); a channel that cannot be closed
 //! within [`CLOSE_TIMEOUT`] makes the session `Broken`: it is torn down and
 //! re-opened transparently by the next `Run`. `Disconnect` goes through
 //! `Disconnecting` (bounded by [`CLOSE_TIMEOUT`]) to `Done`.
@@ -39,7 +42,8 @@
 //! - [`channel`]: opening a task's channel (and the spare), exec, close;
 //!   [`agent_forward`]: a command's forwarded agent, relayed;
 //! - [`task`]: the running task, an enum of [`exec`] (commands), [`scp`]
-//!   (put and get) and [`rsync_step`] (over the [`rsync`] bridge);
+//!   (put and get), [`sftp`] (put, get, and closing what a transfer leaves
+//!   on the session) and [`rsync_step`] (over the [`rsync`] bridge);
 //! - [`lend`]: a session lent to a parsub; [`close`]: cancel and disconnect;
 //!   [`kill`]: stopping a cancelled command on the host.
 //!

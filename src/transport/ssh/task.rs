@@ -25,7 +25,7 @@ use super::finish;
 use super::kill::Cancel;
 use super::rsync_step::RsyncRun;
 use super::scp::ScpRun;
-use super::sftp::SftpRun;
+use super::sftp::{SftpClose, SftpRun};
 use super::CLOSE_TIMEOUT;
 use crate::host::Host;
 use crate::plan::LabelId;
@@ -147,6 +147,15 @@ impl Task {
         matches!(&self.kind, TaskKind::Command(c) if c.started())
     }
 
+    /// What an SFTP transfer leaves on the session if it is answered now
+    /// (see [`SftpClose`]); `None` for the other kinds.
+    fn take_sftp_close(&mut self) -> Option<SftpClose> {
+        match &mut self.kind {
+            TaskKind::Sftp(s) => s.take_close(),
+            _ => None,
+        }
+    }
+
     /// Answers the scheduler with `result` and what the task kept.
     pub(super) fn finish(self, events: &Sender<Event>, result: Result<Exit, TransportError>) {
         let outcome = match self.kind {
@@ -176,11 +185,31 @@ impl Conn {
         }
     }
 
-    /// Answers the running task with `result` and closes its channel.
+    /// The running task's channel ended with `exit`: answers it; what an
+    /// SFTP transfer left on the session goes to `close_sftp`.
+    pub(super) fn task_done(&mut self, cx: &Cx<'_>, exit: Exit) {
+        if let Phase::Running(mut t) = std::mem::replace(&mut self.phase, Phase::Idle) {
+            let rest = t.take_sftp_close();
+            t.finish(cx.events, Ok(exit));
+            if let Some(rest) = rest {
+                self.close_sftp(cx, rest);
+                return;
+            }
+        }
+        self.become_idle(cx);
+    }
+
+    /// Answers the running task with `result` and closes its channel (for
+    /// an SFTP transfer, what it left on the session).
     pub(super) fn abort_task(&mut self, cx: &Cx<'_>, result: Result<Exit, TransportError>) {
         let Phase::Running(mut t) = std::mem::replace(&mut self.phase, Phase::Idle) else {
             return;
         };
+        if let Some(rest) = t.take_sftp_close() {
+            t.finish(cx.events, result);
+            self.close_sftp(cx, rest);
+            return;
+        }
         let channel = t.ch.channel.take();
         let raw = t.ch.raw.take();
         let opening = t.opening();

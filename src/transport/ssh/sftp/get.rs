@@ -19,7 +19,9 @@ use std::path::{Path, PathBuf};
 
 use ssh2::{FileStat, Session, Sftp};
 
-use super::{io_call, not_found, remote_join, remote_path, set_local_attrs, sftp_call, Fail, Leaked, READ_BUFFER};
+use super::{
+    answered, io_call, not_found, remote_join, remote_path, set_local_attrs, sftp_call, Fail, Held, READ_BUFFER,
+};
 use crate::task::{contents_only, into_dir, source_name, Transfer};
 use crate::transport::libssh2::{is_socket_error, would_block};
 use crate::transport::local::prepare_local_target;
@@ -66,6 +68,9 @@ enum Op {
         stat: FileStat,
     },
     Read(Box<Download>),
+    /// An open that completed after the transfer was abandoned (see
+    /// [`GetJob::settle`]): only its close is left.
+    Opened(Held<ssh2::File>),
     Done,
 }
 
@@ -73,7 +78,7 @@ enum Op {
 struct Listing {
     remote: String,
     local: PathBuf,
-    handle: Leaked<ssh2::File>,
+    handle: Held<ssh2::File>,
     entries: Vec<(String, FileStat)>,
     /// All entries read: only the close is left.
     listed: bool,
@@ -83,7 +88,7 @@ struct Listing {
 struct Download {
     remote: String,
     local: PathBuf,
-    handle: Leaked<ssh2::File>,
+    handle: Held<ssh2::File>,
     file: std::fs::File,
     buf: Vec<u8>,
     stat: FileStat,
@@ -116,13 +121,53 @@ impl GetJob {
         })
     }
 
-    /// Handles still open (to close after a failure).
-    pub(super) fn take_handles(&mut self) -> Vec<Leaked<ssh2::File>> {
+    /// Handles still open (to close after a failure or a cancel).
+    pub(super) fn take_handles(&mut self) -> Vec<Held<ssh2::File>> {
         match std::mem::replace(&mut self.op, Op::Done) {
             Op::Read(d) => vec![d.handle],
             Op::ReadDir(l) => vec![l.handle],
+            Op::Opened(h) => vec![h],
             _ => Vec::new(),
         }
+    }
+
+    /// The transfer is abandoned: repeats the pending call (the one that
+    /// said would-block) until it says something else, its result (data,
+    /// entries) dropped; true once none is pending. An open that succeeds
+    /// leaves its handle to close, a close that completes leaves nothing.
+    pub(super) fn settle(&mut self, sess: &Session, sftp: &Sftp) -> Result<bool, Fail> {
+        let opened = match &mut self.op {
+            Op::Stat { remote, .. } => return answered(sftp.stat(Path::new(remote.as_str())), remote),
+            Op::OpenDir { remote, .. } => (sftp.opendir(Path::new(remote.as_str())), &*remote),
+            Op::OpenFile { remote, .. } => (sftp.open(Path::new(remote.as_str())), &*remote),
+            Op::ReadDir(l) if !l.listed => return answered(l.handle.readdir(), &l.remote),
+            Op::Read(d) if !d.ended => {
+                let r = d.handle.read(&mut d.buf);
+                return Ok(io_call(sess, r, &d.remote)?.is_some());
+            }
+            Op::ReadDir(l) => {
+                let closed = super::close_handle(sess, &mut l.handle, &l.remote).map_err(Fail::Lost)?;
+                return Ok(closed && self.closed());
+            }
+            Op::Read(d) => {
+                let closed = super::close_handle(sess, &mut d.handle, &d.remote).map_err(Fail::Lost)?;
+                return Ok(closed && self.closed());
+            }
+            Op::Next | Op::Opened(_) | Op::Done => return Ok(true),
+        };
+        match opened {
+            (Ok(handle), _) => {
+                self.op = Op::Opened(Held::new(sess, handle));
+                Ok(true)
+            }
+            (r, remote) => answered(r, remote),
+        }
+    }
+
+    /// The pending handle was closed: nothing is left to close. True.
+    fn closed(&mut self) -> bool {
+        self.op = Op::Done;
+        true
     }
 
     /// Moves the transfer on: true when done, false if it would block.
@@ -186,7 +231,7 @@ impl GetJob {
                     self.op = Op::ReadDir(Box::new(Listing {
                         remote: std::mem::take(remote),
                         local: std::mem::take(local),
-                        handle: Leaked::new(handle),
+                        handle: Held::new(sess, handle),
                         entries: Vec::new(),
                         listed: false,
                     }));
@@ -226,7 +271,7 @@ impl GetJob {
                     self.op = Op::Read(Box::new(Download {
                         remote,
                         local,
-                        handle: Leaked::new(handle),
+                        handle: Held::new(sess, handle),
                         file,
                         buf: vec![0; READ_BUFFER],
                         stat,
@@ -240,7 +285,7 @@ impl GetJob {
                     set_local_attrs(&d.local, &d.stat).map_err(Fail::Own)?;
                     self.op = Op::Next;
                 }
-                Op::Done => return Ok(true),
+                Op::Opened(_) | Op::Done => return Ok(true),
             }
         }
     }

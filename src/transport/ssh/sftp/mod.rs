@@ -2,7 +2,8 @@
 //! subsystem with libssh2's SFTP (through the `ssh2` crate), for hosts
 //! without an `scp` binary or that allow only SFTP. [`put`] sends, [`get`]
 //! receives; this module runs the subsystem's life (start, the transfer,
-//! closing the handles, shutdown) and holds what both sides share.
+//! then [`close`]: the handles, the subsystem and its channel) and holds
+//! what both sides share.
 //!
 //! Everything is non-blocking on the event loop: every libssh2 call may say
 //! would-block and is then repeated, unchanged, at the next step before any
@@ -10,12 +11,17 @@
 //! calls). Bulk data moves in large buffers, which libssh2 splits into many
 //! requests in flight (writes are pipelined, reads read ahead).
 //!
-//! Invariant: a handle or the SFTP session is only ever let go of by a
-//! non-blocking close; one left open when the task is abandoned (a cancel, a
-//! lost connection) is leaked, never dropped, because the `ssh2` crate's
-//! destructors switch the session to blocking mode and would stall the loop
-//! on an unresponsive host. The destination rule is the one of
-//! `task::transfer`, as for SCP and local copies.
+//! Invariant: a handle, the SFTP session and the subsystem's channel are let
+//! go of by non-blocking closes stepped from the loop, whatever ends the
+//! transfer: done, failed, or abandoned by a cancel (the task is answered at
+//! once and its [`SftpClose`] goes on in the connection's `Cancelling`
+//! phase, so the session is free only once the server has the channel
+//! closed; a finished transfer's channel, its close sent, waits for the
+//! confirmation beside the next task). Only when the session itself is
+//! abandoned (lost, broken, disconnected) are they dropped unclosed, and
+//! then the `ssh2` crate's destructors (which switch the session to
+//! blocking mode) are bounded by [`Held`]. The destination rule is the one of `task::transfer`, as for SCP
+//! and local copies.
 //!
 //! May use: `conn` (`Flow`, `Spare`, `TaskFail`), `channel` (`TaskChannel`),
 //! `transport::libssh2`, `task` (`Transfer` and the destination rule).
@@ -25,17 +31,19 @@ use std::mem::ManuallyDrop;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use ssh2::{ErrorCode, FileStat, Session, Sftp};
+use ssh2::{ErrorCode, FileStat, Session};
 
+pub(super) use self::close::SftpClose;
 use self::get::GetJob;
 use self::put::PutJob;
 use super::channel::TaskChannel;
 use super::conn::{Flow, Spare, TaskFail};
 use crate::task::Transfer;
 use crate::transport::exit::Exit;
-use crate::transport::libssh2::{is_socket_error, would_block, RawChannel};
+use crate::transport::libssh2::{is_socket_error, next_channel_id, would_block, RawChannel};
 use crate::transport::protocol::{Outcome, TransportError};
 
+mod close;
 mod get;
 mod put;
 
@@ -57,29 +65,59 @@ enum Stage {
     Init,
     /// The transfer itself.
     Work,
-    /// Closing the handles the transfer still holds (after its own error).
-    CloseHandles,
-    /// Closing the subsystem's channel.
-    Shutdown,
+    /// Closing what the transfer still holds ([`SftpClose`]) until only the
+    /// server's confirmation of the channel's close is missing.
+    Close,
 }
 
 /// An SFTP transfer running on a session.
 pub(super) struct SftpRun {
     stage: Stage,
-    /// Set once the subsystem started; taken by the shutdown.
-    sftp: Option<Leaked<Sftp>>,
-    job: Job,
+    /// Set when `libssh2_sftp_init` is first called (its channel open may
+    /// then be in flight): libssh2's channel counter just before.
+    init_counter: Option<u32>,
+    /// From the subsystem's start until `close` takes it over.
+    open: Option<Subsystem>,
+    /// `None` once a cancel took it (with `open`) into an [`SftpClose`].
+    job: Option<Job>,
     /// The transfer's own failure (the session is fine), reported once the
     /// subsystem is shut down.
     failed: Option<String>,
-    /// Handles still to close after a failure.
-    closing: Vec<Leaked<ssh2::File>>,
+    /// In [`Stage::Close`]: what is left to close; `None` once all is.
+    close: Option<SftpClose>,
+}
+
+/// The started subsystem.
+struct Subsystem {
+    sftp: Held<ssh2::Sftp>,
+    /// Its channel, to finish closing what `Sftp::shutdown` started (`None`
+    /// if libssh2 did not give it away).
+    channel: Option<close::SubsystemChannel>,
 }
 
 /// What the transfer does.
 enum Job {
     Put(Box<PutJob>),
     Get(Box<GetJob>),
+}
+
+impl Job {
+    /// Repeats the SFTP call that said would-block until it says something
+    /// else (see [`SftpClose`]): true once none is pending.
+    fn settle(&mut self, sess: &Session, sftp: &ssh2::Sftp) -> Result<bool, Fail> {
+        match self {
+            Job::Put(p) => p.settle(sess, sftp),
+            Job::Get(g) => g.settle(sess, sftp),
+        }
+    }
+
+    /// The handles still open.
+    fn take_handles(&mut self) -> Vec<Held<ssh2::File>> {
+        match self {
+            Job::Put(p) => p.take_handles(),
+            Job::Get(g) => g.take_handles(),
+        }
+    }
 }
 
 /// How an SFTP step failed.
@@ -108,16 +146,17 @@ impl SftpRun {
     fn new(job: Job) -> SftpRun {
         SftpRun {
             stage: Stage::Init,
-            sftp: None,
-            job,
+            init_counter: None,
+            open: None,
+            job: Some(job),
             failed: None,
-            closing: Vec::new(),
+            close: None,
         }
     }
 
     /// Whether a channel open may be in flight (the subsystem's own).
     pub(super) fn opening(&self) -> bool {
-        self.stage == Stage::Init
+        self.stage == Stage::Init && self.init_counter.is_some()
     }
 
     /// Moves the transfer on until it would block.
@@ -128,71 +167,61 @@ impl SftpRun {
                     if !finish_spare(sess, spare)? {
                         return Ok(Flow::Wait);
                     }
-                    match sess.sftp() {
-                        Ok(sftp) => {
-                            self.sftp = Some(Leaked::new(sftp));
+                    let before = *self.init_counter.get_or_insert_with(|| next_channel_id(sess));
+                    match start(sess, before) {
+                        Ok(Some(open)) => {
+                            self.open = Some(open);
                             self.stage = Stage::Work;
                         }
-                        Err(e) if would_block(&e) => return Ok(Flow::Wait),
-                        Err(e) if is_socket_error(&e) => {
-                            return Err(TaskFail::Lost(format!("starting the sftp subsystem: {e}")))
-                        }
-                        Err(e) => {
+                        Ok(None) => return Ok(Flow::Wait),
+                        Err(Fail::Lost(m)) => return Err(TaskFail::Lost(m)),
+                        Err(Fail::Own(m)) => {
                             // libssh2 is done with its open: nothing is in flight.
-                            self.stage = Stage::Shutdown;
-                            return Err(TaskFail::Task(TransportError::Transfer(format!(
-                                "the server did not start its sftp subsystem: {}",
-                                e.message()
-                            ))));
+                            self.init_counter = None;
+                            return Err(TaskFail::Task(TransportError::Transfer(m)));
                         }
                     }
                 }
                 Stage::Work => {
-                    let sftp = self.sftp.as_ref().expect("sftp while working");
-                    let r = match &mut self.job {
-                        Job::Put(p) => p.step(sess, sftp),
-                        Job::Get(g) => g.step(sess, sftp),
+                    let open = self.open.as_ref().expect("the subsystem while working");
+                    let job = self.job.as_mut().expect("the job while working");
+                    let r = match job {
+                        Job::Put(p) => p.step(sess, &open.sftp),
+                        Job::Get(g) => g.step(sess, &open.sftp),
                     };
-                    match r {
-                        Ok(true) => self.stage = Stage::Shutdown,
+                    let handles = match r {
+                        Ok(true) => Vec::new(),
                         Ok(false) => return Ok(Flow::Wait),
                         Err(Fail::Lost(m)) => return Err(TaskFail::Lost(m)),
                         Err(Fail::Own(m)) => {
                             self.failed = Some(m);
-                            self.closing = match &mut self.job {
-                                Job::Put(p) => p.take_handles(),
-                                Job::Get(g) => g.take_handles(),
-                            };
-                            self.stage = Stage::CloseHandles;
+                            job.take_handles()
                         }
-                    }
+                    };
+                    let open = self.open.take().expect("the subsystem while working");
+                    self.close = Some(SftpClose::finished(open, handles));
+                    self.stage = Stage::Close;
                 }
-                Stage::CloseHandles => {
-                    while let Some(h) = self.closing.last_mut() {
-                        if !close_handle(sess, h, "a file").map_err(TaskFail::Lost)? {
+                Stage::Close => {
+                    if let Some(c) = &mut self.close {
+                        if !c.step_to_confirmation(sess).map_err(TaskFail::Lost)? {
                             return Ok(Flow::Wait);
                         }
-                        self.closing.pop();
-                    }
-                    self.stage = Stage::Shutdown;
-                }
-                Stage::Shutdown => {
-                    if let Some(mut sftp) = self.sftp.take() {
-                        // Sends the channel's close; a would-block means only
-                        // the server's confirmation is missing (the crate
-                        // cannot be called again: libssh2 keeps the channel
-                        // until the session ends, as a cancel's close does).
-                        match sftp.shutdown() {
-                            Err(e) if is_socket_error(&e) => {
-                                return Err(TaskFail::Lost(format!("closing the sftp subsystem: {e}")))
-                            }
-                            Ok(()) | Err(_) => {}
-                        }
-                        sftp.release();
                     }
                     return Ok(Flow::TaskDone(Exit::OK));
                 }
             }
+        }
+    }
+
+    /// What is left to close on the session when the task is answered now
+    /// (a cancel, or done with the channel's close unconfirmed); `None` if
+    /// nothing is.
+    pub(super) fn take_close(&mut self) -> Option<SftpClose> {
+        match self.stage {
+            Stage::Init => self.init_counter.map(SftpClose::starting),
+            Stage::Work => Some(SftpClose::abandoned(self.open.take()?, self.job.take()?)),
+            Stage::Close => self.close.take().filter(|c| !c.is_done()),
         }
     }
 
@@ -203,6 +232,24 @@ impl SftpRun {
             (r, _) => r,
         };
         Outcome::new(result, started)
+    }
+}
+
+/// Starts the subsystem (`libssh2_sftp_init`): `Ok(None)` if it would block.
+/// A refusal is `Own`. `before`: libssh2's channel counter before the first
+/// call (see [`close::SubsystemChannel::opened`]).
+fn start(sess: &Session, before: u32) -> Result<Option<Subsystem>, Fail> {
+    match sess.sftp() {
+        Ok(sftp) => Ok(Some(Subsystem {
+            sftp: Held::new(sess, sftp),
+            channel: close::SubsystemChannel::opened(sess, before),
+        })),
+        Err(e) if would_block(&e) => Ok(None),
+        Err(e) if is_socket_error(&e) => Err(Fail::Lost(format!("starting the sftp subsystem: {e}"))),
+        Err(e) => Err(Fail::Own(format!(
+            "the server did not start its sftp subsystem: {}",
+            e.message()
+        ))),
     }
 }
 
@@ -228,44 +275,72 @@ fn finish_spare(sess: &Session, spare: &mut Spare) -> Result<bool, TaskFail> {
     }
 }
 
-/// An `ssh2` object whose destructor must not run unless it is known not to
-/// block (see the module doc): dropped, it is leaked; [`release`](Self::release)
-/// drops it for real.
-pub(super) struct Leaked<T>(ManuallyDrop<T>);
+/// How long a blocking libssh2 call made by one of the `ssh2` crate's
+/// destructors may wait (milliseconds; see [`Held`]).
+const ABANDON_TIMEOUT_MS: u32 = 1;
 
-impl<T> Leaked<T> {
-    pub(super) fn new(v: T) -> Leaked<T> {
-        Leaked(ManuallyDrop::new(v))
-    }
+/// An `ssh2` SFTP object (the SFTP session or a file handle). Its own
+/// destructor switches the session to blocking mode and closes it there,
+/// which could stall the loop on an unresponsive host; it runs only when the
+/// object is already closed (then it does nothing) or its session is being
+/// abandoned (socket shut down), and even then under a libssh2 timeout of
+/// [`ABANDON_TIMEOUT_MS`], so that no drop can block.
+pub(super) struct Held<T> {
+    v: ManuallyDrop<T>,
+    sess: Session,
+}
 
-    /// Drops it: only once its libssh2 side is closed (nothing left to send).
-    pub(super) fn release(self) {
-        drop(ManuallyDrop::into_inner(self.0));
+impl<T> Held<T> {
+    pub(super) fn new(sess: &Session, v: T) -> Held<T> {
+        Held {
+            v: ManuallyDrop::new(v),
+            sess: sess.clone(),
+        }
     }
 }
 
-impl<T> std::ops::Deref for Leaked<T> {
+impl<T> Drop for Held<T> {
+    fn drop(&mut self) {
+        let before = self.sess.timeout();
+        self.sess.set_timeout(ABANDON_TIMEOUT_MS);
+        // SAFETY: dropped once, here; `v` is not used again.
+        unsafe { ManuallyDrop::drop(&mut self.v) };
+        self.sess.set_timeout(before);
+    }
+}
+
+impl<T> std::ops::Deref for Held<T> {
     type Target = T;
     fn deref(&self) -> &T {
-        &self.0
+        &self.v
     }
 }
 
-impl<T> std::ops::DerefMut for Leaked<T> {
+impl<T> std::ops::DerefMut for Held<T> {
     fn deref_mut(&mut self) -> &mut T {
-        &mut self.0
+        &mut self.v
     }
 }
 
 /// Closes a handle: true once closed (the crate then has nothing left to
 /// close on drop), false if it would block, `Err` if the session is lost. A
 /// close the server refuses is not the transfer's failure.
-pub(super) fn close_handle(sess: &Session, h: &mut Leaked<ssh2::File>, what: &str) -> Result<bool, String> {
+pub(super) fn close_handle(sess: &Session, h: &mut Held<ssh2::File>, what: &str) -> Result<bool, String> {
     match h.close() {
         Ok(()) => Ok(true),
         Err(e) if would_block(&e) => Ok(false),
         Err(e) if is_socket_error(&e) || session_lost(sess) => Err(format!("closing {what} over sftp: {e}")),
         Err(_) => Ok(true),
+    }
+}
+
+/// Whether a repeated call (see [`SftpClose`]) is answered: false if it
+/// would block, `Lost` if the session is gone, true whatever else it says.
+pub(super) fn answered<T>(r: Result<T, ssh2::Error>, path: &str) -> Result<bool, Fail> {
+    match r {
+        Err(e) if would_block(&e) => Ok(false),
+        Err(e) if is_socket_error(&e) => Err(Fail::Lost(format!("{path}: {e}"))),
+        _ => Ok(true),
     }
 }
 

@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 use ssh2::{OpenFlags, OpenType, Session, Sftp};
 
 use super::{
-    io_call, local_mode_and_times, mode_and_times, not_found, remote_join, remote_path, sftp_call, Fail, Leaked,
-    WRITE_BUFFER,
+    answered, io_call, local_mode_and_times, mode_and_times, not_found, remote_join, remote_path, sftp_call, Fail,
+    Held, WRITE_BUFFER,
 };
 use crate::task::{contents_only, into_dir, parent_and_name, source_name, Transfer};
 use crate::transport::libssh2::{is_socket_error, would_block};
@@ -52,6 +52,9 @@ enum Op {
     },
     Write(Box<Upload>),
     SetDir(String, ssh2::FileStat),
+    /// An open that completed after the transfer was abandoned (see
+    /// [`PutJob::settle`]): only its close is left.
+    Opened(Held<ssh2::File>),
     Done,
 }
 
@@ -62,7 +65,7 @@ pub(super) struct Upload {
     file: std::fs::File,
     /// Bytes of the file still to read.
     left: u64,
-    handle: Leaked<ssh2::File>,
+    handle: Held<ssh2::File>,
     /// Data offered to libssh2 from `start` on: libssh2 remembers what of it
     /// it has sent already, so the unacknowledged part is offered again,
     /// unchanged, with more behind it.
@@ -122,12 +125,52 @@ impl PutJob {
         })
     }
 
-    /// Handles still open (to close after a failure).
-    pub(super) fn take_handles(&mut self) -> Vec<Leaked<ssh2::File>> {
+    /// Handles still open (to close after a failure or a cancel).
+    pub(super) fn take_handles(&mut self) -> Vec<Held<ssh2::File>> {
         match std::mem::replace(&mut self.op, Op::Done) {
             Op::Write(up) => vec![up.handle],
+            Op::Opened(h) => vec![h],
             _ => Vec::new(),
         }
+    }
+
+    /// The transfer is abandoned: repeats the pending call (the one that
+    /// said would-block) until it says something else, its result dropped;
+    /// true once none is pending. Data being written goes on until all of it
+    /// is acknowledged: libssh2 may have sent a write request only in part,
+    /// and any other request would land inside it. An open that succeeds
+    /// leaves its handle to close, a close that completes leaves nothing.
+    pub(super) fn settle(&mut self, sess: &Session, sftp: &Sftp) -> Result<bool, Fail> {
+        let settled = match &mut self.op {
+            Op::MakeParents(dirs) => match dirs.first() {
+                Some(dir) => answered(sftp.mkdir(Path::new(dir), 0o755), dir)?,
+                None => true,
+            },
+            Op::StatTarget => answered(sftp.stat(Path::new(&self.target)), &self.target)?,
+            Op::MakeDir(remote) => answered(sftp.mkdir(Path::new(remote.as_str()), 0o700), remote)?,
+            Op::CheckDir(remote, _) => answered(sftp.stat(Path::new(remote.as_str())), remote)?,
+            Op::SetDir(remote, attrs) => answered(sftp.setstat(Path::new(remote.as_str()), attrs.clone()), remote)?,
+            Op::Open { remote, attrs, .. } => {
+                let flags = OpenFlags::WRITE | OpenFlags::TRUNCATE;
+                match sftp.open_mode(Path::new(remote.as_str()), flags, attrs.0 as i32, OpenType::File) {
+                    Ok(handle) => {
+                        self.op = Op::Opened(Held::new(sess, handle));
+                        true
+                    }
+                    r => answered(r, remote)?,
+                }
+            }
+            Op::Write(up) if up.written => {
+                let closed = super::close_handle(sess, &mut up.handle, &up.remote).map_err(Fail::Lost)?;
+                if closed {
+                    self.op = Op::Done;
+                }
+                closed
+            }
+            Op::Write(up) => up.settle(sess)?,
+            Op::Next | Op::Opened(_) | Op::Done => true,
+        };
+        Ok(settled)
     }
 
     /// Moves the transfer on: true when done, false if it would block.
@@ -243,7 +286,7 @@ impl PutJob {
                         remote,
                         file,
                         left,
-                        handle: Leaked::new(handle),
+                        handle: Held::new(sess, handle),
                         buf: Vec::with_capacity(WRITE_BUFFER),
                         start: 0,
                         attrs,
@@ -263,7 +306,7 @@ impl PutJob {
                     }
                     self.op = Op::Next;
                 }
-                Op::Done => return Ok(true),
+                Op::Opened(_) | Op::Done => return Ok(true),
             }
         }
     }
@@ -331,6 +374,23 @@ impl Upload {
             }
         }
         super::close_handle(sess, &mut self.handle, &self.remote).map_err(Fail::Lost)
+    }
+
+    /// See [`PutJob::settle`]: the pending write or setstat, before the close.
+    fn settle(&mut self, sess: &Session) -> Result<bool, Fail> {
+        if self.start == self.buf.len() {
+            // All of it was acknowledged: the setstat is what is pending.
+            let attrs = mode_and_times(self.attrs.0, self.attrs.1, self.attrs.2);
+            return answered(self.handle.setstat(attrs), &self.remote);
+        }
+        while self.start < self.buf.len() {
+            let r = std::io::Write::write(&mut *self.handle, &self.buf[self.start..]);
+            match io_call(sess, r, &self.remote)? {
+                None | Some(0) => return Ok(false),
+                Some(n) => self.start += n,
+            }
+        }
+        Ok(true)
     }
 
     /// Tops the buffer up from the local file.
