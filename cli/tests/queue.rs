@@ -174,17 +174,46 @@ fn daemon_mode_waits_for_jobs_until_ctrl_c() {
     let c = Cluster::start(&["a", "b"]);
     let w = Work::new();
     fs::write(w.queue(), format!("{}\n", w.job("first"))).unwrap();
-    let child = c.spawn(&["queue", "--daemon", "-w", &c.nodeset(&[0, 1]), &w.queue_str()]);
-    wait_until("the first job", || w.runs_of("first").len() == 1);
+    // JSON Lines into a file: the test reads the runner's own result records
+    // while it runs, so Ctrl-C comes only once the runner, not just the host,
+    // is done with the later job.
+    let results = w.dir.path().join("results.jsonl");
+    let child = c
+        .cmd()
+        .args(["queue", "--daemon", "--json", "-w", &c.nodeset(&[0, 1]), &w.queue_str()])
+        .stdout(fs::File::create(&results).unwrap())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start ssh-parallel");
+    let finished = |name: &str| {
+        fs::read_to_string(&results).unwrap_or_default().lines().any(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .is_ok_and(|r| r["type"] == "result" && r["task"].as_str().is_some_and(|t| t.contains(name)))
+        })
+    };
+    wait_until("the first job", || w.runs_of("first").len() == 1 && finished("/first"));
     // Well after the queue went empty, the runner still waits...
     std::thread::sleep(Duration::from_millis(1000));
     let append = w.editor("append.sh", &format!("echo '{}' >> \"$1\"", w.job("later")));
     assert_eq!(edit(&c, &w, &append).code(), 0);
     // ... and takes what comes.
-    wait_until("the job appended later", || w.runs_of("later").len() == 1);
+    wait_until("the job appended later", || {
+        w.runs_of("later").len() == 1 && finished("/later")
+    });
     signal(child.id(), libc::SIGINT);
     let out = wait_at_most(child, Duration::from_secs(20));
     assert_eq!(out.code(), 130, "{out:?}");
+    let records = fs::read_to_string(&results).unwrap();
+    let summary: serde_json::Value = records
+        .lines()
+        .last()
+        .and_then(|l| serde_json::from_str(l).ok())
+        .unwrap_or_default();
+    assert_eq!(
+        (&summary["jobs"], &summary["succeeded"], &summary["interrupted"]),
+        (&2.into(), &2.into(), &true.into()),
+        "{records}"
+    );
     assert!(
         out.stderr()
             .contains("2 jobs: 2 succeeded, 0 failed, 0 not run; 0 left in the queue file (interrupted)"),
