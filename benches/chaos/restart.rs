@@ -123,8 +123,6 @@ pub struct KillLog {
     pub longest_outage: Duration,
     /// Restarts that failed (the run then fails).
     pub errors: Vec<String>,
-    /// Servers stopped for good ([`spawn_reaper`]).
-    pub stopped_for_good: u64,
 }
 
 /// What the killer does: `kills` times, first `first` after the start then every
@@ -155,11 +153,8 @@ pub fn spawn_killer(
     std::thread::spawn(move || {
         let mut next = Instant::now() + plan.first;
         for _ in 0..plan.kills {
-            while Instant::now() < next {
-                if stop.load(Ordering::Relaxed) {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
+            if !sleep_until(next, &stop) {
+                return;
             }
             // All victims go down together, each on its own thread, so that one
             // slow stop does not lengthen another's outage.
@@ -187,23 +182,23 @@ pub fn spawn_killer(
 
 /// Starts the thread that stops `victims` for good once, `at` after the start (unless
 /// `stop` is set first).
-pub fn spawn_reaper(
-    victims: Vec<Arc<Slot>>,
-    at: Duration,
-    stop: Arc<AtomicBool>,
-    log: Arc<Mutex<KillLog>>,
-) -> std::thread::JoinHandle<()> {
+pub fn spawn_reaper(victims: Vec<Arc<Slot>>, at: Duration, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
-        let when = Instant::now() + at;
-        while Instant::now() < when {
-            if stop.load(Ordering::Relaxed) {
-                return;
+        if sleep_until(Instant::now() + at, &stop) {
+            for v in &victims {
+                v.kill();
             }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        for v in &victims {
-            v.kill();
-            lock(&log).stopped_for_good += 1;
         }
     })
+}
+
+/// Sleeps until `when`; `false` if `stop` was set first.
+fn sleep_until(when: Instant, stop: &AtomicBool) -> bool {
+    while Instant::now() < when {
+        if stop.load(Ordering::Relaxed) {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
 }

@@ -612,7 +612,7 @@ pub fn run(cfg: &Config) -> Result<Summary, String> {
     let killer = restart::spawn_killer(victims, plan, stop.clone(), kill_log.clone());
     // One pause after the first kill, so that some labels are cut mid-command and
     // others find the gateway gone.
-    let reaper = restart::spawn_reaper(doomed, cfg.first_kill + cfg.kill_every, stop.clone(), kill_log.clone());
+    let reaper = restart::spawn_reaper(doomed, cfg.first_kill + cfg.kill_every, stop.clone());
     let sampler = Sampler::start(Duration::from_millis(100));
     let started = Instant::now();
     let handle = pssh.start();

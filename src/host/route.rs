@@ -186,20 +186,23 @@ impl Host {
         )
     }
 
-    /// How the host is reached, for messages: ` via a,b`, ` via ProxyCommand`, or nothing.
     /// How messages name this host as a hop: its alias, with the port when
     /// the alias is the address itself and the port is not 22 (two jump
     /// hosts on one address must not read alike).
     pub(crate) fn hop_name(&self) -> String {
         match self.port {
-            Some(port) if port != 22 && self.alias == self.hostname && !self.alias.contains(':') => {
-                format!("{}:{port}", self.alias)
+            Some(port) if port != 22 && self.alias == self.hostname => {
+                if self.alias.contains(':') {
+                    format!("[{}]:{port}", self.alias)
+                } else {
+                    format!("{}:{port}", self.alias)
+                }
             }
-            Some(port) if port != 22 && self.alias == self.hostname => format!("[{}]:{port}", self.alias),
             _ => self.alias.clone(),
         }
     }
 
+    /// How the host is reached, for messages: ` via a,b`, ` via ProxyCommand`, or nothing.
     pub(crate) fn via_text(&self) -> String {
         match &self.route {
             Some(Route::Jumps(h)) => {

@@ -248,32 +248,29 @@ impl JumpState {
                 self.stuck = None;
                 let held = self.take(cx, id);
                 let _ = cx.news.send(News::TunnelGone { conn, id, why, held });
-                if self.tunnels.is_empty() {
-                    self.idle_since = Some(Instant::now());
-                }
                 Ok(true)
             }
         }
     }
 
-    /// Takes tunnel `id` out without closing its socket (deregistered), for a
-    /// [`News::TunnelGone`] to carry.
+    /// Takes tunnel `id` out, its socket deregistered but not closed (for a
+    /// [`News::TunnelGone`] to carry).
     fn take(&mut self, cx: &Cx<'_>, id: usize) -> Option<UnixStream> {
-        let mut t = self.tunnels.remove(&id)?;
-        let _ = cx.registry.deregister(&mut t.ours);
-        let _ = cx.news.send(News::TunnelClosed(id));
-        Some(t.ours)
+        let ours = self.tunnels.remove(&id).map(|mut t| {
+            let _ = cx.registry.deregister(&mut t.ours);
+            let _ = cx.news.send(News::TunnelClosed(id));
+            t.ours
+        });
+        if self.tunnels.is_empty() {
+            self.idle_since = Some(Instant::now());
+        }
+        ours
     }
 
     /// Removes tunnel `id` (its channel is closed or abandoned).
     fn remove(&mut self, cx: &Cx<'_>, id: usize) {
-        if let Some(mut t) = self.tunnels.remove(&id) {
-            let _ = t.ours.shutdown(Shutdown::Both);
-            let _ = cx.registry.deregister(&mut t.ours);
-            let _ = cx.news.send(News::TunnelClosed(id));
-        }
-        if self.tunnels.is_empty() {
-            self.idle_since = Some(Instant::now());
+        if let Some(ours) = self.take(cx, id) {
+            let _ = ours.shutdown(Shutdown::Both);
         }
     }
 
