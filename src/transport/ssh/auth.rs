@@ -9,19 +9,20 @@
 //! Invariant: `auth_timeout` (the connection's deadline) bounds it all; the
 //! agent socket is local, so its blocking calls are brief.
 //!
-//! May use: `conn`, `transport::libssh2`, `host`.
+//! May use: `conn`, `key_file`, `transport::libssh2`, `host`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use ssh2::Session;
 
 use super::conn::{Conn, Flow, Phase};
+use super::key_file::KeyFiles;
 use crate::host::Host;
 use crate::transport::libssh2::{is_socket_error, would_block};
 
 impl Conn {
     /// Authentication: key files, then password, then keyboard-interactive.
-    pub(super) fn step_auth(&mut self) -> Result<Flow, String> {
+    pub(super) fn step_auth(&mut self, keys: &KeyFiles) -> Result<Flow, String> {
         let target = self.target();
         let Conn {
             sess,
@@ -60,7 +61,7 @@ impl Conn {
                         a.stage = AuthStage::Agent;
                         continue;
                     };
-                    sess.userauth_pubkey_file(user, None, key, host.passphrase.as_deref())
+                    login_with_file(sess, user, key, host.passphrase.as_deref(), keys)
                 }
                 AuthStage::Agent => {
                     if !host.agent || !a.allows("publickey") {
@@ -102,7 +103,7 @@ impl Conn {
                         };
                         continue;
                     };
-                    sess.userauth_pubkey_file(user, None, key, host.passphrase.as_deref())
+                    login_with_file(sess, user, key, host.passphrase.as_deref(), keys)
                 }
                 AuthStage::Password => match &host.password {
                     Some(pw) if a.allows("password") => sess.userauth_password(user, pw),
@@ -287,6 +288,21 @@ impl Auth {
                 .methods
                 .as_deref()
                 .is_none_or(|ms| ms.split(',').any(|m| m == method))
+    }
+}
+
+/// A public key login with the key file at `path`, from the loop's copy of
+/// its text when it has one (see `key_file`).
+fn login_with_file(
+    sess: &Session,
+    user: &str,
+    path: &Path,
+    passphrase: Option<&str>,
+    keys: &KeyFiles,
+) -> Result<(), ssh2::Error> {
+    match keys.get(path) {
+        Some(k) => sess.userauth_pubkey_memory(user, k.public.as_deref(), &k.private, passphrase),
+        None => sess.userauth_pubkey_file(user, None, path, passphrase),
     }
 }
 

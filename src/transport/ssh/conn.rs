@@ -348,7 +348,7 @@ impl Conn {
                 }
                 Phase::Connecting { .. } => self.step_tcp(cx),
                 Phase::Handshake => self.step_handshake(),
-                Phase::Auth(_) => self.step_auth(),
+                Phase::Auth(_) => self.step_auth(cx.keys),
                 Phase::Running(_) => match self.step_task() {
                     Ok(f) => Ok(f),
                     Err(TaskFail::Lost(m)) => {

@@ -30,6 +30,7 @@ use parking_lot::Mutex;
 
 use super::conn::{Conn, Phase, Spare};
 use super::jump::{JumpState, News, TUN};
+use super::key_file::KeyFiles;
 use super::{fail, finish};
 use crate::plan::LabelId;
 use crate::task::Action;
@@ -70,6 +71,7 @@ pub(super) fn spawn_one(
         kick_rx,
         news_tx,
         news_rx,
+        keys: KeyFiles::default(),
         jumps: HashMap::new(),
         tunnels: HashMap::new(),
         closing_all: false,
@@ -133,6 +135,8 @@ struct Loop {
     /// opened, gone); handled within the turn that sent it.
     news_tx: Sender<News>,
     news_rx: Receiver<News>,
+    /// Identity files read once for all this loop's logins.
+    keys: KeyFiles,
     /// Jump sessions by their key ([`JumpState::key`]); an entry whose
     /// connection is gone or closing is replaced by the next that asks.
     jumps: HashMap<String, usize>,
@@ -160,6 +164,7 @@ macro_rules! cx {
             returned: &$lp.returned_tx,
             kicks: &$lp.kick_tx,
             news: &$lp.news_tx,
+            keys: &$lp.keys,
         }
     };
 }
@@ -178,6 +183,8 @@ pub(super) struct Cx<'a> {
     pub(super) kicks: &'a Sender<usize>,
     /// To the loop, within this turn.
     pub(super) news: &'a Sender<News>,
+    /// The identity files this loop has read.
+    pub(super) keys: &'a KeyFiles,
 }
 
 impl Loop {

@@ -82,6 +82,7 @@ mod exec;
 mod hostkey;
 mod jump;
 mod keepalive;
+mod key_file;
 mod kill;
 mod lend;
 mod proxy_command;
