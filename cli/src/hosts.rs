@@ -234,12 +234,25 @@ pub fn fold<'a>(names: impl IntoIterator<Item = &'a str>) -> String {
     all.join(",")
 }
 
+/// `names` folded by `nodeset` when that reads back as the same names. It
+/// does not for mixed padding (`n8,n09` becomes `n[8-09]`, which `nodeset`
+/// itself refuses); the library's folding, which keeps each width apart
+/// (`n8,n09`), is next, and the names as given last.
 fn fold_names(names: &[&str]) -> String {
+    let unique: BTreeSet<&str> = names.iter().copied().collect();
+    let reads_back = |shown: &String| {
+        shown
+            .parse::<NodeSet>()
+            .is_ok_and(|set| set.len() == unique.len() && set.iter().all(|n| unique.contains(n.as_str())))
+    };
     let joined = names.join(",");
-    match joined.parse::<NodeSet>() {
-        Ok(set) if set.len() == names.iter().collect::<BTreeSet<_>>().len() => set.to_string(),
-        _ => joined,
-    }
+    joined
+        .parse::<NodeSet>()
+        .ok()
+        .map(|set| set.to_string())
+        .filter(reads_back)
+        .or_else(|| Some(ssh_parallel::fold_labels(names)).filter(reads_back))
+        .unwrap_or(joined)
 }
 
 /// The host names (not IP addresses) among `names` that do not resolve,
@@ -361,5 +374,17 @@ mod tests {
     fn folding() {
         assert_eq!(fold(["web03", "web07", "web01", "web02"]), "web[01-03,07]");
         assert!(select(&["web[1-".into()], &[]).is_err());
+        // Mixed padding: `nodeset` 0.6 folds these to `n[8-09]`, which it
+        // cannot parse back; what is shown must be a set that reads back.
+        for names in [vec!["n8", "n09"], vec!["n8", "n09", "n10"], vec!["a1", "a01", "a2"]] {
+            let shown = fold(names.iter().copied());
+            let back: BTreeSet<String> = shown
+                .parse::<NodeSet>()
+                .unwrap_or_else(|e| panic!("{shown}: {e}"))
+                .iter()
+                .collect();
+            let want: BTreeSet<String> = names.iter().map(|n| n.to_string()).collect();
+            assert_eq!(back, want, "{names:?} shown as {shown}");
+        }
     }
 }
