@@ -14,6 +14,7 @@
 //! A missing sshd (or not root) fails these tests, or skips them loudly
 //! with `TESTBED_ALLOW_SKIP=1` (`testbed::prereq`).
 
+mod common;
 #[path = "common/routes.rs"]
 mod routes;
 #[path = "common/servers.rs"]
@@ -23,7 +24,8 @@ use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
-use routes::{all_ok, embedded_target, first_error, first_ok, parallel, parallel_in_new_home, wait_until};
+use common::wait_until;
+use routes::{all_ok, embedded_target, first_error, first_ok, parallel, parallel_in_new_home};
 use servers::{PASSWORD, USER};
 use ssh_parallel::{Command, Host, HostKeyCheck, Join, OnError, Parallel, ParallelBuilder, TaskStatus};
 use tempfile::TempDir;

@@ -17,7 +17,7 @@ mod servers;
 use std::fs;
 use std::time::{Duration, Instant};
 
-use routes::{embedded_target, first_error, first_ok, parallel};
+use routes::{embedded_target, first_error, first_ok, parallel, parallel_in_new_home};
 use servers::{PASSWORD, USER};
 use ssh_parallel::{Command, Host, HostKeyCheck, Parallel};
 use testbed::{ClientKey, OpenSshServer};
@@ -80,8 +80,7 @@ fn marker() -> String {
 #[test]
 fn a_plain_relay_carries_the_session_and_its_process_group_is_killed() {
     let target = embedded_target();
-    let home = tempfile::tempdir().unwrap();
-    let mut pssh = parallel(home.path(), "", Parallel::builder());
+    let (_home, mut pssh) = parallel_in_new_home("", Parallel::builder());
     let marker = marker();
     for i in 0..3 {
         let h = login(Host::new("127.0.0.1").port(target.addr().port())).proxy_command(relay(&marker));
@@ -113,8 +112,7 @@ fn a_plain_relay_carries_the_session_and_its_process_group_is_killed() {
 
 #[test]
 fn a_failing_proxy_command_puts_its_stderr_in_the_error() {
-    let home = tempfile::tempdir().unwrap();
-    let mut pssh = parallel(home.path(), "", Parallel::builder());
+    let (_home, mut pssh) = parallel_in_new_home("", Parallel::builder());
     let h = login(Host::new("nowhere")).proxy_command("echo proxy-broke-%n >&2; exit 3");
     pssh.add_host("p", h).unwrap();
     pssh.all(Command::new("echo must-not-run")).unwrap();
@@ -127,14 +125,13 @@ fn a_failing_proxy_command_puts_its_stderr_in_the_error() {
 #[test]
 fn a_proxy_command_from_a_config_under_home_with_a_bare_alias() {
     let target = embedded_target();
-    let home = tempfile::tempdir().unwrap();
     let marker = marker();
     let config = format!(
         "Host pc*\n  HostName 127.0.0.1\n  Port {}\n  User {USER}\n  ProxyCommand {}\n",
         target.addr().port(),
         relay(&marker)
     );
-    let mut pssh = parallel(home.path(), &config, Parallel::builder());
+    let (_home, mut pssh) = parallel_in_new_home(&config, Parallel::builder());
     for i in 0..2 {
         let h = Host::new(format!("pc{i}"))
             .password(PASSWORD)

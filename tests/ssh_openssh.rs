@@ -3,6 +3,10 @@
 //! with `TESTBED_ALLOW_SKIP=1`: see `testbed::prereq`).
 
 mod common;
+#[path = "common/copy.rs"]
+mod copy;
+#[path = "common/servers.rs"]
+mod servers;
 
 use std::fs;
 use std::net::{TcpListener, TcpStream};
@@ -10,8 +14,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command as Process, Stdio};
 use std::sync::{Mutex, OnceLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
+use copy::{make_file, mode, mtime, ps, set_mtime};
 use ssh_parallel::{
     Command, ErrorKind, Host, HostKeyCheck, Join, OnError, Output, Parallel, ScpGet, ScpPut, Stdin, TaskStatus,
 };
@@ -434,60 +439,9 @@ fn connection_lost_mid_command_is_rerun_after_reconnecting() {
 
 // ---- scp over the SSH transport (the remote side is this machine: sshd logs in as us) ----
 
-fn ps(p: &Path) -> String {
-    p.display().to_string()
-}
-
-fn make_file(path: &Path, data: &[u8], mode: u32, mtime: u64) {
-    fs::write(path, data).unwrap();
-    fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
-    set_mtime(path, mtime);
-}
-
-fn set_mtime(path: &Path, secs: u64) {
-    let t = UNIX_EPOCH + Duration::from_secs(secs);
-    let f = fs::File::open(path).unwrap();
-    f.set_times(fs::FileTimes::new().set_modified(t).set_accessed(t))
-        .unwrap();
-}
-
-fn mode(path: &Path) -> u32 {
-    fs::metadata(path).unwrap().permissions().mode() & 0o7777
-}
-
-fn mtime(path: &Path) -> SystemTime {
-    fs::metadata(path).unwrap().modified().unwrap()
-}
-
-fn sha256(path: &Path) -> String {
-    let out = Process::new("sha256sum").arg(path).output().expect("sha256sum");
-    assert!(out.status.success());
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_owned()
-}
-
-/// Every entry under `a` and `b` matches: names, kinds, modes, mtimes, contents.
+/// `copy::assert_same_tree`, and the two roots' modes and mtimes too.
 fn assert_same_tree(a: &Path, b: &Path) {
-    let names = |d: &Path| {
-        let mut v: Vec<_> = fs::read_dir(d).unwrap().map(|e| e.unwrap().file_name()).collect();
-        v.sort();
-        v
-    };
-    assert_eq!(names(a), names(b), "{} vs {}", a.display(), b.display());
-    for n in names(a) {
-        let (x, y) = (a.join(&n), b.join(&n));
-        assert_eq!(mode(&x), mode(&y), "mode of {}", y.display());
-        assert_eq!(mtime(&x), mtime(&y), "mtime of {}", y.display());
-        if x.is_dir() {
-            assert!(y.is_dir(), "{}", y.display());
-            assert_same_tree(&x, &y);
-        } else {
-            assert_eq!(fs::read(&x).unwrap(), fs::read(&y).unwrap(), "{}", y.display());
-        }
-    }
+    copy::assert_same_tree(a, b);
     assert_eq!(mode(a), mode(b), "mode of {}", b.display());
     assert_eq!(mtime(a), mtime(b), "mtime of {}", b.display());
 }
@@ -574,9 +528,9 @@ fn scp_twenty_megabytes_both_ways_verified_by_checksum() {
     let report = p.run();
     assert!(report.success(), "{report}");
     assert!(t0.elapsed() < Duration::from_secs(60), "took {:?}", t0.elapsed());
-    let sum = sha256(&src);
-    assert_eq!(sha256(&put), sum);
-    assert_eq!(sha256(&got), sum);
+    let sum = common::sha256(&src);
+    assert_eq!(common::sha256(&put), sum);
+    assert_eq!(common::sha256(&got), sum);
     assert_eq!(fs::metadata(&got).unwrap().len(), 20 * 1024 * 1024);
 }
 
@@ -629,70 +583,14 @@ fn scp_several_sources_into_a_directory() {
         return;
     }
     let s = sshd();
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    make_file(&d.join("x1"), b"x1", 0o644, 1_000_000_001);
-    make_file(&d.join("x2"), b"x2", 0o600, 1_000_000_002);
-    fs::create_dir(d.join("xd")).unwrap();
-    make_file(&d.join("xd/inner"), b"inner", 0o640, 1_000_000_003);
-    for sub in ["remote", "back"] {
-        fs::create_dir(d.join(sub)).unwrap();
-    }
-    let mut p = Parallel::new();
-    p.add_host("m", host(s.port)).unwrap();
-    p.push(
-        "m",
-        ScpPut::many(
-            [ps(&d.join("x1")), ps(&d.join("x2")), ps(&d.join("xd"))],
-            ps(&d.join("remote")),
-        )
-        .recursive(true),
-    )
-    .unwrap();
-    p.push(
-        "m",
-        ScpGet::many(
-            [
-                ps(&d.join("remote/x1")),
-                ps(&d.join("remote/x2")),
-                ps(&d.join("remote/xd")),
-            ],
-            ps(&d.join("back")),
-        )
-        .recursive(true),
-    )
-    .unwrap();
-    // Several sources into something that is not a directory: an error on either side.
-    p.push(
-        "m",
-        ScpPut::many([ps(&d.join("x1")), ps(&d.join("x2"))], ps(&d.join("remote/x1"))).on_error(OnError::Ignore),
-    )
-    .unwrap();
-    p.push(
-        "m",
-        ScpGet::many([ps(&d.join("remote/x1")), ps(&d.join("remote/x2"))], ps(&d.join("x1"))).on_error(OnError::Ignore),
-    )
-    .unwrap();
-    let report = p.run();
-    let t = report.label("m").unwrap().tasks();
-    assert_eq!(t[0].status(), TaskStatus::Succeeded, "{report}");
-    assert_eq!(t[1].status(), TaskStatus::Succeeded, "{report}");
-    for sub in ["remote", "back"] {
-        let base = d.join(sub);
-        assert_eq!(fs::read(base.join("x1")).unwrap(), b"x1");
-        assert_eq!(fs::read(base.join("x2")).unwrap(), b"x2");
-        assert_eq!(mode(&base.join("x2")), 0o600);
-        assert_eq!(mtime(&base.join("x2")), UNIX_EPOCH + Duration::from_secs(1_000_000_002));
-        assert_eq!(fs::read(base.join("xd/inner")).unwrap(), b"inner");
-    }
-    for i in [2, 3] {
-        let e = t[i].error().expect("an error");
-        assert_eq!(e.kind(), ErrorKind::Transfer, "{e}");
-    }
-    let put_msg = t[2].error().unwrap().to_string();
-    assert!(put_msg.contains("remote/x1"), "{put_msg}");
-    let get_msg = t[3].error().unwrap().to_string();
-    assert!(get_msg.contains("directory"), "{get_msg}");
+    // And a get of two files onto a local file: an error too.
+    let (report, _dir) = copy::several_sources_into_a_directory(host(s.port), |p, d| {
+        let got = ScpGet::many([ps(&d.join("remote/x1")), ps(&d.join("remote/x2"))], ps(&d.join("x1")));
+        p.push("m", got.on_error(OnError::Ignore)).unwrap();
+    });
+    let e = report.label("m").unwrap().tasks()[3].error().expect("an error");
+    assert_eq!(e.kind(), ErrorKind::Transfer, "{e}");
+    assert!(e.to_string().contains("directory"), "{e}");
 }
 
 #[test]

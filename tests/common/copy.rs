@@ -10,7 +10,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use ssh_parallel::{Action, Host, Parallel, Report, ScpGet, ScpPut, TransferProtocol};
+use ssh_parallel::{Action, ErrorKind, Host, OnError, Parallel, Report, ScpGet, ScpPut, TaskStatus, TransferProtocol};
 
 use crate::servers::Server;
 
@@ -136,4 +136,55 @@ pub fn assert_same_tree(a: &Path, b: &Path) {
             assert_eq!(fs::read(&x).unwrap(), fs::read(&y).unwrap(), "{}", y.display());
         }
     }
+}
+
+/// Several sources in one copy, on `host` as label `m`: `x1` (0644), `x2`
+/// (0600) and the directory `xd` put into `remote/` by one put and got back
+/// into `back/` by one get, then two files put onto the file `remote/x1`
+/// (an error, ignored); `more` pushes any further task (paths under the
+/// directory it is given). Checks the put and the get (contents, modes,
+/// mtimes) and that the bad put is a transfer error naming `remote/x1`;
+/// returns the report and the directory.
+pub fn several_sources_into_a_directory(
+    host: Host,
+    more: impl FnOnce(&mut Parallel, &Path),
+) -> (Report, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    make_file(&d.join("x1"), b"x1", 0o644, 1_000_000_001);
+    make_file(&d.join("x2"), b"x2", 0o600, 1_000_000_002);
+    fs::create_dir(d.join("xd")).unwrap();
+    make_file(&d.join("xd/inner"), b"inner", 0o640, 1_000_000_003);
+    for sub in ["remote", "back"] {
+        fs::create_dir(d.join(sub)).unwrap();
+    }
+    let mut p = Parallel::new();
+    p.add_host("m", host).unwrap();
+    let put = ScpPut::many(
+        [ps(&d.join("x1")), ps(&d.join("x2")), ps(&d.join("xd"))],
+        ps(&d.join("remote")),
+    );
+    p.push("m", put.recursive(true)).unwrap();
+    let got = ["x1", "x2", "xd"].map(|n| ps(&d.join("remote").join(n)));
+    p.push("m", ScpGet::many(got, ps(&d.join("back"))).recursive(true))
+        .unwrap();
+    let onto_a_file = ScpPut::many([ps(&d.join("x1")), ps(&d.join("x2"))], ps(&d.join("remote/x1")));
+    p.push("m", onto_a_file.on_error(OnError::Ignore)).unwrap();
+    more(&mut p, d);
+    let report = p.run();
+    let t = report.label("m").unwrap().tasks();
+    assert_eq!(t[0].status(), TaskStatus::Succeeded, "{report}");
+    assert_eq!(t[1].status(), TaskStatus::Succeeded, "{report}");
+    for sub in ["remote", "back"] {
+        let base = d.join(sub);
+        assert_eq!(fs::read(base.join("x1")).unwrap(), b"x1");
+        assert_eq!(fs::read(base.join("x2")).unwrap(), b"x2");
+        assert_eq!(mode(&base.join("x2")), 0o600);
+        assert_eq!(mtime(&base.join("x2")), UNIX_EPOCH + Duration::from_secs(1_000_000_002));
+        assert_eq!(fs::read(base.join("xd/inner")).unwrap(), b"inner");
+    }
+    let e = t[2].error().expect("an error");
+    assert_eq!(e.kind(), ErrorKind::Transfer, "{e}");
+    assert!(e.to_string().contains("remote/x1"), "{e}");
+    (report, dir)
 }

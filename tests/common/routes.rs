@@ -8,7 +8,6 @@
 
 use std::fs;
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use ssh_parallel::ssh_config::{ConfigFile, ResolveEnv};
 use ssh_parallel::{Parallel, ParallelBuilder, Report, TaskReport, TaskStatus};
@@ -44,18 +43,6 @@ pub fn parallel_in_new_home(config: &str, builder: ParallelBuilder) -> (TempDir,
     let home = tempfile::tempdir().unwrap();
     let pssh = parallel(home.path(), config, builder);
     (home, pssh)
-}
-
-/// Polls `done` every 20 ms until it holds or `timeout` passes.
-pub fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + timeout;
-    while Instant::now() < end {
-        if done() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    done()
 }
 
 /// `label`'s first task, which must have succeeded printing `stdout`.
