@@ -367,6 +367,34 @@ fn embedded_bastion_serves_many_labels_over_one_session() {
 }
 
 #[test]
+fn slow_tunnel_opens_are_spread_over_more_sessions_to_the_bastion() {
+    // A distant bastion: each `direct-tcpip` open is answered 60 ms after it
+    // arrives. libssh2 opens one channel at a time per session, so on one
+    // session 40 opens would take 2.4 s; the pool opens more sessions.
+    let (target, bastion) = (embedded_target(), embedded_target());
+    bastion.set_faults(vec![testbed::Fault::DelayForwardOpen(Duration::from_millis(60))]);
+    let (_home, mut pssh) = parallel_in_new_home("", Parallel::builder().io_threads(1).workers(64));
+    const N: usize = 40;
+    add_behind(&mut pssh, "s", N, &target, &[embedded_hop(&bastion)]);
+    pssh.all(Command::new("echo s-%LABEL%")).unwrap();
+    let report = pssh.run();
+    for i in 0..N {
+        first_ok(&report, &format!("s{i}"), &format!("s-s{i}"));
+    }
+    let stats = bastion.stats();
+    assert!(
+        (2..=8).contains(&stats.connections),
+        "more sessions on a slow bastion, at most 8: {}",
+        stats.connections
+    );
+    assert_eq!(
+        stats.forwards_opened as usize, N,
+        "one tunnel per label, none opened twice"
+    );
+    assert_eq!(target.stats().connections as usize, N);
+}
+
+#[test]
 fn embedded_bastion_refusing_forwards_fails_each_label_naming_the_hop() {
     let (target, bastion) = (embedded_target(), embedded_target());
     bastion.set_faults(vec![testbed::Fault::RefuseForwarding]);

@@ -9,11 +9,15 @@
 //! event, a request, a kick or its timer, and every connection stepped in a
 //! turn is settled at its end (so its timer entry is never stale).
 //!
-//! Jump sessions are connections too, shared by key (`jumps`); the loop
-//! attaches tunnels to them when a connection behind a jump host asks
-//! ([`News`]), and routes a tunnel socket's events to its jump session.
+//! Jump sessions are connections too, pooled by jump host (`jump_pool`);
+//! the loop attaches tunnels to them when a connection behind a jump host
+//! asks ([`News`]), routes a tunnel socket's events to its jump session, and
+//! after each turn lets the pools spread slow queues over more sessions
+//! (the one walk over something other than what happened: the jump hosts,
+//! a handful).
 //!
-//! May use: `conn` (the connections it owns), `jump` (`News`, tunnels), the
+//! May use: `conn` (the connections it owns), `jump` (`News`, tunnels),
+//! `jump_pool`, `key_file`, the
 //! parent `ssh` module, `transport` (protocol, `parsub`), `task` (`Action`),
 //! `plan` (`LabelId`), `host`.
 
@@ -29,7 +33,8 @@ use mio::{Events, Poll, Registry, Waker};
 use parking_lot::Mutex;
 
 use super::conn::{Conn, Phase, Spare};
-use super::jump::{JumpState, News, TUN};
+use super::jump::{News, TUN};
+use super::jump_pool::JumpPools;
 use super::key_file::KeyFiles;
 use super::{fail, finish};
 use crate::plan::LabelId;
@@ -72,8 +77,8 @@ pub(super) fn spawn_one(
         news_tx,
         news_rx,
         keys: KeyFiles::default(),
-        jumps: HashMap::new(),
-        tunnels: HashMap::new(),
+        idle: Duration::ZERO,
+        pools: JumpPools::default(),
         closing_all: false,
         timers: BTreeSet::new(),
         touched: Vec::new(),
@@ -137,12 +142,10 @@ struct Loop {
     news_rx: Receiver<News>,
     /// Identity files read once for all this loop's logins.
     keys: KeyFiles,
-    /// Jump sessions by their key ([`JumpState::key`]); an entry whose
-    /// connection is gone or closing is replaced by the next that asks.
-    jumps: HashMap<String, usize>,
-    /// Tunnel ids to the key of the jump session that carries them (tunnel
-    /// socket events go there).
-    tunnels: HashMap<usize, usize>,
+    /// Time spent waiting in `poll`, in all (see [`Cx::idle`]).
+    idle: Duration,
+    /// Jump sessions by jump host, and which carries each tunnel.
+    pools: JumpPools,
     /// The scheduler hung up: close everything and exit.
     closing_all: bool,
     /// Every connection's next wake-up, soonest first: `(at, key)` is here
@@ -165,6 +168,7 @@ macro_rules! cx {
             kicks: &$lp.kick_tx,
             news: &$lp.news_tx,
             keys: &$lp.keys,
+            idle: $lp.idle,
         }
     };
 }
@@ -185,6 +189,8 @@ pub(super) struct Cx<'a> {
     pub(super) news: &'a Sender<News>,
     /// The identity files this loop has read.
     pub(super) keys: &'a KeyFiles,
+    /// How long the loop has sat waiting in `poll`, in all, up to this turn.
+    pub(super) idle: Duration,
 }
 
 impl Loop {
@@ -199,7 +205,10 @@ impl Loop {
                 .timers
                 .first()
                 .map(|(at, _)| at.saturating_duration_since(Instant::now()));
-            if let Err(e) = self.poll.poll(&mut events, timeout) {
+            let polled = Instant::now();
+            let result = self.poll.poll(&mut events, timeout);
+            self.idle += polled.elapsed();
+            if let Err(e) = result {
                 if e.kind() != io::ErrorKind::Interrupted {
                     log::error!(target: "ssh_parallel", "ssh transport: poll failed: {e}");
                     std::thread::sleep(Duration::from_millis(10));
@@ -212,7 +221,7 @@ impl Loop {
                 if ev.token().0 & TUN != 0 {
                     // A tunnel's socket: its jump session pumps it.
                     let id = ev.token().0 & !TUN;
-                    let jump = self.tunnels.get(&id).copied();
+                    let jump = self.pools.tunnels.get(&id).copied();
                     let known = jump
                         .and_then(|k| self.conns.get_mut(&k))
                         .and_then(|c| c.jump.as_mut())
@@ -220,7 +229,7 @@ impl Loop {
                     match jump.filter(|_| known) {
                         Some(k) => ready.push((k, false)),
                         None => {
-                            self.tunnels.remove(&id);
+                            self.pools.tunnels.remove(&id);
                         }
                     }
                     continue;
@@ -263,6 +272,12 @@ impl Loop {
                         c.timer_due(&cx, now);
                     }
                 }
+            }
+            self.take_news();
+            {
+                let cx = cx!(self);
+                let spread = self.pools.spread(&cx, &mut self.conns, &mut self.next_key);
+                self.touched.extend(spread);
             }
             self.take_news();
             self.settle();
@@ -499,7 +514,7 @@ impl Loop {
                     drop(held);
                 }
                 News::TunnelClosed(id) => {
-                    self.tunnels.remove(&id);
+                    self.pools.tunnels.remove(&id);
                 }
             }
         }
@@ -531,24 +546,12 @@ impl Loop {
             }
         };
         let jkey = hop.session_key();
-        let live = self.jumps.get(&jkey).copied().filter(|k| {
-            self.conns
-                .get(k)
-                .is_some_and(|j| !matches!(j.phase, Phase::Done | Phase::Disconnecting))
-        });
-        let jk = match live {
+        let jk = match self.pools.pick(&jkey, &self.conns) {
             Some(k) => k,
             None => {
                 let jk = self.next_key;
                 self.next_key += 1;
-                let name: Arc<str> = Arc::from(hop.hop_name().as_str());
-                let mut j = Conn::new(jk, LabelId::MAX, ConnId::MAX, name, Arc::new(hop));
-                j.jump = Some(Box::new(JumpState::new(jkey.clone())));
-                log::debug!(target: "ssh_parallel", "[{}] opening a jump session ({})", j.name, j.target());
-                j.start_connect(&cx);
-                j.step(&cx);
-                self.jumps.insert(jkey, jk);
-                self.conns.insert(jk, j);
+                self.pools.open(&cx, &mut self.conns, jk, Arc::new(hop));
                 self.touched.push(jk);
                 jk
             }
@@ -566,7 +569,7 @@ impl Loop {
             c.connect_failed(&cx, msg);
             return;
         }
-        self.tunnels.insert(id, jk);
+        self.pools.tunnels.insert(id, jk);
         c.start_over_tunnel(&cx, jk, id, theirs);
         c.step(&cx);
         if let Some(j) = self.conns.get_mut(&jk) {
@@ -580,10 +583,7 @@ impl Loop {
     fn reap(&mut self, key: usize) {
         let Some(mut c) = self.conns.remove(&key) else { return };
         if let Some(j) = &c.jump {
-            if self.jumps.get(&j.key) == Some(&key) {
-                self.jumps.remove(&j.key);
-            }
-            self.tunnels.retain(|_, jk| *jk != key);
+            self.pools.forget(&j.key, key, j.is_down());
         }
         c.teardown(self.poll.registry(), Phase::Done);
         if self.by_id.get(&c.id) == Some(&key) {

@@ -11,7 +11,9 @@
 //! name, port, user, key files, agent, and the hops before it) is shared by
 //! every connection behind it on this I/O thread, and labels behind the same
 //! jump host are all given to the same I/O thread (see [`super::Handle`]),
-//! so a thousand labels behind one bastion cost one login there. A jump
+//! so a thousand labels behind one bastion cost one login there (a few
+//! more, at most 8, only when its channel opens are slow: see
+//! `jump_pool`). A jump
 //! session has the same connect and auth deadlines, keepalives and host-key
 //! check (under the hop's own name, `HostKeyAlias` and known_hosts files)
 //! as any session. When it fails or is lost, every connection through it
@@ -40,7 +42,8 @@
 //! registered under `id | TUN` with an id of its own, so a reconnecting
 //! label never meets its old tunnel.
 //!
-//! May use: `conn`, `stream`, `event_loop` (`Cx`), `transport::libssh2`, `host`.
+//! May use: `event_loop` (`Cx`), `transport::libssh2`; the connection side
+//! is `jump_conn`, the sessions per jump host `jump_pool`.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{self, Read, Write};
@@ -51,9 +54,7 @@ use mio::net::UnixStream;
 use mio::{Interest, Registry};
 use ssh2::{Channel, Session};
 
-use super::conn::{Conn, Phase};
 use super::event_loop::Cx;
-use super::stream::Stream;
 use crate::transport::libssh2::{is_socket_error, send_eof, would_block, write_blocked_on_input};
 
 /// Set in the poll token of a tunnel's socket; the rest is the tunnel's id.
@@ -103,6 +104,13 @@ pub(super) struct JumpState {
     queue: VecDeque<usize>,
     /// When the open in flight (the queue's first) gives up, if one is in flight.
     open_deadline: Option<Instant>,
+    /// The loop's idle time (`Cx::idle`) when the open in flight was asked for.
+    open_idle: Duration,
+    /// How many channel opens went through, and the least time the loop sat
+    /// idle while one was in flight: what an open costs on the network and
+    /// at the jump host, without this thread's other work (and without the
+    /// first open's one-off wait: sshd sets up its session then).
+    opens: (u32, Duration),
     /// The call to repeat before any other send, if one is half sent.
     stuck: Option<Stuck>,
     /// Since when no tunnel is left (for [`LINGER`]).
@@ -112,6 +120,18 @@ pub(super) struct JumpState {
     /// the first tunnel is attached) fails with this.
     down: Option<String>,
 }
+
+/// Why a jump session did not take a tunnel.
+pub(super) enum TunnelRefused {
+    /// The session failed or was lost, for this reason.
+    Down(String),
+    /// The tunnel's socket could not be polled.
+    Poll(String),
+}
+
+/// Tunnels whose channel was never asked for, moving from one session of a
+/// jump host to another.
+pub(super) struct Waiting(Vec<(usize, Tunnel)>);
 
 /// One target connection carried by the jump session.
 struct Tunnel {
@@ -150,6 +170,8 @@ impl JumpState {
             tunnels: BTreeMap::new(),
             queue: VecDeque::new(),
             open_deadline: None,
+            open_idle: Duration::ZERO,
+            opens: (0, Duration::MAX),
             stuck: None,
             idle_since: Some(Instant::now()),
             down: None,
@@ -178,6 +200,103 @@ impl JumpState {
             .into_iter()
             .flatten()
             .min()
+    }
+
+    /// Tunnels waiting for their channel, not counting the one being opened.
+    pub(super) fn waiting(&self) -> usize {
+        self.queue.len() - usize::from(self.open_deadline.is_some() && !self.queue.is_empty())
+    }
+
+    /// Whether the session failed or was lost (it refuses new tunnels).
+    pub(super) fn is_down(&self) -> bool {
+        self.down.is_some()
+    }
+
+    /// What a channel open costs away from this thread (see `opens`), once
+    /// two have gone through.
+    pub(super) fn open_cost(&self) -> Option<Duration> {
+        (self.opens.0 >= 2).then_some(self.opens.1)
+    }
+
+    /// Takes up to `n` waiting tunnels from the back of the queue (never
+    /// the one being opened), for another session of the same jump host.
+    pub(super) fn take_waiting(&mut self, n: usize) -> Waiting {
+        let n = n.min(self.waiting());
+        let ids = self.queue.split_off(self.queue.len() - n);
+        let moved = ids
+            .into_iter()
+            .filter_map(|id| self.tunnels.remove(&id).map(|t| (id, t)))
+            .collect();
+        if self.tunnels.is_empty() {
+            self.idle_since = Some(Instant::now());
+        }
+        Waiting(moved)
+    }
+
+    /// Adds tunnels another session of the same jump host had waiting;
+    /// returns their ids.
+    pub(super) fn add_waiting(&mut self, w: Waiting) -> Vec<usize> {
+        let mut ids = Vec::with_capacity(w.0.len());
+        for (id, t) in w.0 {
+            self.tunnels.insert(id, t);
+            self.queue.push_back(id);
+            ids.push(id);
+        }
+        if !ids.is_empty() {
+            self.idle_since = None;
+        }
+        ids
+    }
+
+    /// Adds tunnel `id` for connection `conn`, whose target session is on
+    /// the other end of `ours`, registered here; `dest` is where the jump
+    /// host connects to. `Err`: the session is down (why), or polling failed.
+    pub(super) fn add_tunnel(
+        &mut self,
+        registry: &Registry,
+        id: usize,
+        conn: usize,
+        mut ours: UnixStream,
+        dest: (String, u16),
+    ) -> Result<(), TunnelRefused> {
+        if let Some(why) = &self.down {
+            return Err(TunnelRefused::Down(why.clone()));
+        }
+        registry
+            .register(&mut ours, mio::Token(id | TUN), Interest::READABLE | Interest::WRITABLE)
+            .map_err(|e| TunnelRefused::Poll(format!("cannot poll a tunnel's socket: {e}")))?;
+        let t = Tunnel {
+            conn,
+            ours,
+            dest,
+            ch: None,
+            readable: true,
+            writable: true,
+            up: Vec::new(),
+            up_off: 0,
+            up_eof: false,
+            down: Vec::new(),
+            down_off: 0,
+            down_eof: false,
+            shut: false,
+            eof_sent: false,
+        };
+        self.tunnels.insert(id, t);
+        self.queue.push_back(id);
+        self.idle_since = None;
+        Ok(())
+    }
+
+    /// Since when the session has carried no tunnel, if it carries none.
+    pub(super) fn unused_since(&mut self) -> Option<Instant> {
+        (self.tunnels.is_empty() && self.queue.is_empty()).then(|| *self.idle_since.get_or_insert_with(Instant::now))
+    }
+
+    /// The session failed or was lost (the first cause is kept): drops
+    /// every tunnel, as [`JumpState::clear`].
+    pub(super) fn go_down(&mut self, why: &str, registry: &Registry) -> Vec<(usize, usize, UnixStream)> {
+        self.down.get_or_insert_with(|| why.to_owned());
+        self.clear(registry)
     }
 
     /// Drops every tunnel (the session is being torn down), deregistering
@@ -217,11 +336,19 @@ impl JumpState {
             self.queue.pop_front();
             return Ok(true);
         };
-        let deadline = *self.open_deadline.get_or_insert_with(|| Instant::now() + timeout);
+        let deadline = match self.open_deadline {
+            Some(d) => d,
+            None => {
+                self.open_idle = cx.idle;
+                *self.open_deadline.insert(Instant::now() + timeout)
+            }
+        };
         match sess.channel_direct_tcpip(&t.dest.0, t.dest.1, None) {
             Ok(ch) => {
                 t.ch = Some(ch);
                 self.queue.pop_front();
+                let waited = cx.idle.saturating_sub(self.open_idle);
+                self.opens = (self.opens.0.saturating_add(1), self.opens.1.min(waited));
                 self.open_deadline = None;
                 self.stuck = None;
                 let _ = cx.news.send(News::TunnelOpen { conn: t.conn, id });
@@ -276,7 +403,7 @@ impl JumpState {
 
     /// Moves bytes for every tunnel until nothing moves; `Err` when the
     /// session itself is gone.
-    fn pump_all(&mut self, sess: &Session, cx: &Cx<'_>, hop: &str, timeout: Duration) -> Result<(), String> {
+    pub(super) fn pump_all(&mut self, sess: &Session, cx: &Cx<'_>, hop: &str, timeout: Duration) -> Result<(), String> {
         if let Some(stuck) = self.stuck {
             match stuck {
                 Stuck::Open => {
@@ -438,142 +565,6 @@ impl JumpState {
             if !progress {
                 return Ok(any);
             }
-        }
-    }
-}
-
-impl Conn {
-    /// Adds a tunnel to this jump session for connection `conn`, whose
-    /// target session is on the other end of `ours`; `dest` is where the
-    /// jump host connects to.
-    pub(super) fn attach_tunnel(
-        &mut self,
-        cx: &Cx<'_>,
-        id: usize,
-        conn: usize,
-        mut ours: UnixStream,
-        dest: (String, u16),
-    ) -> Result<(), String> {
-        let Some(j) = self.jump.as_mut() else {
-            return Err("not a jump session (transport bug)".into());
-        };
-        if let Some(why) = &j.down {
-            return Err(format!("jump host {}: {why}", self.name));
-        }
-        cx.registry
-            .register(&mut ours, mio::Token(id | TUN), Interest::READABLE | Interest::WRITABLE)
-            .map_err(|e| format!("cannot poll a tunnel's socket: {e}"))?;
-        j.tunnels.insert(
-            id,
-            Tunnel {
-                conn,
-                ours,
-                dest,
-                ch: None,
-                readable: true,
-                writable: true,
-                up: Vec::new(),
-                up_off: 0,
-                up_eof: false,
-                down: Vec::new(),
-                down_off: 0,
-                down_eof: false,
-                shut: false,
-                eof_sent: false,
-            },
-        );
-        j.queue.push_back(id);
-        j.idle_since = None;
-        Ok(())
-    }
-
-    /// Steps an authenticated jump session: opens queued channels and pumps
-    /// every tunnel; after [`LINGER`] without tunnels, disconnects.
-    pub(super) fn step_jump(&mut self, cx: &Cx<'_>) {
-        let hop = format!("jump host {}", self.name);
-        let timeout = self
-            .host
-            .connect_timeout
-            .unwrap_or(super::connect::DEFAULT_CONNECT_TIMEOUT);
-        let (Some(sess), Some(j)) = (&self.sess, self.jump.as_mut()) else {
-            return;
-        };
-        if j.tunnels.is_empty() && j.queue.is_empty() {
-            let since = *j.idle_since.get_or_insert_with(Instant::now);
-            if since + LINGER <= Instant::now() {
-                log::debug!(target: "ssh_parallel", "[{}] jump session unused for {LINGER:?}: closing it", self.name);
-                self.disconnect(cx);
-                return;
-            }
-            // Nothing reads the socket: only its closing matters.
-            if self.stream.as_ref().is_some_and(Stream::peer_gone) {
-                let msg = format!("{} closed the connection", self.target());
-                self.lose(cx, msg);
-            }
-            return;
-        }
-        if let Err(m) = j.pump_all(sess, cx, &hop, timeout) {
-            self.lose(cx, m);
-        }
-    }
-
-    /// This jump session failed or was lost: every connection through it
-    /// learns why.
-    pub(super) fn jump_down(&mut self, cx: &Cx<'_>, why: &str) {
-        let Some(j) = self.jump.as_mut() else { return };
-        j.down.get_or_insert_with(|| why.to_owned());
-        for (conn, id, held) in j.clear(cx.registry) {
-            let _ = cx.news.send(News::TunnelGone {
-                conn,
-                id,
-                why: format!("jump host {}: {why}", self.name),
-                held: Some(held),
-            });
-        }
-    }
-
-    /// News for this connection's tunnel `id`: it is open (the connect
-    /// deadline starts), or it is gone (the connection fails or is lost).
-    pub(super) fn tunnel_news(&mut self, cx: &Cx<'_>, id: usize, gone: Option<String>) {
-        if self.tunnel.map(|(_, t)| t) != Some(id) {
-            return;
-        }
-        let Some(why) = gone else {
-            if matches!(self.phase, Phase::Handshake | Phase::Auth(_)) && self.deadline.is_none() {
-                let timeout = self
-                    .host
-                    .connect_timeout
-                    .unwrap_or(super::connect::DEFAULT_CONNECT_TIMEOUT);
-                self.deadline = Some(Instant::now() + timeout);
-            }
-            return;
-        };
-        self.tunnel = None;
-        let msg = format!("{}: {why}", self.target());
-        match self.phase {
-            Phase::Tunnel | Phase::Handshake | Phase::Auth(_) => self.connect_failed(cx, msg),
-            Phase::Idle | Phase::Running(_) => self.lose(cx, msg),
-            Phase::Cancelling(_) => self.broken(cx, msg),
-            _ => {}
-        }
-    }
-
-    /// Starts the target's session on `stream`, one end of a fresh tunnel;
-    /// its bytes wait in the socketpair until the tunnel's channel is open.
-    pub(super) fn start_over_tunnel(&mut self, cx: &Cx<'_>, jump: usize, id: usize, stream: UnixStream) {
-        let mut s = Stream::Tunnel(stream);
-        if let Err(e) = cx
-            .registry
-            .register(&mut s, mio::Token(self.key), Interest::READABLE | Interest::WRITABLE)
-        {
-            let msg = format!("{}: cannot poll a tunnel's socket: {e}", self.target());
-            self.connect_failed(cx, msg);
-            return;
-        }
-        self.stream = Some(s);
-        self.tunnel = Some((jump, id));
-        if let Err(m) = self.open_session() {
-            self.connect_failed(cx, m);
         }
     }
 }

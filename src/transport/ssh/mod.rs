@@ -81,6 +81,8 @@ mod event_loop;
 mod exec;
 mod hostkey;
 mod jump;
+mod jump_conn;
+mod jump_pool;
 mod keepalive;
 mod key_file;
 mod kill;

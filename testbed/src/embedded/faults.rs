@@ -54,6 +54,9 @@ pub enum Fault {
     /// gone from its target to the client: the channel is closed without EOF and the
     /// target's socket is closed. The SSH connection itself stays up.
     DropForwardAfterBytes(u64),
+    /// Answer each `direct-tcpip` open only this long after it arrived (opens overlap, as
+    /// on a network): a distant jump host, where every open costs a round trip.
+    DelayForwardOpen(Duration),
 }
 
 /// The faults of one connection, as flags (read once when it is accepted).
@@ -85,6 +88,8 @@ pub(super) struct FaultSet {
     pub(super) refuse_forwarding: bool,
     /// [`Fault::DropForwardAfterBytes`].
     pub(super) drop_forward_after_bytes: Option<u64>,
+    /// [`Fault::DelayForwardOpen`].
+    pub(super) delay_forward_open: Option<Duration>,
 }
 
 impl FaultSet {
@@ -106,6 +111,7 @@ impl FaultSet {
                 Fault::ZeroWindow => set.zero_window = true,
                 Fault::RefuseForwarding => set.refuse_forwarding = true,
                 Fault::DropForwardAfterBytes(n) => set.drop_forward_after_bytes = Some(*n),
+                Fault::DelayForwardOpen(d) => set.delay_forward_open = Some(*d),
             }
         }
         set

@@ -2,7 +2,8 @@
 //! target is checked, connected to, and its bytes relayed both ways over the channel
 //! ([`open_direct_tcpip`]), with the forwarding faults applied
 //! ([`Fault::RefuseForwarding`](super::Fault::RefuseForwarding),
-//! [`Fault::DropForwardAfterBytes`](super::Fault::DropForwardAfterBytes)) and
+//! [`Fault::DropForwardAfterBytes`](super::Fault::DropForwardAfterBytes),
+//! [`Fault::DelayForwardOpen`](super::Fault::DelayForwardOpen)) and
 //! [`EmbeddedServer::drop_forwards`](super::EmbeddedServer::drop_forwards) obeyed.
 //!
 //! Invariants: only targets on 127.0.0.0/8 (or `localhost`) are ever connected to, anything
@@ -81,7 +82,11 @@ pub(super) async fn open_direct_tcpip(
     };
     let shared = shared.clone();
     let budget = faults.drop_forward_after_bytes;
+    let delay = faults.delay_forward_open;
     tokio::spawn(async move {
+        if let Some(d) = delay {
+            tokio::time::sleep(d).await;
+        }
         // Subscribed before the client hears of the channel: a drop it asks for after
         // that is never missed.
         let mut dropped = shared.drop_forwards.subscribe();
