@@ -9,12 +9,10 @@
 //! event, a request, a kick or its timer, and every connection stepped in a
 //! turn is settled at its end (so its timer entry is never stale).
 //!
-//! Jump sessions are connections too, pooled by jump host (`jump_pool`);
-//! the loop attaches tunnels to them when a connection behind a jump host
-//! asks ([`News`]), routes a tunnel socket's events to its jump session, and
-//! after each turn lets the pools spread slow queues over more sessions
-//! (the one walk over something other than what happened: the jump hosts,
-//! a handful).
+//! Jump sessions are connections too, pooled by jump host (`jump_pool`):
+//! the loop attaches tunnels when a connection behind one asks ([`News`]),
+//! routes tunnel sockets' events, and after each turn lets the pools spread
+//! slow queues (a walk over the jump hosts only, a handful).
 //!
 //! May use: `conn` (the connections it owns), `jump` (`News`, tunnels),
 //! `jump_pool`, `key_file`, the
