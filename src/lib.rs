@@ -37,6 +37,7 @@ mod amount;
 mod error;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
+mod file_stamp;
 mod host;
 mod panic;
 mod parallel;

@@ -8,7 +8,8 @@ use std::process::{Command, Stdio};
 
 use super::directives;
 use super::env::{ConfigFile, ResolveEnv};
-use super::lexer::{self, Line};
+use super::lexer::Line;
+use super::parsed;
 use super::pattern::{match_list, match_pattern, ListMatch};
 use super::tokens;
 use super::types::{Origin, SshConfig};
@@ -44,8 +45,8 @@ struct Flags {
 impl Pass<'_> {
     /// Reads one top-level file.
     pub(crate) fn read_top(&mut self, file: &ConfigFile) -> Result<(), ConfigError> {
-        let bytes = match read_capped(&file.path) {
-            Ok(bytes) => bytes,
+        let lines = match parsed::lines(&file.path) {
+            Ok(lines) => lines?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !file.required => return Ok(()),
             Err(source) => {
                 return Err(ConfigError::Io {
@@ -60,13 +61,13 @@ impl Pass<'_> {
             never_match: false,
         };
         let mut active = true;
-        self.read(&file.path, &bytes, flags, &mut active, 0)
+        self.read(&file.path, &lines, flags, &mut active, 0)
     }
 
     fn read(
         &mut self,
         path: &Path,
-        bytes: &[u8],
+        lines: &[Line],
         flags: Flags,
         active: &mut bool,
         depth: usize,
@@ -74,20 +75,20 @@ impl Pass<'_> {
         if flags.check_permissions {
             check_permissions(path)?;
         }
-        for line in lexer::parse(bytes, path)? {
+        for line in lines {
             let origin = Origin {
                 file: path.to_path_buf(),
                 line: line.number,
             };
             let invalid = |message: String| ConfigError::invalid(path, line.number, message);
             match line.keyword.as_str() {
-                "host" => *active = self.host_line(&line, flags).map_err(invalid)?,
+                "host" => *active = self.host_line(line, flags).map_err(invalid)?,
                 "match" => {
-                    let matched = self.match_line(&line).map_err(invalid)?;
+                    let matched = self.match_line(line).map_err(invalid)?;
                     *active = matched && !flags.never_match;
                 }
-                "include" => self.include(&line, &origin, flags, active, depth)?,
-                _ => directives::apply(self.cfg, &line, *active, &origin).map_err(invalid)?,
+                "include" => self.include(line, &origin, flags, active, depth)?,
+                _ => directives::apply(self.cfg, line, *active, &origin).map_err(invalid)?,
             }
         }
         Ok(())
@@ -257,8 +258,8 @@ impl Pass<'_> {
             }
             let outer = *active;
             for file in files {
-                let bytes = match read_capped(&file) {
-                    Ok(bytes) => bytes,
+                let lines = match parsed::lines(&file) {
+                    Ok(lines) => lines?,
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                     Err(e) => return Err(invalid(format!("can't open included file {}: {e}", file.display()))),
                 };
@@ -267,33 +268,13 @@ impl Pass<'_> {
                     check_permissions: true,
                     never_match: flags.never_match || !outer,
                 };
-                self.read(&file, &bytes, inner, active, depth + 1)?;
+                self.read(&file, &lines, inner, active, depth + 1)?;
                 // A Match inside the included file must not change ours.
                 *active = outer;
             }
         }
         Ok(())
     }
-}
-
-/// Largest configuration file read: `Include /dev/zero` must fail, not
-/// exhaust memory.
-const MAX_FILE_SIZE: u64 = 16 << 20;
-
-/// Reads a whole file of at most [`MAX_FILE_SIZE`] bytes.
-fn read_capped(path: &Path) -> std::io::Result<Vec<u8>> {
-    use std::io::Read;
-    let mut bytes = Vec::new();
-    std::fs::File::open(path)?
-        .take(MAX_FILE_SIZE + 1)
-        .read_to_end(&mut bytes)?;
-    if bytes.len() as u64 > MAX_FILE_SIZE {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            "file larger than 16 MiB",
-        ));
-    }
-    Ok(bytes)
 }
 
 /// OpenSSH refuses files that others than their owner (or root) can write.

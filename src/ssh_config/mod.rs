@@ -42,6 +42,7 @@ mod env;
 mod eval;
 mod jump;
 mod lexer;
+mod parsed;
 mod pattern;
 mod tokens;
 mod types;

@@ -12,17 +12,18 @@
 //! as text is not copied: the caller hands libssh2 the path, which then
 //! reports what is wrong with it.
 //!
-//! May use: nothing of the crate.
+//! May use: `file_stamp`.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::fs::{File, Metadata};
+use std::fs::File;
 use std::io::Read;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use zeroize::Zeroizing;
+
+use crate::file_stamp::FileStamp;
 
 /// Larger than any key file (an RSA 16384-bit key is about 13 KB of PEM);
 /// a bigger file is left to libssh2 rather than read into memory.
@@ -45,29 +46,7 @@ pub(super) struct KeyText {
     pub(super) public: Option<String>,
     /// The private file's identity when read, and the public file's (`None`:
     /// there was none).
-    stamps: (Stamp, Option<Stamp>),
-}
-
-/// What tells one version of a file from another.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-struct Stamp {
-    dev: u64,
-    ino: u64,
-    len: u64,
-    modified: (i64, i64),
-    changed: (i64, i64),
-}
-
-impl Stamp {
-    fn of(m: &Metadata) -> Stamp {
-        Stamp {
-            dev: m.dev(),
-            ino: m.ino(),
-            len: m.len(),
-            modified: (m.mtime(), m.mtime_nsec()),
-            changed: (m.ctime(), m.ctime_nsec()),
-        }
-    }
+    stamps: (FileStamp, Option<FileStamp>),
 }
 
 impl KeyFiles {
@@ -75,9 +54,9 @@ impl KeyFiles {
     /// unchanged since the last read; `None` when the private file cannot be
     /// read as text (libssh2 is then given the path).
     pub(super) fn get(&self, path: &Path) -> Option<Arc<KeyText>> {
-        let private_stamp = Stamp::of(&std::fs::metadata(path).ok()?);
+        let private_stamp = FileStamp::of(&std::fs::metadata(path).ok()?);
         let pub_path = pub_path(path);
-        let public_stamp = std::fs::metadata(&pub_path).ok().map(|m| Stamp::of(&m));
+        let public_stamp = std::fs::metadata(&pub_path).ok().map(|m| FileStamp::of(&m));
         let stamps = (private_stamp, public_stamp);
         if let Some(k) = self.read.borrow().get(path).filter(|k| k.stamps == stamps) {
             return Some(Arc::clone(k));
