@@ -518,63 +518,11 @@ impl Loop {
         }
     }
 
-    /// Gives connection `key` (waiting in `Phase::Tunnel`) a tunnel through
-    /// its last jump host: the jump session for that host if one is up or
-    /// coming up here, else a new one.
+    /// Gives connection `key` (waiting in `Phase::Tunnel`) a tunnel.
     fn attach(&mut self, key: usize) {
         let cx = cx!(self);
-        let Some(c) = self.conns.get_mut(&key) else { return };
-        if !matches!(c.phase, Phase::Tunnel) {
-            return;
-        }
-        let Some(hop) = c.host.jump_hosts().last().cloned() else {
-            let msg = format!("{}: no jump host to go through (transport bug)", c.target());
-            c.connect_failed(&cx, msg);
-            return;
-        };
-        let dest = (c.host.hostname.clone(), c.port);
-        let pair = mio::net::UnixStream::pair();
-        let (ours, theirs) = match pair {
-            Ok(p) => p,
-            Err(e) => {
-                let msg = format!("{}: cannot make a socketpair for the tunnel: {e}", c.target());
-                c.connect_failed(&cx, msg);
-                self.touched.push(key);
-                return;
-            }
-        };
-        let jkey = hop.session_key();
-        let jk = match self.pools.pick(&jkey, &self.conns) {
-            Some(k) => k,
-            None => {
-                let jk = self.next_key;
-                self.next_key += 1;
-                self.pools.open(&cx, &mut self.conns, jk, Arc::new(hop));
-                self.touched.push(jk);
-                jk
-            }
-        };
-        let id = self.next_key;
-        self.next_key += 1;
-        let attached = match self.conns.get_mut(&jk) {
-            Some(j) => j.attach_tunnel(&cx, id, key, ours, dest),
-            None => Err("the jump session is gone".into()),
-        };
-        let Some(c) = self.conns.get_mut(&key) else { return };
-        self.touched.push(key);
-        if let Err(m) = attached {
-            let msg = format!("{}: {m}", c.target());
-            c.connect_failed(&cx, msg);
-            return;
-        }
-        self.pools.tunnels.insert(id, jk);
-        c.start_over_tunnel(&cx, jk, id, theirs);
-        c.step(&cx);
-        if let Some(j) = self.conns.get_mut(&jk) {
-            if matches!(j.phase, Phase::Idle) {
-                j.step(&cx);
-            }
-        }
+        let touched = self.pools.attach(&cx, &mut self.conns, key, &mut self.next_key);
+        self.touched.extend(touched);
     }
 
     /// Removes a connection that is done, answering the jobs it still held.

@@ -75,6 +75,70 @@ impl JumpPools {
         best.map(|(k, _)| k).or(failed)
     }
 
+    /// Gives connection `key` (waiting in `Phase::Tunnel`) a tunnel through
+    /// its last jump host: on the session [`JumpPools::pick`] names, else a
+    /// new one. Returns the connections touched.
+    pub(super) fn attach(
+        &mut self,
+        cx: &Cx<'_>,
+        conns: &mut HashMap<usize, Conn>,
+        key: usize,
+        next_key: &mut usize,
+    ) -> Vec<usize> {
+        let mut touched = Vec::new();
+        let Some(c) = conns.get_mut(&key) else { return touched };
+        if !matches!(c.phase, Phase::Tunnel) {
+            return touched;
+        }
+        touched.push(key);
+        let Some(hop) = c.host.jump_hosts().last().cloned() else {
+            let msg = format!("{}: no jump host to go through (transport bug)", c.target());
+            c.connect_failed(cx, msg);
+            return touched;
+        };
+        let dest = (c.host.hostname.clone(), c.port);
+        let (ours, theirs) = match mio::net::UnixStream::pair() {
+            Ok(p) => p,
+            Err(e) => {
+                let msg = format!("{}: cannot make a socketpair for the tunnel: {e}", c.target());
+                c.connect_failed(cx, msg);
+                return touched;
+            }
+        };
+        let jkey = hop.session_key();
+        let jk = match self.pick(&jkey, conns) {
+            Some(k) => k,
+            None => {
+                let jk = *next_key;
+                *next_key += 1;
+                self.open(cx, conns, jk, Arc::new(hop));
+                touched.push(jk);
+                jk
+            }
+        };
+        let id = *next_key;
+        *next_key += 1;
+        let attached = match conns.get_mut(&jk) {
+            Some(j) => j.attach_tunnel(cx, id, key, ours, dest),
+            None => Err("the jump session is gone".into()),
+        };
+        let Some(c) = conns.get_mut(&key) else { return touched };
+        if let Err(m) = attached {
+            let msg = format!("{}: {m}", c.target());
+            c.connect_failed(cx, msg);
+            return touched;
+        }
+        self.tunnels.insert(id, jk);
+        c.start_over_tunnel(cx, jk, id, theirs);
+        c.step(cx);
+        if let Some(j) = conns.get_mut(&jk) {
+            if matches!(j.phase, Phase::Idle) {
+                j.step(cx);
+            }
+        }
+        touched
+    }
+
     /// Opens a session to `hop` (key `jkey`) under loop key `jk`.
     pub(super) fn open(&mut self, cx: &Cx<'_>, conns: &mut HashMap<usize, Conn>, jk: usize, hop: Arc<Host>) {
         let jkey = hop.session_key();
