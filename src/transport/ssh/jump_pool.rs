@@ -15,7 +15,7 @@
 //! `JumpState` holds it; a tunnel moves only while it waits (its channel not
 //! asked for yet), and its socket keeps its poll token (`id | TUN`).
 //!
-//! May use: `conn`, `jump`, `event_loop` (`Cx`), `plan`, `transport::protocol`.
+//! May use: `conn`, `jump`, `event_loop` (`Cx`), `host`, `plan`, `transport::protocol`.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -139,8 +139,8 @@ impl JumpPools {
         touched
     }
 
-    /// Opens a session to `hop` (key `jkey`) under loop key `jk`.
-    pub(super) fn open(&mut self, cx: &Cx<'_>, conns: &mut HashMap<usize, Conn>, jk: usize, hop: Arc<Host>) {
+    /// Opens a session to `hop`, under loop key `jk`, in `hop`'s pool.
+    fn open(&mut self, cx: &Cx<'_>, conns: &mut HashMap<usize, Conn>, jk: usize, hop: Arc<Host>) {
         let jkey = hop.session_key();
         let name: Arc<str> = Arc::from(hop.hop_name().as_str());
         let mut j = Conn::new(jk, LabelId::MAX, ConnId::MAX, name, hop);
