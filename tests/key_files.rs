@@ -4,27 +4,12 @@
 //! a key without a `.pub` still logs in (libssh2 derives the public key).
 //! Against OpenSSH's sshd, whose log names the key of every login.
 
-use std::path::Path;
-use std::process::Command as Process;
+mod common;
+
 use std::time::Duration;
 
 use ssh_parallel::{Command, Host, HostKeyCheck, Join, Parallel, Sub};
 use testbed::{ClientKey, OpenSshServer};
-
-/// `SHA256:...`, the fingerprint sshd logs for the key whose public file is `pub_path`.
-fn fingerprint(pub_path: &Path) -> String {
-    let out = Process::new("ssh-keygen")
-        .arg("-lf")
-        .arg(pub_path)
-        .output()
-        .expect("ssh-keygen -l");
-    assert!(out.status.success(), "ssh-keygen -lf {}", pub_path.display());
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .nth(1)
-        .expect("a fingerprint")
-        .to_owned()
-}
 
 #[test]
 fn a_key_file_rotated_during_a_run_is_read_again_and_a_key_without_pub_logs_in() {
@@ -33,7 +18,10 @@ fn a_key_file_rotated_during_a_run_is_read_again_and_a_key_without_pub_logs_in()
     }
     let old = ClientKey::ed25519().expect("a key");
     let new = ClientKey::ed25519().expect("another key");
-    let (old_print, new_print) = (fingerprint(old.public_path()), fingerprint(new.public_path()));
+    let (old_print, new_print) = (
+        common::fingerprint(old.public_line()),
+        common::fingerprint(new.public_line()),
+    );
     let server = OpenSshServer::builder().authorize(&old).start().expect("start sshd");
 
     // The file both labels name holds the old key (with its .pub) at first.

@@ -755,20 +755,6 @@ fn password_host(port: u16, password: &str) -> Host {
         .connect_timeout(Duration::from_secs(10))
 }
 
-/// `SHA256:...` of a public key line, as `ssh-keygen -l` prints it.
-fn fingerprint(public_key: &str) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    let f = dir.path().join("key.pub");
-    fs::write(&f, format!("{public_key}\n")).unwrap();
-    let out = Process::new("ssh-keygen").arg("-lf").arg(&f).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .to_owned()
-}
-
 fn count_lines_with(log: &str, needle: &str) -> usize {
     log.lines().filter(|l| l.contains(needle)).count()
 }
@@ -1039,7 +1025,7 @@ fn accept_new_records_an_unknown_key_then_refuses_a_changed_one_off_does_not_che
         }
     }
     let second = second.expect("a second sshd on the same port");
-    let fp = fingerprint(&second.host_public_key);
+    let fp = common::fingerprint(&second.host_public_key);
     for check in [HostKeyCheck::AcceptNew, HostKeyCheck::Strict] {
         let r = run(check);
         let e = r.label("h").unwrap().error().expect("a changed key is refused");

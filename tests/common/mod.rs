@@ -85,6 +85,25 @@ pub fn sha256(path: &Path) -> String {
         .to_owned()
 }
 
+/// `SHA256:...`, the fingerprint `ssh-keygen -l` (and sshd's log) gives the
+/// public key `public_key` (an `authorized_keys`-style line).
+pub fn fingerprint(public_key: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("key.pub");
+    std::fs::write(&f, format!("{public_key}\n")).unwrap();
+    let out = std::process::Command::new("ssh-keygen")
+        .arg("-lf")
+        .arg(&f)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_owned()
+}
+
 /// Polls `done` every 5 ms until it holds or `timeout` passes; returns whether it held.
 pub fn wait_until(timeout: std::time::Duration, mut done: impl FnMut() -> bool) -> bool {
     let deadline = std::time::Instant::now() + timeout;
