@@ -78,6 +78,15 @@ impl Bastion {
     }
 }
 
+/// Waits (20 s at most) until `n` commands containing `marker` have started
+/// on `target`.
+fn wait_for_commands(target: &EmbeddedServer, marker: &str, n: usize) {
+    let running = wait_until(Duration::from_secs(20), || {
+        target.commands().iter().filter(|c| c.contains(marker)).count() == n
+    });
+    assert!(running, "the commands started: {:?}", target.commands());
+}
+
 /// A target behind `hops`, logging in with the test password.
 fn behind(target: &EmbeddedServer, hops: &[Host]) -> Host {
     let mut h = Host::new("127.0.0.1")
@@ -196,10 +205,7 @@ fn a_bastion_killed_mid_run_is_logged_in_to_again_once() {
     pssh.all(Command::new("echo second")).unwrap();
     let handle = pssh.start();
     // Once every label's command runs, the bastion dies (its sessions too), then comes back.
-    let running = wait_until(Duration::from_secs(20), || {
-        target.commands().iter().filter(|c| c.contains("first")).count() == N
-    });
-    assert!(running, "the commands started: {:?}", target.commands());
+    wait_for_commands(&target, "first", N);
     bastion.sshd.stop();
     std::thread::sleep(Duration::from_millis(200));
     bastion.sshd.start_listener().expect("restart the bastion");
@@ -423,10 +429,7 @@ fn dropped_forwards_reconnect_through_the_same_jump_session() {
     add_behind(&mut pssh, "d", N, &target, &[embedded_hop(&bastion)]);
     pssh.all(Command::new("sleep 2; echo done")).unwrap();
     let handle = pssh.start();
-    let running = wait_until(Duration::from_secs(20), || {
-        target.commands().iter().filter(|c| c.contains("sleep 2")).count() == N
-    });
-    assert!(running, "the commands started: {:?}", target.commands());
+    wait_for_commands(&target, "sleep 2", N);
     // Every tunnel is cut; the bastion session itself stays up.
     bastion.drop_forwards();
     let report = handle.wait();
@@ -469,10 +472,7 @@ fn a_jump_host_that_dies_is_named_in_every_label_error() {
     pssh.push("late", Join::new("k*")).unwrap();
     pssh.push("late", Command::new("echo must-not-run")).unwrap();
     let handle = pssh.start();
-    let running = wait_until(Duration::from_secs(20), || {
-        target.commands().iter().filter(|c| c.contains("sleep 3600")).count() == N
-    });
-    assert!(running, "the commands started: {:?}", target.commands());
+    wait_for_commands(&target, "sleep 3600", N);
     bastion.stop();
     let report = handle.wait();
     // Not a symptom of the dead tunnel ("Failed getting banner"): the hop and
