@@ -277,10 +277,9 @@ impl Loop {
                 let spread = self.pools.spread(&cx, &mut self.conns, &mut self.next_key);
                 self.touched.extend(spread);
             }
-            self.take_news();
             self.settle();
             while !self.news_rx.is_empty() {
-                // Reaping a connection can end a tunnel.
+                // Reaping a connection, or the pools' new sessions, can tell more.
                 self.take_news();
                 self.settle();
             }
