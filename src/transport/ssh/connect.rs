@@ -37,11 +37,16 @@ use crate::ssh_config::AddressFamily;
 use crate::transport::libssh2::{self, set_read_timeout, would_block};
 
 /// Connecting and authenticating, when the host sets no `connect_timeout`.
-pub(super) const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Authentication deadline when the host sets none.
 pub(super) const DEFAULT_AUTH_TIMEOUT: Duration = Duration::from_secs(20);
 
 impl Conn {
+    /// How long connecting may take (the host's, else the default).
+    pub(super) fn connect_timeout(&self) -> Duration {
+        self.host.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT)
+    }
+
     /// Starts (or restarts) connecting, with the connect deadline.
     pub(super) fn start_connect(&mut self, cx: &Cx<'_>) {
         self.gen += 1;
@@ -52,8 +57,7 @@ impl Conn {
             let _ = cx.news.send(News::NeedTunnel(self.key));
             return;
         }
-        let timeout = self.host.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT);
-        self.deadline = Some(Instant::now() + timeout);
+        self.deadline = Some(Instant::now() + self.connect_timeout());
         if let Some(command) = self.host.proxy_command_line() {
             let started = ProxyCommand::spawn(command).and_then(|c| {
                 let mut s = Stream::Command(c);
@@ -196,7 +200,7 @@ impl Conn {
     /// A connect, cancel or disconnect deadline passed.
     pub(super) fn deadline_passed(&mut self, cx: &Cx<'_>) {
         self.deadline = None;
-        let mut timeout = self.host.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+        let mut timeout = self.connect_timeout();
         let what = match self.phase {
             Phase::Resolving => "resolving the name",
             Phase::Connecting { .. } => "connecting",

@@ -34,19 +34,20 @@ impl Conn {
             return Err("not a jump session (transport bug)".into());
         };
         j.add_tunnel(cx.registry, id, conn, ours, dest).map_err(|r| match r {
-            TunnelRefused::Down(why) => format!("jump host {}: {why}", self.name),
+            TunnelRefused::Down(why) => format!("{}: {why}", self.hop()),
             TunnelRefused::Poll(m) => m,
         })
+    }
+
+    /// How errors name this jump session: `jump host NAME`.
+    fn hop(&self) -> String {
+        format!("jump host {}", self.name)
     }
 
     /// Steps an authenticated jump session: opens queued channels and pumps
     /// every tunnel; after [`LINGER`] without tunnels, disconnects.
     pub(super) fn step_jump(&mut self, cx: &Cx<'_>) {
-        let hop = format!("jump host {}", self.name);
-        let timeout = self
-            .host
-            .connect_timeout
-            .unwrap_or(super::connect::DEFAULT_CONNECT_TIMEOUT);
+        let (hop, timeout) = (self.hop(), self.connect_timeout());
         let (Some(sess), Some(j)) = (&self.sess, self.jump.as_mut()) else {
             return;
         };
@@ -71,12 +72,13 @@ impl Conn {
     /// This jump session failed or was lost: every connection through it
     /// learns why.
     pub(super) fn jump_down(&mut self, cx: &Cx<'_>, why: &str) {
+        let hop = self.hop();
         let Some(j) = self.jump.as_mut() else { return };
         for (conn, id, held) in j.go_down(why, cx.registry) {
             let _ = cx.news.send(News::TunnelGone {
                 conn,
                 id,
-                why: format!("jump host {}: {why}", self.name),
+                why: format!("{hop}: {why}"),
                 held: Some(held),
             });
         }
@@ -90,11 +92,7 @@ impl Conn {
         }
         let Some(why) = gone else {
             if matches!(self.phase, Phase::Handshake | Phase::Auth(_)) && self.deadline.is_none() {
-                let timeout = self
-                    .host
-                    .connect_timeout
-                    .unwrap_or(super::connect::DEFAULT_CONNECT_TIMEOUT);
-                self.deadline = Some(Instant::now() + timeout);
+                self.deadline = Some(Instant::now() + self.connect_timeout());
             }
             return;
         };
